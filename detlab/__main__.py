@@ -1,0 +1,3 @@
+from detlab.cli import main
+
+raise SystemExit(main())

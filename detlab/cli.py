@@ -1,0 +1,236 @@
+"""The ``detlab`` command line: argparse → plain function calls, no logic here.
+
+Each subcommand has one ``_add_<name>`` (its arguments) and one ``_run_<name>``
+(the call it makes). Heavy imports happen inside ``_run_*`` so ``detlab --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from detlab.errors import DetlabError
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--split", default=None, help="split name (default: train, or the only one); or use DATA:split")
+    p.add_argument("--images", default=None, help="image folder, when it cannot be found from a COCO JSON's location")
+    p.add_argument("--classes", default=None, help="class names, comma separated or a text file (one per line); order is kept")
+
+
+# --- demo ---------------------------------------------------------------------
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthetic shapes dataset → train a small model on CPU → evaluate → report (≤ 5 min)")
+    p.add_argument("--out", default="demo_out", help="output folder (dataset and run)")
+    p.add_argument("--quick", action="store_true", help="a much shorter schedule, for smoke tests")
+
+
+def _run_demo(args) -> int:
+    from detlab.demo import run_demo
+
+    return run_demo(out=args.out, quick=args.quick)
+
+
+# --- check / convert / show ---------------------------------------------------
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="dataset doctor: every problem with file + field, counts, histograms")
+    p.add_argument("data", help="dataset path (VOC, COCO JSON, YOLO, or image folder with XML)")
+    _add_data_args(p)
+
+
+def _run_check(args) -> int:
+    from detlab.data.checks import check_command
+
+    return check_command(args.data, split=args.split, images=args.images, classes=args.classes)
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="lossless conversion between VOC, COCO and YOLO")
+    p.add_argument("src", help="source dataset path")
+    p.add_argument("dst", help="destination folder (or .json file for --to coco)")
+    p.add_argument("--to", required=True, choices=["coco", "voc", "yolo"])
+    _add_data_args(p)
+
+
+def _run_convert(args) -> int:
+    from detlab.data.convert import convert_command
+
+    return convert_command(args.src, args.dst, to=args.to, split=args.split, images=args.images, classes=args.classes)
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="draw ground truth boxes on N images")
+    p.add_argument("data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    _add_data_args(p)
+
+
+def _run_show(args) -> int:
+    from detlab.report.draw import show_command
+
+    return show_command(args.data, out=args.out, n=args.n, split=args.split, images=args.images, classes=args.classes)
+
+
+# --- models -------------------------------------------------------------------
+
+
+def _add_models(sub) -> None:
+    sub.add_parser("models", help="the model catalogue: params, GFLOPs, pretrained weights and their availability")
+
+
+def _run_models(args) -> int:
+    from detlab.models.catalogue import models_command
+
+    return models_command()
+
+
+# --- train --------------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a detector")
+    p.add_argument("--data", default=None, help="training data (DATA or DATA:split)")
+    p.add_argument("--val", default=None, help="validation data (default: the same source's val/test split)")
+    p.add_argument("--model", default=None, help="catalogue name (see `detlab models`)")
+    p.add_argument("--out", default=None, help="run folder")
+    p.add_argument("--weights", default=None, help="none | imagenet | coco | PATH")
+    p.add_argument("--config", default=None, help="YAML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue a run exactly where it stopped")
+
+
+def _run_train(args) -> int:
+    from detlab.engine.train import train_command
+
+    return train_command(args)
+
+
+# --- eval / predict / report / compare -----------------------------------------
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a run, or score a COCO results file with --gt/--dets")
+    p.add_argument("run", nargs="?", default=None, help="run folder")
+    p.add_argument("--data", default=None, help="dataset to evaluate on (default: the run's validation data)")
+    p.add_argument("--gt", default=None, help="ground-truth dataset, with --dets")
+    p.add_argument("--dets", default=None, help="COCO-format results JSON, with --gt")
+    p.add_argument("--protocol", default="coco,voc07,voc12", help="comma list of coco, voc07, voc12")
+    p.add_argument("--checkpoint", default="best", help="best | last | PATH")
+    p.add_argument("--out", default=None, help="where to write eval/*.json (default: RUN/eval or beside --dets)")
+    _add_data_args(p)
+
+
+def _run_eval(args) -> int:
+    from detlab.evaluation.evaluator import eval_command
+
+    return eval_command(args)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="run a trained model on images, folders or globs")
+    p.add_argument("run", help="run folder or checkpoint")
+    p.add_argument("sources", nargs="+", help="images, folders or globs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--score", type=float, default=0.5)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--checkpoint", default="best")
+
+
+def _run_predict(args) -> int:
+    from detlab.predict import predict_command
+
+    return predict_command(args)
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="self-contained HTML report of one run")
+    p.add_argument("run")
+    p.add_argument("--out", default=None, help="HTML path (default: RUN/report.html)")
+
+
+def _run_report(args) -> int:
+    from detlab.report.html import report_command
+
+    return report_command(args.run, out=args.out)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare runs: table, curves, per-class AP, disagreement gallery")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default=None, help="dataset to compare on (default: the first run's validation data)")
+
+
+def _run_compare(args) -> int:
+    from detlab.report.compare import compare_command
+
+    return compare_command(args.runs, out=args.out, data=args.data)
+
+
+# --- bench / export -----------------------------------------------------------
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency and throughput, eager and ONNX")
+    p.add_argument("--model", required=True, help="catalogue name or run folder")
+    p.add_argument("--size", type=int, default=None, help="input size (square side; default: the model's)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    p.add_argument("--onnx", action="store_true", help="also export and time ONNX Runtime")
+
+
+def _run_bench(args) -> int:
+    from detlab.bench import bench_command
+
+    return bench_command(args)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run to ONNX and check it against eager outputs")
+    p.add_argument("run")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx)")
+    p.add_argument("--checkpoint", default="best")
+
+
+def _run_export(args) -> int:
+    from detlab.export import export_command
+
+    return export_command(args)
+
+
+COMMANDS = ["demo", "check", "convert", "show", "models", "train", "eval", "predict", "report", "compare", "bench", "export"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        globals()[f"_add_{name}"](sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(globals()[f"_run_{args.command}"](args) or 0)
+    except DetlabError as e:
+        print(f"detlab: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("detlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
