@@ -180,13 +180,16 @@ def _run_compare(args) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency and throughput, eager and ONNX")
     p.add_argument("--model", required=True, help="catalogue name or run folder")
-    p.add_argument("--size", type=int, default=None, help="input size (square side; default: the model's)")
+    p.add_argument("--size", default=None, help="input S or H,W (default: the model's shorter side, square)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--amp", action="store_true", help="autocast on CUDA")
     p.add_argument("--onnx", action="store_true", help="also export and time ONNX Runtime")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    p.add_argument("--num-classes", type=int, default=20, help="classes of a catalogue model (random init)")
+    p.add_argument("--checkpoint", default="best", help="with a run folder: best | last | PATH")
 
 
 def _run_bench(args) -> int:
@@ -201,6 +204,9 @@ def _add_export(sub) -> None:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx)")
     p.add_argument("--checkpoint", default="best")
+    p.add_argument("--size", default=None, help="exported input H,W or S (default: the check images' size)")
+    p.add_argument("--check", default=None, metavar="DATA",
+                   help="dataset whose first images check ONNX against eager (default: the run's val data)")
 
 
 def _run_export(args) -> int:

@@ -1,0 +1,300 @@
+"""Training configuration: one flat dataclass, per-family default recipes, YAML, ``--set``.
+
+Resolution order (later wins)::
+
+    TrainConfig defaults  <  family recipe (RECIPES / DETR_SMALL_DATA_RECIPE)  <  model recipe
+    <  YAML file (--config)  <  --set key=value  <  explicit CLI flags (--data, --model, …)
+
+The config is flat on purpose (STYLE.md: "flat YAML configs"); the only nested
+values are the two pass-through dicts ``model_kwargs`` and ``transform_kwargs``,
+which ``--set`` reaches with a dotted key (``--set model_kwargs.min_size=320``).
+The resolved config is saved as ``RUN/config.yaml`` and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detlab.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``detlab train`` needs; one comment per field says what it does."""
+
+    # --- what to train -------------------------------------------------------
+    data: str | None = None  # training data: DATA or DATA:split (default split: train)
+    val: str | None = None  # validation data; None = auto (same source's val, else test, else none)
+    model: str | None = None  # catalogue name (see `detlab models`)
+    weights: str = "none"  # none | imagenet | coco | PATH: what build_model starts from
+    model_kwargs: dict = field(default_factory=dict)  # extra build_model knobs (e.g. image size)
+    out: str | None = None  # run folder
+
+    # --- schedule length and batches -----------------------------------------
+    epochs: int = 12  # passes over the training data
+    batch_size: int = 4  # images per step per process
+    accumulate: int = 1  # batches summed into one optimizer step (effective batch = batch_size·accumulate·world)
+    num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    transform_kwargs: dict = field(default_factory=dict)  # size knobs for data.transforms.build_transforms
+
+    # --- optimizer -----------------------------------------------------------
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float | None = None  # absolute learning rate; None = base_lr scaled by effective batch / base_batch
+    base_lr: float = 0.01  # learning rate at base_batch images per step
+    base_batch: int = 16  # batch base_lr is quoted for; 0 = do not scale base_lr with the batch
+    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
+    weight_decay: float = 1e-4  # on weights of convolutions / linears
+    norm_weight_decay: float = 0.0  # on norm-layer weights and on every bias (0: standard practice)
+    backbone_lr_mult: float = 1.0  # learning-rate multiplier for parameters under model.backbone_prefixes
+    clip_grad_norm: float = 0.0  # max global gradient norm; 0 = no clipping
+
+    # --- learning-rate schedule (per iteration) ------------------------------
+    schedule: str = "step"  # step | cosine | constant (after warmup)
+    warmup_iters: int = 500  # linear warmup length, capped at a fifth of the run so short runs reach full lr
+    warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the warmup
+    milestones: list = field(default_factory=lambda: [0.67, 0.89])  # step: fractions of the run where lr drops
+    gamma: float = 0.1  # step: lr multiplier at each milestone
+    min_lr_factor: float = 0.0  # cosine: final lr as a fraction of the peak
+
+    # --- numerics ------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    amp: str = "auto"  # auto (bf16, else fp16, on CUDA; off on CPU) | off | bf16 | fp16
+    ema: bool = False  # keep an exponential moving average of the weights; evaluate and save it
+    ema_decay: float = 0.9998  # EMA decay per optimizer step
+    seed: int = 0  # seeds python, numpy, torch, the sampler and the per-sample augmentation
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warn_only) + cudnn deterministic
+    ddp_find_unused: bool = False  # DDP find_unused_parameters (set when a model skips some parameters)
+
+    # --- evaluation and checkpoints ------------------------------------------
+    eval_every: int = 1  # evaluate every N epochs (and always after the last); 0 = only after the last
+    eval_before: str = "auto"  # auto (when weights != none) | true | false: evaluate before the first step
+    protocols: list = field(default_factory=lambda: ["coco", "voc07"])  # evaluation protocols
+    eval_batch_size: int = 4  # images per evaluation batch
+    metric: str = "coco/AP50"  # flattened metric that picks checkpoints/best.pt (higher is better; val/* lower)
+    patience: int = 0  # early stopping: evaluations without improvement before stopping; 0 = never
+    checkpoint_every: int = 0  # also write checkpoints/last.pt every N iterations (mid-epoch resume); 0 = per epoch
+
+    # --- logging -------------------------------------------------------------
+    log_every: int = 20  # iterations between metrics.jsonl train lines (window means)
+    quiet: bool = False  # no progress bar and no per-log lines
+    tensorboard: bool = False  # also log to RUN/tensorboard when tensorboard is installed
+    plots: bool = True  # refresh RUN/plots/*.png at every evaluation
+    report: bool = True  # write RUN/report.html at the end
+
+    def to_dict(self) -> dict:
+        """Plain-dict copy (lists and dicts copied), as saved in YAML and checkpoints."""
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_DICT_FIELDS = {"model_kwargs", "transform_kwargs"}
+
+# Per-family defaults a user does not have to know. Learning rates are quoted at
+# base_batch images per step and scaled linearly with the effective batch.
+RECIPES: dict[str, dict[str, Any]] = {
+    # torchvision references / Detectron2 1x: SGD 0.02 at 16 images, step at 8/12 and 11/12.
+    "faster_rcnn": dict(
+        optimizer="sgd", base_lr=0.02, base_batch=16, momentum=0.9, weight_decay=1e-4,
+        schedule="step", warmup_iters=500, warmup_factor=0.001, epochs=12, batch_size=4,
+    ),
+    # FCOS / RetinaNet papers: SGD 0.01 at 16 images; gradient clipping keeps early centerness stable.
+    "fcos": dict(
+        optimizer="sgd", base_lr=0.01, base_batch=16, momentum=0.9, weight_decay=1e-4,
+        schedule="step", warmup_iters=500, warmup_factor=1 / 3, clip_grad_norm=35.0, epochs=12, batch_size=4,
+    ),
+    "retinanet": dict(
+        optimizer="sgd", base_lr=0.01, base_batch=16, momentum=0.9, weight_decay=1e-4,
+        schedule="step", warmup_iters=500, warmup_factor=0.001, clip_grad_norm=35.0, epochs=12, batch_size=4,
+    ),
+    # torchvision SSD300 reference: SGD 0.002 at 32 images, wd 5e-4, cosine, long schedule.
+    "ssd": dict(
+        optimizer="sgd", base_lr=0.002, base_batch=32, momentum=0.9, weight_decay=5e-4,
+        schedule="cosine", warmup_iters=1000, warmup_factor=0.001, epochs=60, batch_size=8,
+    ),
+    # DETR paper: AdamW 1e-4, backbone x0.1, wd 1e-4, clip 0.1; no linear scaling of AdamW lr.
+    "detr": dict(
+        optimizer="adamw", base_lr=1e-4, base_batch=0, momentum=0.9, weight_decay=1e-4,
+        backbone_lr_mult=0.1, clip_grad_norm=0.1, schedule="step", milestones=[0.67],
+        warmup_iters=0, epochs=50, batch_size=4,
+    ),
+}
+
+# Model-specific changes to the family recipe (the lighter SSDLite recipe from torchvision).
+MODEL_RECIPES: dict[str, dict[str, Any]] = {
+    "ssdlite_effl0": dict(base_lr=0.15, base_batch=192, weight_decay=4e-5),
+}
+
+_FAMILY_PREFIXES = ("faster_rcnn", "fcos", "retinanet", "ssd", "detr")
+
+
+def family_of(model_name: str) -> str:
+    """Family of a catalogue name from its prefix (``ssdlite_*`` is ``ssd``)."""
+    for prefix in _FAMILY_PREFIXES:
+        if model_name.startswith(prefix):
+            return prefix
+    raise ConfigError(f"model: {model_name!r} has no known family prefix {_FAMILY_PREFIXES}; see `detlab models`")
+
+
+def family_recipe(family: str, model_name: str | None = None) -> dict[str, Any]:
+    """Default overrides for one family (and model), as a plain dict of TrainConfig fields."""
+    recipe = dict(RECIPES.get(family, {}))
+    if family == "detr":
+        recipe.update(_detr_published_recipe())
+    recipe.update(MODEL_RECIPES.get(model_name or "", {}))
+    return recipe
+
+
+def _detr_published_recipe() -> dict[str, Any]:
+    """``detlab.models.detr.DETR_SMALL_DATA_RECIPE`` when the DETR module publishes one."""
+    try:
+        from detlab.models.detr import DETR_SMALL_DATA_RECIPE
+    except ImportError:
+        return {}
+    recipe = dict(DETR_SMALL_DATA_RECIPE)
+    if "lr" in recipe and "base_lr" not in recipe:  # an absolute AdamW lr: keep it unscaled
+        recipe["base_lr"], recipe["base_batch"] = recipe.pop("lr"), 0
+    if "lr_drop_epoch" in recipe and recipe.get("epochs"):  # one step drop, as a fraction of the run
+        recipe["schedule"], recipe["milestones"] = "step", [recipe.pop("lr_drop_epoch") / recipe["epochs"]]
+    if "model_knobs" in recipe:
+        recipe["model_kwargs"] = dict(recipe.pop("model_knobs"))
+    # `model` and `weights` there say which DETR to pick; the user's choice of model stays the user's.
+    return {k: v for k, v in recipe.items() if k in FIELDS and k not in ("model", "weights", "data", "out")}
+
+
+def nearest_key(key: str) -> str:
+    """``; did you mean 'x'?`` hint for an unknown key, or a list hint when nothing is close."""
+    close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "valid keys: " + ", ".join(FIELDS)
+
+
+def apply_overrides(base: dict, overrides: dict, source: str) -> dict:
+    """Merge ``overrides`` (flat, dotted keys allowed for dict fields) into a config dict.
+
+    Args:
+        base: plain dict of TrainConfig fields.
+        overrides: ``{key: value}``; ``model_kwargs.min_size`` sets one entry of a dict field.
+        source: where the overrides came from, for error messages (``--set``, a YAML path…).
+
+    Returns:
+        A new dict. Raises ConfigError naming the unknown key and the nearest valid one.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in FIELDS:
+            raise ConfigError(f"{source}: unknown config key {key!r}; {nearest_key(head)}")
+        if rest:
+            if head not in _DICT_FIELDS:
+                raise ConfigError(f"{source}: key {key!r}: {head!r} is not a dict; use --set {head}=VALUE")
+            out[head] = {**out.get(head, {}), rest: value}
+        elif head in _DICT_FIELDS and not isinstance(value, dict):
+            raise ConfigError(f"{source}: key {head!r} must be a mapping, got {value!r}; use {head}.NAME=VALUE")
+        else:
+            out[head] = value
+    return out
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["a=1", "b.c=x"]`` → ``{"a": 1, "b.c": "x"}``; values parsed with ``yaml.safe_load``."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. --set lr=0.01)")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__}); quote it") from None
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a flat YAML config into a dict (keys validated by :func:`apply_overrides`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found; give the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, in field order."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def resolve(user: dict, family: str | None = None, model_name: str | None = None) -> TrainConfig:
+    """Build a validated TrainConfig: defaults < family recipe < ``user`` overrides.
+
+    Args:
+        user: overrides already merged from YAML, ``--set`` and CLI flags (flat or dotted keys).
+        family: model family; default: from ``user["model"]`` or ``model_name``.
+        model_name: catalogue name, for model-specific recipe changes.
+
+    Returns:
+        The resolved config (``lr`` still None when it is to be scaled; see :func:`effective_lr`).
+    """
+    model_name = model_name or user.get("model")
+    family = family or (family_of(model_name) if model_name else None)
+    merged = TrainConfig().to_dict()
+    if family:
+        merged = apply_overrides(merged, family_recipe(family, model_name), f"recipe for {family}")
+    merged = apply_overrides(merged, user, "config")
+    cfg = TrainConfig(**merged)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("step", "cosine", "constant"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+    "eval_before": ("auto", "true", "false"),
+}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check choices, types and ranges; raise ConfigError naming the key and the fix."""
+    if isinstance(cfg.eval_before, bool):  # YAML parses `true` as a bool
+        cfg.eval_before = str(cfg.eval_before).lower()
+    for key, choices in _CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}")
+    for key in ("epochs", "batch_size", "accumulate", "eval_batch_size", "log_every"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} must be an integer ≥ 1")
+    for key in ("num_workers", "warmup_iters", "checkpoint_every", "patience", "eval_every", "base_batch", "seed"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
+            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} must be an integer ≥ 0")
+    for key in ("base_lr", "weight_decay", "norm_weight_decay", "backbone_lr_mult", "clip_grad_norm", "gamma"):
+        if not isinstance(getattr(cfg, key), (int, float)) or getattr(cfg, key) < 0:
+            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} must be a number ≥ 0")
+    if cfg.lr is not None and (not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0):
+        raise ConfigError(f"config key 'lr': {cfg.lr!r} must be a positive number, or null to scale base_lr")
+    if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in cfg.milestones):
+        raise ConfigError(f"config key 'milestones': {cfg.milestones!r} must be fractions of the run in (0, 1)")
+    if isinstance(cfg.protocols, str):
+        cfg.protocols = [p.strip() for p in cfg.protocols.split(",") if p.strip()]
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"config key 'ema_decay': {cfg.ema_decay!r} must be in [0, 1)")
+
+
+def effective_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """The learning rate to use: ``lr`` when set, else ``base_lr`` scaled by the effective batch."""
+    if cfg.lr is not None:
+        return float(cfg.lr)
+    if cfg.base_batch == 0:
+        return float(cfg.base_lr)
+    return float(cfg.base_lr) * cfg.batch_size * cfg.accumulate * world_size / cfg.base_batch

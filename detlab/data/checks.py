@@ -1,0 +1,294 @@
+"""The dataset doctor: the checks ``load_dataset(check=True)`` runs, and ``detlab check``.
+
+Per image: missing, zero-byte, unreadable or truncated file; image size against the
+annotated size; per box: NaN, zero or negative size, outside the image. What is safe
+to fix is fixed and counted (a box crossing the border is clipped to the image; an
+annotation without a size takes the image's); what is not is skipped and counted (a
+box with no area left, an image that cannot be read). Nothing is dropped without a
+:class:`~detlab.data.records.Problem`.
+
+Size mismatch rule: when the image is a uniformly rescaled version of the annotated
+size (same aspect within 1 %), boxes are rescaled with it (``fixed``); otherwise they
+are kept in pixels and clipped to the real image (``warning``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from PIL import Image
+
+from detlab.data.records import ImageRecord, Problem, Records
+
+EXIF_ORIENTATION = 0x0112
+SIZE_BINS = [0, 8, 16, 32, 64, 128, 256, 512, np.inf]  # sqrt(box area) in px, for the histogram
+
+
+@dataclass
+class CheckResult:
+    """Counts from :func:`validate_records` (what was read, kept, fixed, skipped)."""
+
+    images_read: int = 0
+    boxes_read: int = 0
+    images_skipped: int = 0
+    boxes_skipped: int = 0
+    boxes_fixed: int = 0
+    sizes_fixed: int = 0
+    negatives: int = 0
+    severity: dict = field(default_factory=dict)
+
+    @property
+    def unusable(self) -> bool:
+        return self.severity.get("error", 0) > 0
+
+
+def box_field(rec: ImageRecord, j: int) -> str:
+    """The source field of box ``j`` of a record, for messages."""
+    extra = rec.extra
+    if "ann_ids" in extra:
+        return f"annotations[id={int(extra['ann_ids'][j])}].bbox"
+    if "lines" in extra:
+        return f"line {int(extra['lines'][j])}"
+    if "objects" in extra:
+        return f"object[{int(extra['objects'][j])}].bndbox"
+    return f"boxes[{j}]"
+
+
+def _tail_complete(path: Path) -> bool:
+    """Cheap truncation test: JPEG must hold its end marker near the end, PNG its IEND chunk."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(os.path.getsize(path) - 1024, 0))
+        tail = f.read()
+    if head[:2] == b"\xff\xd8":
+        return b"\xff\xd9" in tail
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" in tail
+    return True
+
+
+def probe_image(path: Path, decode: bool) -> tuple[tuple[int, int], tuple[int, int], int] | Problem:
+    """Header facts of an image, or the Problem that makes it unusable.
+
+    Args:
+        path: the image file.
+        decode: decode every pixel (``detlab check``); otherwise only when the cheap
+            end-of-file test suggests truncation.
+
+    Returns:
+        ``(displayed (W, H), raw (W, H), exif orientation)`` or a ``skipped`` Problem.
+    """
+    def bad(msg: str, fix: str = "replace or remove the image — image skipped") -> Problem:
+        return Problem(str(path), "file", msg, fix, "skipped")
+
+    try:
+        if os.path.getsize(path) == 0:
+            return bad("zero-byte file")
+        with Image.open(path) as im:
+            raw = im.size
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+            if decode or not _tail_complete(path):
+                im.load()
+    except FileNotFoundError:
+        return bad("image file not found", "restore it or remove its annotation — image skipped")
+    except (OSError, SyntaxError, ValueError) as e:
+        return bad(f"unreadable or truncated image ({e})")
+    shown = (raw[1], raw[0]) if orientation in (5, 6, 7, 8) else raw
+    return shown, raw, orientation
+
+
+def _check_size(rec: ImageRecord, shown: tuple[int, int], raw: tuple[int, int], orientation: int,
+                problems: list[Problem]) -> bool:
+    """Reconcile the annotated size with the real one; return True when a size was fixed."""
+    size = (rec.width, rec.height)
+    where = str(rec.ann_file or rec.file)
+    if size == shown:
+        return False
+    if rec.width <= 0 or rec.height <= 0:
+        rec.width, rec.height = shown
+        return True
+    if size == raw and orientation in (5, 6, 7, 8):
+        problems.append(Problem(where, "size", f"annotated {size[0]}x{size[1]} is the raw frame of an EXIF-rotated image (orientation {orientation})",
+                                "boxes are rotated with the image", "info"))
+        return False
+    sx, sy = shown[0] / rec.width, shown[1] / rec.height
+    if abs(sx / sy - 1) < 0.01:
+        rec.boxes = (rec.boxes * np.float32([sx, sy, sx, sy])).astype(np.float32)
+        fix, severity = "image was resized: boxes scaled to match", "fixed"
+    else:
+        fix, severity = "boxes kept in pixels and clipped to the image; re-export the annotation if they look wrong", "warning"
+    problems.append(Problem(where, "size", f"annotated {size[0]}x{size[1]} but {Path(rec.file).name} is {shown[0]}x{shown[1]}", fix, severity))
+    rec.width, rec.height = shown
+    return True
+
+
+def _filter_boxes(rec: ImageRecord, keep: np.ndarray) -> None:
+    n = rec.num_boxes
+    rec.boxes, rec.labels = rec.boxes[keep], rec.labels[keep]
+    rec.difficult, rec.iscrowd = rec.difficult[keep], rec.iscrowd[keep]
+    for key, value in rec.extra.items():
+        if isinstance(value, np.ndarray) and value.shape[:1] == (n,):
+            rec.extra[key] = value[keep]
+
+
+def check_boxes(rec: ImageRecord, problems: list[Problem]) -> tuple[int, int]:
+    """Validate one record's boxes against its size: skip NaN / empty / outside, clip crossing ones.
+
+    Args:
+        rec: the record (``width``/``height`` > 0 for clipping); modified in place.
+        problems: extended with one Problem per box fixed or skipped.
+
+    Returns:
+        ``(fixed, skipped)`` box counts.
+    """
+    b = rec.boxes.astype(np.float64)  # [N, 4]
+    if b.shape[0] == 0:
+        return 0, 0
+    where = str(rec.ann_file or rec.file)
+    finite = np.isfinite(b).all(1)
+    positive = finite & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    lim = np.array([rec.width, rec.height, rec.width, rec.height], np.float64)
+    clipped = np.clip(b, 0, lim) if rec.width > 0 and rec.height > 0 else b
+    inside = positive & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    # Float noise from normalised formats (YOLO's -1e-9) is clipped without a report; real overhangs are reported.
+    moved = inside & (np.abs(clipped - b).max(1) > 1e-3)
+    for j in np.flatnonzero(~inside):
+        if not finite[j]:
+            msg = f"NaN or infinite coordinate {b[j].tolist()}"
+        elif not positive[j]:
+            msg = f"zero or negative size (x1={b[j, 0]:g} y1={b[j, 1]:g} x2={b[j, 2]:g} y2={b[j, 3]:g})"
+        else:
+            msg = f"box {np.round(b[j], 2).tolist()} lies outside the {rec.width}x{rec.height} image"
+        problems.append(Problem(where, box_field(rec, j), msg, "fix or delete the box — box skipped", "skipped"))
+    for j in np.flatnonzero(moved):
+        problems.append(Problem(where, box_field(rec, j), f"box {np.round(b[j], 2).tolist()} crosses the {rec.width}x{rec.height} image border",
+                                "clipped to the image", "fixed"))
+    rec.boxes = clipped.astype(np.float32)
+    if not inside.all():
+        _filter_boxes(rec, inside)
+    return int(moved.sum()), int((~inside).sum())
+
+
+IMAGE_FIELDS = ("file", "xml", "annotation", "filename")
+
+
+def is_image_level(problem: Problem) -> bool:
+    """Whether a Problem is about a whole image (vs one box or the dataset)."""
+    return problem.field in IMAGE_FIELDS or problem.field.startswith("images[")
+
+
+def validate_records(records: Records, decode: bool = False) -> CheckResult:
+    """Run every check on a Records in place: fix what is safe, skip what is not, record Problems.
+
+    Args:
+        records: read by a format reader; images and boxes are fixed/dropped in place and
+            each finding is appended to ``records.problems``.
+        decode: decode every image fully (slow; ``detlab check``); else headers only.
+
+    Returns:
+        The counts (reader skips included).
+    """
+    problems = records.problems
+    reader_skips = [p for p in problems if p.severity == "skipped"]
+    result = CheckResult(images_read=len(records.images), boxes_read=records.num_boxes)
+    result.images_skipped = sum(map(is_image_level, reader_skips))
+    result.boxes_skipped = len(reader_skips) - result.images_skipped
+    result.boxes_read += result.boxes_skipped
+    kept, seen_files = [], {}
+    for rec in records.images:
+        facts = probe_image(Path(rec.file), decode)
+        if isinstance(facts, Problem):
+            problems.append(facts)
+            result.images_skipped += 1
+            continue
+        result.sizes_fixed += _check_size(rec, *facts, problems)
+        fixed, skipped = check_boxes(rec, problems)
+        result.boxes_fixed += fixed
+        result.boxes_skipped += skipped
+        if rec.file in seen_files:
+            problems.append(Problem(str(rec.file), "file", f"image used by two records (ids {seen_files[rec.file]} and {rec.image_id})",
+                                    "remove one of the duplicates", "warning"))
+        seen_files[rec.file] = rec.image_id
+        result.negatives += rec.num_boxes == 0
+        kept.append(rec)
+    ids = [r.image_id for r in kept]
+    if len(set(ids)) != len(ids):
+        problems.append(Problem(str(records.root), "image_id", "duplicate image ids after reading", "give every image its own id", "error"))
+    if not kept:
+        problems.append(Problem(str(records.root), "images", "no usable image", "fix the problems above", "error"))
+    records.images = kept
+    for p in problems:
+        result.severity[p.severity] = result.severity.get(p.severity, 0) + 1
+    return result
+
+
+def print_load_summary(records: Records, result: CheckResult, name: str, file: TextIO = sys.stderr, limit: int = 10) -> None:
+    """The load-time report: a few problem lines, then the counts (``detlab check`` lists everything)."""
+    shown = [p for p in records.problems if p.severity != "info"]
+    for p in shown[:limit]:
+        print(f"detlab: {p.line()}", file=file)
+    if len(shown) > limit:
+        print(f"detlab: … and {len(shown) - limit} more — run `detlab check {name}` for every line", file=file)
+    if shown:
+        print(f"detlab: {name}: {len(records.images)} images, {records.num_boxes} boxes, {records.num_classes} classes; "
+              f"fixed {result.boxes_fixed} boxes and {result.sizes_fixed} sizes, skipped {result.boxes_skipped} boxes "
+              f"and {result.images_skipped} images", file=file)
+
+
+def summary_lines(records: Records, result: CheckResult) -> list[str]:
+    """The ``detlab check`` summary: counts, per-class boxes, COCO size buckets, a box-size histogram."""
+    boxes = np.concatenate([r.boxes for r in records.images]) if records.images else np.zeros((0, 4), np.float32)
+    labels = np.concatenate([r.labels for r in records.images]) if records.images else np.zeros(0, np.int64)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
+    per_class = np.bincount(labels, minlength=records.num_classes)
+    width = max([len(n) for n in records.class_names] + [5])
+    lines = [
+        f"dataset: {records.root} ({records.format}, split {records.split or 'all'})",
+        f"images: {len(records.images)} usable ({result.negatives} without boxes, used as negatives; "
+        f"{result.images_skipped} skipped)",
+        f"boxes: {len(boxes)} usable of {result.boxes_read} ({result.boxes_fixed} clipped, {result.boxes_skipped} skipped)",
+        f"classes: {records.num_classes}",
+    ]
+    lines += [f"  {name:<{width}} {int(n):>7}" + _few(int(n)) for name, n in zip(records.class_names, per_class)]
+    small, medium = int((area < 32 ** 2).sum()), int(((area >= 32 ** 2) & (area < 96 ** 2)).sum())
+    lines.append(f"COCO sizes: small {small}  medium {medium}  large {len(area) - small - medium}")
+    lines.append("box size histogram (sqrt of area, px):")
+    counts, _ = np.histogram(np.sqrt(area), bins=SIZE_BINS)
+    top = max(int(counts.max()) if counts.size else 0, 1)
+    for lo, hi, n in zip(SIZE_BINS[:-1], SIZE_BINS[1:], counts):
+        label = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f"{lo:g}+"
+        lines.append(f"  {label:>8} | {'#' * int(round(40 * n / top)):<40} {int(n)}")
+    tally = ", ".join(f"{result.severity.get(s, 0)} {s}" for s in ("error", "skipped", "fixed", "warning", "info"))
+    lines.append(f"problems: {tally}")
+    return lines
+
+
+def _few(n: int) -> str:
+    return "   <- no boxes" if n == 0 else f"   <- only {n} box{'es' if n > 1 else ''}" if n < 5 else ""
+
+
+def check_command(data: str, split: str | None = None, images: str | None = None, classes: str | None = None) -> int:
+    """``detlab check DATA``: every problem as one line, then the summary.
+
+    Returns:
+        0 when the dataset is usable, 1 when it is not (errors, no usable image or no box).
+    """
+    from detlab.data.formats import read_records
+
+    records = read_records(data, split=split, images=images, classes=classes)
+    result = validate_records(records, decode=True)
+    if records.images and records.num_boxes == 0:
+        records.problems.append(Problem(str(records.root), "boxes", "no usable box in the whole dataset", "fix the problems above", "error"))
+        result.severity["error"] = result.severity.get("error", 0) + 1
+    for p in records.problems:
+        print(p.line())
+    for line in summary_lines(records, result):
+        print(line)
+    usable = not result.unusable and bool(records.images)
+    print("verdict: usable" if usable else "verdict: NOT usable — fix the errors above")
+    return 0 if usable else 1

@@ -1,0 +1,254 @@
+"""``detlab convert``: write Records as COCO, VOC or YOLO, losslessly where the target can hold it.
+
+What is kept, per target:
+
+- **COCO** (``DST/annotations/instances_<split>.json``, images in ``DST/images/<split>/``,
+  or ``DST.json`` with images in ``images/`` beside it): class names and source
+  category ids (1..C when the source has none), image sizes, ``iscrowd``, and VOC's
+  ``difficult`` as an extra per-annotation key ``"difficult": 0|1`` (COCO tools ignore
+  it; detlab reads it back). Original annotation ids and areas when they were COCO.
+- **VOC** (``DST/Annotations``, ``DST/JPEGImages``, ``DST/ImageSets/Main/<split>.txt``):
+  names, sizes, ``difficult``, ``truncated``, and COCO's ``iscrowd`` as an extra
+  ``<iscrowd>1</iscrowd>`` object tag. Coordinates per ``formats/voc.py`` (exact).
+- **YOLO** (``DST/images/<split>``, ``DST/labels/<split>``, ``DST/data.yaml``): names and
+  boxes (normalised with 10 decimals: < 1e-6 px error). YOLO has no ``difficult`` /
+  ``iscrowd``: such boxes are written as normal boxes and counted in a warning.
+
+Images are hard-linked into the destination (no copy, same bytes); when the
+destination is on another file system they are copied. Writing a second split into
+the same destination adds to it (``data.yaml`` and ``ImageSets`` are updated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from detlab.data.records import ImageRecord, Problem, Records
+from detlab.errors import DataError
+
+TARGETS = ("coco", "voc", "yolo")
+
+
+def place_image(src: Path, dst: Path, link: str = "hardlink") -> None:
+    """Put an image at ``dst``: ``hardlink`` (falls back to copy across file systems), ``symlink`` or ``copy``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        if dst.resolve() == Path(src).resolve() or (dst.exists() and os.path.samefile(src, dst)):
+            return
+        dst.unlink()
+    if link == "symlink":
+        dst.symlink_to(Path(src).resolve())
+        return
+    if link == "hardlink":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def dest_names(records: Records) -> list[str]:
+    """A unique file name per image for the destination (the source name; ``<id>_name`` on clashes)."""
+    names, used = [], set()
+    for r in records.images:
+        name = Path(r.file).name
+        if name in used:
+            name = f"{r.image_id}_{name}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _num(v: float) -> str:
+    """A coordinate as text: integers without a fraction, others to 4 decimals (exact to 1e-4 px)."""
+    r = round(float(v))
+    return str(r) if abs(v - r) < 1e-6 else f"{float(v):.4f}".rstrip("0").rstrip(".")
+
+
+def voc_xml(rec: ImageRecord, filename: str, class_names: list[str]) -> ET.ElementTree:
+    """One image's VOC XML tree (boxes shifted back to 1-based inclusive, see ``formats/voc.py``)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = filename
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", rec.width), ("height", rec.height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(int(value))
+    ET.SubElement(root, "segmented").text = "0"
+    truncated = rec.extra.get("truncated", np.zeros(rec.num_boxes, bool))
+    for j in range(rec.num_boxes):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = class_names[int(rec.labels[j])]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = str(int(truncated[j]))
+        ET.SubElement(obj, "difficult").text = str(int(rec.difficult[j]))
+        if rec.iscrowd[j]:
+            ET.SubElement(obj, "iscrowd").text = "1"
+        box = ET.SubElement(obj, "bndbox")
+        x1, y1, x2, y2 = (float(v) for v in rec.boxes[j])
+        for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(box, tag).text = _num(value)
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def write_voc(records: Records, dst: Path, split: str | None = None, link: str = "hardlink") -> Path:
+    """Write Records as a VOC year folder.
+
+    Args:
+        records: boxes xyxy continuous pixels.
+        dst: the year folder to write (created).
+        split: ``ImageSets/Main/<split>.txt`` name (default: the records' split, else ``all``).
+        link: how images are placed (see :func:`place_image`).
+
+    Returns:
+        ``dst``.
+    """
+    split = split or records.split or "all"
+    (dst / "Annotations").mkdir(parents=True, exist_ok=True)
+    (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    stems = []
+    for rec, name in zip(records.images, dest_names(records)):
+        stem = Path(name).stem
+        voc_xml(rec, name, records.class_names).write(dst / "Annotations" / f"{stem}.xml", encoding="unicode")
+        place_image(rec.file, dst / "JPEGImages" / name, link)
+        stems.append(stem)
+    (dst / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
+    return dst
+
+
+def coco_dict(records: Records, file_names: list[str]) -> dict:
+    """Records as a COCO detection dict (bbox ``[x, y, w, h]``, see the module docstring for extras)."""
+    from_coco = records.format == "coco" and all(isinstance(s, int) for s in records.source_ids)
+    cat_ids = list(records.source_ids) if from_coco else list(range(1, records.num_classes + 1))
+    images, annotations, next_id, seen = [], [], 1, set()
+    for rec, name in zip(records.images, file_names):
+        images.append({"id": int(rec.image_id), "file_name": name, "width": int(rec.width), "height": int(rec.height)})
+        ids, area = rec.extra.get("ann_ids"), rec.extra.get("area")
+        for j in range(rec.num_boxes):
+            x1, y1, x2, y2 = (float(v) for v in rec.boxes[j])
+            ann_id = int(ids[j]) if ids is not None and int(ids[j]) not in seen else None
+            if ann_id is None:
+                while next_id in seen:
+                    next_id += 1
+                ann_id = next_id
+            seen.add(ann_id)
+            a = float(area[j]) if area is not None and np.isfinite(area[j]) else (x2 - x1) * (y2 - y1)
+            annotations.append({
+                "id": ann_id, "image_id": int(rec.image_id), "category_id": int(cat_ids[int(rec.labels[j])]),
+                "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)], "area": round(a, 4),
+                "iscrowd": int(rec.iscrowd[j]), "difficult": int(rec.difficult[j]), "segmentation": [],
+            })
+    categories = [{"id": int(c), "name": n, "supercategory": "none"} for c, n in zip(cat_ids, records.class_names)]
+    return {"info": {"description": "written by detlab convert"}, "images": images, "annotations": annotations,
+            "categories": categories}
+
+
+def write_coco(records: Records, dst: Path, split: str | None = None, link: str = "hardlink") -> Path:
+    """Write Records as COCO JSON plus an image folder.
+
+    Args:
+        records: boxes xyxy continuous pixels.
+        dst: a folder (``annotations/instances_<split>.json``, ``images/<split>/``) or a ``.json`` path
+            (images in ``images/`` beside it).
+        split: split name (default: the records' split, else ``all``).
+        link: how images are placed (see :func:`place_image`).
+
+    Returns:
+        The JSON path.
+    """
+    split = split or records.split or "all"
+    if dst.suffix == ".json":
+        json_path, image_dir = dst, dst.parent / "images"
+    else:
+        json_path, image_dir = dst / "annotations" / f"instances_{split}.json", dst / "images" / split
+    names = dest_names(records)
+    for rec, name in zip(records.images, names):
+        place_image(rec.file, image_dir / name, link)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(coco_dict(records, names)))
+    return json_path
+
+
+def yolo_lines(rec: ImageRecord) -> str:
+    """One label file: ``class cx cy w h`` normalised by the image size, 10 decimals."""
+    w, h = float(rec.width), float(rec.height)
+    b = rec.boxes.astype(np.float64)  # [N, 4]
+    cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], 1)
+    return "".join(f"{int(c)} " + " ".join(f"{v:.10f}" for v in row) + "\n" for c, row in zip(rec.labels, cxcywh))
+
+
+def write_yolo(records: Records, dst: Path, split: str | None = None, link: str = "hardlink") -> Path:
+    """Write Records as a YOLO dataset; adds the split to an existing ``data.yaml`` with the same names.
+
+    Returns:
+        The ``data.yaml`` path.
+
+    Raises:
+        DataError: ``dst/data.yaml`` exists with other class names.
+    """
+    split = {"valid": "val"}.get(split or records.split or "train", split or records.split or "train")
+    yml = dst / "data.yaml"
+    data = yaml.safe_load(yml.read_text()) if yml.is_file() else {}
+    if data.get("names") and list(data["names"]) != records.class_names:
+        raise DataError(f"{yml}: names {data['names']} differ from {records.class_names} — write to a new folder or pass --classes")
+    for rec, name in zip(records.images, dest_names(records)):
+        if rec.width <= 0 or rec.height <= 0:
+            raise DataError(f"{rec.file}: image size unknown — YOLO labels need it; convert with the checks on (default)")
+        place_image(rec.file, dst / "images" / split / name, link)
+        label = dst / "labels" / split / f"{Path(name).stem}.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text(yolo_lines(rec))
+    data.update({"path": ".", split: f"images/{split}", "nc": records.num_classes, "names": list(records.class_names)})
+    yml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return yml
+
+
+WRITERS = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo}
+
+
+def convert(src: str | Path, dst: str | Path, to: str, split: str | None = None, images: str | None = None,
+            classes: str | list[str] | None = None, link: str = "hardlink") -> tuple[Path, Records]:
+    """Read any dataset and write it in another format.
+
+    Args:
+        src: dataset spec (``PATH``, ``PATH:split``, ``+`` joins).
+        dst: destination folder (or ``.json`` for COCO).
+        to: ``coco`` | ``voc`` | ``yolo``.
+        split, images, classes: as in :func:`detlab.data.dataset.load_dataset`.
+        link: ``hardlink`` (default, copies across file systems) | ``symlink`` | ``copy``.
+
+    Returns:
+        The written path and the Records written (after the load-time checks).
+    """
+    from detlab.data.checks import print_load_summary, validate_records
+    from detlab.data.formats import read_records
+
+    if to not in WRITERS:
+        raise DataError(f"--to {to!r}: unknown target — use one of {', '.join(TARGETS)}")
+    records = read_records(src, split=split, images=images, classes=classes)
+    result = validate_records(records, decode=False)
+    print_load_summary(records, result, str(src), file=sys.stderr)
+    if to == "yolo":
+        flagged = int(sum(r.difficult.sum() + r.iscrowd.sum() for r in records.images))
+        if flagged:
+            records.problems.append(Problem(str(dst), "difficult/iscrowd", f"YOLO cannot hold these flags: {flagged} boxes",
+                                            "written as normal boxes", "warning"))
+            print(f"detlab: {records.problems[-1].line()}", file=sys.stderr)
+    return WRITERS[to](records, Path(dst), records.split, link), records
+
+
+def convert_command(src: str, dst: str, to: str, split: str | None = None, images: str | None = None,
+                    classes: str | None = None) -> int:
+    """``detlab convert SRC DST --to coco|voc|yolo``; prints what was written. Returns 0."""
+    out, records = convert(src, dst, to, split=split, images=images, classes=classes)
+    print(f"wrote {to}: {out} ({len(records.images)} images, {records.num_boxes} boxes, {records.num_classes} classes)")
+    return 0

@@ -1,0 +1,548 @@
+"""The training loop: one readable loop for every family, on CPU, one GPU or many (torchrun).
+
+Stages per optimizer step (``Trainer._step``)::
+
+    batches (accumulate of them) → model(images, targets) → sum of loss_* → backward
+    → unscale / clip → optimizer.step → scheduler.step → EMA update
+
+Per epoch: periodic evaluation (validation losses + COCO/VOC metrics, gathered across
+ranks), ``checkpoints/last.pt`` every epoch (and every ``checkpoint_every`` steps),
+``checkpoints/best.pt`` on improvement of ``metric``, early stopping after ``patience``
+evaluations without improvement. Everything a run writes is described in DESIGN.md
+("Run folder"); metrics.jsonl lines are ``{"type": "train", …}`` and ``{"type": "eval", …}``.
+
+``iteration`` counts optimizer steps; one step consumes ``accumulate`` batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from detlab.config import TrainConfig, effective_lr, save_yaml
+from detlab.engine import checkpoint as ckpt_io
+from detlab.engine import distributed as ddp
+from detlab.engine.schedule import build_optimizer, build_scheduler
+from detlab.engine.runlog import RunLog
+from detlab.errors import ConfigError, DetlabError
+
+
+class NonFiniteLossError(DetlabError):
+    """A loss part or the gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+@dataclass
+class Run:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (best checkpoint's weights when there was an evaluation), eval mode.
+        out: the run folder.
+        metrics: flattened metrics of the best evaluation (``{"coco/AP50": …}``), empty without val data.
+        before: flattened metrics before the first step, when that evaluation ran.
+        stopped: ``finished`` | ``early_stopping``.
+    """
+
+    model: nn.Module
+    out: Path
+    metrics: dict = field(default_factory=dict)
+    before: dict | None = None
+    stopped: str = "finished"
+
+
+def train(model: nn.Module, train_ds, val_ds=None, out: str | Path = "runs/train", epochs: int | None = None,
+          **overrides) -> Run:
+    """Train ``model`` on ``train_ds``, evaluating on ``val_ds``; the Python face of ``detlab train``.
+
+    Args:
+        model: a catalogue model (``build_model``): attributes ``name``, ``family``,
+            ``transform_recipe``, ``build_kwargs``, ``backbone_prefixes``.
+        train_ds: a ``DetectionDataset``; when it has no transforms, the family's
+            training transforms (``data.transforms.build_transforms``) are applied.
+        val_ds: dataset to evaluate on, or None (no evaluation; best = last).
+        out: run folder.
+        epochs: number of epochs (default: the family recipe's).
+        **overrides: any :class:`~detlab.config.TrainConfig` field (``lr=0.005``, ``batch_size=2``…).
+
+    Returns:
+        A :class:`Run` with the trained model, its folder and its metrics.
+    """
+    from detlab.config import resolve
+
+    user = dict(overrides)
+    if epochs is not None:
+        user["epochs"] = epochs
+    user.update(out=str(out), model=getattr(model, "name", None))
+    cfg = resolve(user, family=getattr(model, "family", None), model_name=getattr(model, "name", None))
+    ctx = ddp.setup(cfg.device)
+    return fit(model, train_ds, val_ds, cfg, ctx=ctx)
+
+
+def fit(model: nn.Module, train_ds, val_ds, cfg: TrainConfig, resume: dict | None = None,
+        ctx: ddp.DistContext | None = None) -> Run:
+    """Run the loop for a built model and loaded datasets under a resolved config.
+
+    Args:
+        model: the model (weights already loaded when fine-tuning).
+        train_ds, val_ds: datasets (val may be None).
+        cfg: resolved config; ``cfg.out`` is the run folder.
+        resume: a checkpoint dict to continue from (``--resume``), or None.
+        ctx: process group context (default: single process on ``cfg.device``).
+
+    Returns:
+        The :class:`Run`.
+    """
+    ctx = ctx or ddp.DistContext(device=ddp.pick_device(cfg.device))
+    trainer = Trainer(model, train_ds, val_ds, cfg, ctx)
+    try:
+        return trainer.run(resume)
+    finally:
+        trainer.log.close()
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; optionally make torch pick deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for full precision (``auto`` is off on CPU)."""
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+
+
+def _with_train_transforms(dataset, model: nn.Module, cfg: TrainConfig):
+    """The dataset with the family's training transforms when it has none of its own."""
+    if getattr(dataset, "transforms", "absent") is not None or not hasattr(dataset, "records"):
+        return dataset
+    from detlab.data.dataset import DetectionDataset
+    from detlab.data.transforms import build_transforms
+
+    tf = build_transforms(model.transform_recipe, train=True, **cfg.transform_kwargs)
+    return DetectionDataset(dataset.records, transforms=tf)
+
+
+class Trainer:
+    """Holds the moving parts of one run; :meth:`run` reads top-down."""
+
+    def __init__(self, model: nn.Module, train_ds, val_ds, cfg: TrainConfig, ctx: ddp.DistContext) -> None:
+        if cfg.out is None:
+            raise ConfigError("config key 'out': no run folder given; pass --out RUN")
+        self.cfg, self.ctx, self.device = cfg, ctx, ctx.device
+        self.out = Path(cfg.out)
+        self.model = model.to(self.device)
+        self.val_ds = val_ds
+        self._check_metric()
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.train_ds = ddp.SeededDataset(_with_train_transforms(train_ds, model, cfg))
+        self.sampler = ddp.ResumableSampler(self.train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
+        self.loader_gen = torch.Generator().manual_seed(cfg.seed)
+        self.steps_per_epoch = math.ceil(math.ceil(self.sampler.num_samples / cfg.batch_size) / cfg.accumulate)
+        self.total_iters = self.steps_per_epoch * cfg.epochs
+        self.net = self._wrap_ddp(self.model)
+        self.optimizer = build_optimizer(self.model, cfg, ctx.world_size)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_iters)
+        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = self._build_ema()
+        self.epoch, self.iteration, self.step_in_epoch = 0, 0, 0
+        self.progress = {"best": None, "best_epoch": None, "bad_evals": 0, "metrics": {}, "before": None}
+        self.log = RunLog(self.out, ctx.is_main, cfg, self.total_iters)
+
+    # --- setup helpers ---------------------------------------------------------
+
+    def _check_metric(self) -> None:
+        head = self.cfg.metric.split("/")[0]
+        if self.val_ds is not None and head not in (*self.cfg.protocols, "val"):
+            raise ConfigError(f"config key 'metric': {self.cfg.metric!r} needs protocol {head!r}, which is not in "
+                              f"protocols {self.cfg.protocols}; add it or pick e.g. metric=coco/AP50")
+
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        if not self.ctx.distributed:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                   find_unused_parameters=self.cfg.ddp_find_unused)
+
+    def _build_ema(self):
+        if not self.cfg.ema:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True)
+
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(self.step_in_epoch * self.cfg.accumulate * self.cfg.batch_size)
+        return DataLoader(self.train_ds, batch_size=self.cfg.batch_size, sampler=self.sampler,
+                          num_workers=self.cfg.num_workers, collate_fn=ddp.collate_pairs,
+                          worker_init_fn=ddp.seed_worker, generator=self.loader_gen,
+                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and deployed: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # --- the run -----------------------------------------------------------------
+
+    def run(self, resume: dict | None) -> Run:
+        """Resume or start, train epoch by epoch with evaluations, return the best model."""
+        self._start(resume)
+        stopped = "finished"
+        while self.epoch < self.cfg.epochs:
+            self._train_epoch()
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            if self._eval_due():
+                improved = self._evaluate_and_track()
+                self._save(best=improved)
+                if self.cfg.patience and self.progress["bad_evals"] >= self.cfg.patience:
+                    self.log.note(f"early stopping: {self.cfg.metric} did not improve for "
+                                  f"{self.cfg.patience} evaluations (best at epoch {self.progress['best_epoch']})")
+                    stopped = "early_stopping"
+                    break
+            else:
+                self._save()
+        return self._finish(stopped)
+
+    def _start(self, resume: dict | None) -> None:
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_yaml(self.cfg, self.out / "config.yaml")
+        if resume is not None:
+            self._restore(resume)
+            self.log.note(f"resumed {self.out} at epoch {self.epoch + 1}, iteration {self.iteration}")
+            return
+        self.log.start_fresh()
+        if self.val_ds is not None and self._eval_before():
+            flat = self._evaluate(tag="before")
+            self.progress["before"] = flat
+
+    def _eval_before(self) -> bool:
+        if self.cfg.eval_before == "auto":
+            return self.cfg.weights not in (None, "none")
+        return self.cfg.eval_before == "true"
+
+    def _eval_due(self) -> bool:
+        if self.val_ds is None:
+            return False
+        last = self.epoch == self.cfg.epochs
+        return last or (self.cfg.eval_every > 0 and self.epoch % self.cfg.eval_every == 0)
+
+    def _train_epoch(self) -> None:
+        self.net.train()
+        batches = iter(self._loader())
+        t_data = time.perf_counter()
+        while self.step_in_epoch < self.steps_per_epoch:
+            group = [b for _, b in zip(range(self.cfg.accumulate), batches)]
+            if not group:
+                break
+            data_sec = time.perf_counter() - t_data
+            parts = self._step(group)
+            self.iteration += 1
+            self.step_in_epoch += 1
+            self.log.step(self.iteration, self.epoch + 1, self.optimizer.param_groups[0]["lr"], parts,
+                          data_sec, time.perf_counter() - t_data)
+            if self.cfg.checkpoint_every and self.iteration % self.cfg.checkpoint_every == 0 \
+                    and self.step_in_epoch < self.steps_per_epoch:
+                self._save()
+            t_data = time.perf_counter()
+
+    def _step(self, group: list) -> dict[str, float]:
+        """One optimizer step over ``accumulate`` batches; returns the loss parts (means over the group)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for i, (images, targets) in enumerate(group):
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            targets = ddp._to_device(targets, self.device)
+            sync = i == len(group) - 1 or not self.ctx.distributed
+            with (self.net.no_sync() if not sync else contextlib.nullcontext()), \
+                    torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                   enabled=self.amp_dtype is not None):
+                out = self.net(images, targets)
+                loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+                self._check_finite(out)
+                self.scaler.scale(loss / len(group)).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(group)
+        self._clip_and_step()
+        sums["loss"] = sum(v for k, v in sums.items() if k.startswith("loss_"))
+        return sums
+
+    def _check_finite(self, out: dict) -> None:
+        bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v.detach()).all()]
+        if ddp.all_true(not bad, self.device):
+            return
+        where = ", ".join(f"{k}={float(out[k].detach()):.4g}" for k in bad) or "on another rank"
+        self._raise_non_finite(f"loss became non-finite at iteration {self.iteration + 1} "
+                               f"(epoch {self.epoch + 1}): {where}")
+
+    def _raise_non_finite(self, what: str) -> None:
+        last, _ = ckpt_io.checkpoint_paths(self.out)
+        kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{what}; training stopped, {kept}; lower the learning rate "
+                                 f"(--set lr=…) or set clip_grad_norm")
+
+    def _clip_and_step(self) -> None:
+        if self.cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            # fp16's scaler skips inf steps by design; in full precision an inf norm would corrupt weights.
+            if not self.scaler.is_enabled() and not ddp.all_true(bool(torch.isfinite(norm)), self.device):
+                self._raise_non_finite(f"gradient norm became non-finite at iteration {self.iteration + 1}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    # --- evaluation ----------------------------------------------------------------
+
+    def _evaluate(self, tag: str) -> dict:
+        """Evaluate the deployable weights; log an eval line and ``eval/<tag>.json``; return flat metrics."""
+        from detlab.evaluation.evaluator import flatten_metrics
+
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        t0 = time.perf_counter()
+        result = ddp.evaluate_sharded(model, self.val_ds, self.cfg.protocols, self.cfg.eval_batch_size,
+                                      self.ctx, with_loss=True, num_workers=min(self.cfg.num_workers, 2))
+        model.train(was_training)
+        val_loss = result.get("val_loss", {})
+        flat = flatten_metrics({k: v for k, v in result.items() if k != "val_loss"})
+        flat.update({f"val/{k}": v for k, v in val_loss.items()})
+        flat = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float, np.number))}
+        self.log.evaluation(self.epoch, self.iteration, flat, result, tag, time.perf_counter() - t0)
+        return flat
+
+    def _evaluate_and_track(self) -> bool:
+        flat = self._evaluate(tag="last")
+        value = flat.get(self.cfg.metric)
+        if value is None:
+            raise ConfigError(f"config key 'metric': {self.cfg.metric!r} is not among the evaluation's metrics "
+                              f"({', '.join(sorted(flat))}); pick one of them")
+        lower_is_better = self.cfg.metric.startswith("val/")
+        best = self.progress["best"]
+        improved = best is None or (value < best if lower_is_better else value > best)
+        self.progress["metrics"] = flat
+        if improved:
+            self.progress.update(best=float(value), best_epoch=self.epoch, bad_evals=0, best_metrics=flat)
+            self.log.copy_eval("last", "best")
+        else:
+            self.progress["bad_evals"] += 1
+        return improved
+
+    # --- checkpoints ---------------------------------------------------------------
+
+    def _state(self) -> dict:
+        rngs = ddp.gather_objects(ckpt_io.rng_state())
+        state = {
+            "model": self.eval_model.state_dict(),
+            "model_name": getattr(self.model, "name", None),
+            "num_classes": int(getattr(self.model, "num_classes", 0) or 0),
+            "build_kwargs": dict(getattr(self.model, "build_kwargs", {}) or {}),
+            "class_names": list(getattr(self.train_ds.dataset, "class_names", []) or []),
+            "source_ids": _source_ids(self.train_ds.dataset),
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": {"n_averaged": self.ema.n_averaged.detach().cpu()} if self.ema is not None else None,
+            "train_model": self.model.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch, "iteration": self.iteration, "step_in_epoch": self.step_in_epoch,
+            "rng": rngs[0], "rng_per_rank": rngs,
+            "sampler": {**self.sampler.state_dict(), "generator": self.loader_gen.get_state()},
+            "metrics": dict(self.progress["metrics"]),
+            "progress": {k: v for k, v in self.progress.items() if k != "metrics"},
+            "log": self.log.state_dict(),
+        }
+        return state
+
+    def _save(self, best: bool = False) -> None:
+        state = self._state()  # every rank: gathers the RNG states
+        if self.ctx.is_main:
+            last, best_path = ckpt_io.checkpoint_paths(self.out)
+            ckpt_io.save_checkpoint(state, last)
+            if best or (self.val_ds is None and self.epoch == self.cfg.epochs):
+                ckpt_io.copy_checkpoint(last, best_path)
+        ddp.barrier()
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["train_model"] if ckpt.get("train_model") is not None else ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["model"])
+            self.ema.n_averaged.copy_(ckpt["ema"]["n_averaged"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        self.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
+        self.progress.update(ckpt.get("progress", {}), metrics=dict(ckpt.get("metrics", {})))
+        self.loader_gen.set_state(ckpt["sampler"]["generator"])
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        ckpt_io.set_rng_state(per_rank[self.ctx.rank] if self.ctx.rank < len(per_rank) else ckpt["rng"])
+        self.log.load_state_dict(ckpt["log"])
+
+    def _finish(self, stopped: str) -> Run:
+        _, best_path = ckpt_io.checkpoint_paths(self.out)
+        if self.val_ds is not None and best_path.exists():
+            best = ckpt_io.load_checkpoint(best_path, map_location=self.device)
+            self.model.load_state_dict(best["model"])
+        self.model.eval()
+        metrics = dict(self.progress.get("best_metrics") or self.progress["metrics"])
+        if self.ctx.is_main:
+            self.log.finish(metrics, self.progress.get("before"), self.cfg)
+        ddp.barrier()
+        return Run(model=self.model, out=self.out, metrics=metrics, before=self.progress.get("before"),
+                   stopped=stopped)
+
+
+def _source_ids(dataset) -> list:
+    records = getattr(dataset, "records", None)
+    ids = getattr(records, "source_ids", None) or []
+    return [i if isinstance(i, (int, str)) else str(i) for i in ids]
+
+
+# --- the command line ---------------------------------------------------------------
+
+
+def train_command(args) -> int:
+    """``detlab train``: resolve the config, load data and model, run :func:`fit`.
+
+    Args:
+        args: the ``detlab train`` namespace (``data``, ``val``, ``model``, ``out``, ``weights``,
+            ``config``, ``set``, ``resume``).
+
+    Returns:
+        Exit code 0; bad input raises a DetlabError the CLI prints as one line.
+    """
+    cfg, resume = _resume_config(args) if args.resume else (_config_from_args(args), None)
+    ctx = ddp.setup(cfg.device)
+    try:
+        seed_everything(cfg.seed, cfg.deterministic)
+        train_ds, val_ds = load_train_val(cfg, verbose=ctx.is_main)
+        model = _build_for(cfg, train_ds.num_classes, resume)
+        fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx)
+    finally:
+        ddp.cleanup()
+    return 0
+
+
+def _config_from_args(args) -> TrainConfig:
+    from detlab.config import load_yaml, parse_set, resolve
+
+    user = {**(load_yaml(args.config) if args.config else {}), **parse_set(args.set)}
+    for flag in ("data", "val", "model", "out", "weights"):
+        if getattr(args, flag, None) is not None:
+            user[flag] = getattr(args, flag)
+    for flag in ("data", "model", "out"):
+        if not user.get(flag):
+            raise ConfigError(f"{flag}: not given; pass --{flag} or set `{flag}:` in the --config YAML")
+    if (Path(user["out"]) / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"--out {user['out']}: already holds a run (checkpoints/last.pt); continue it with "
+                          f"--resume {user['out']} or choose another --out")
+    return resolve(user)
+
+
+def _resume_config(args) -> tuple[TrainConfig, dict]:
+    """The checkpoint's resolved config (with any ``--set`` changes) and the checkpoint itself."""
+    from detlab.config import apply_overrides, load_yaml, parse_set, validate
+
+    run = Path(args.resume)
+    if args.out and Path(args.out).resolve() != run.resolve():
+        raise ConfigError(f"--out {args.out}: a resumed run continues in its own folder {run}; drop --out")
+    ckpt = ckpt_io.load_checkpoint(run)
+    changes = {**(load_yaml(args.config) if args.config else {}), **parse_set(args.set)}
+    for flag in ("data", "val", "model", "weights"):
+        if getattr(args, flag, None) is not None:
+            changes[flag] = getattr(args, flag)
+    merged = apply_overrides(TrainConfig().to_dict(), ckpt["config"], f"{run}/checkpoints/last.pt config")
+    merged = apply_overrides(merged, changes, "--set")
+    merged["out"] = str(run)
+    cfg = TrainConfig(**merged)
+    validate(cfg)
+    if changes:
+        print(f"resume: changed {', '.join(sorted(changes))} from the saved config", file=sys.stderr)
+    return cfg, ckpt
+
+
+def _build_for(cfg: TrainConfig, num_classes: int, resume: dict | None) -> nn.Module:
+    """Build the catalogue model; on resume, exactly as saved (weights come from the checkpoint)."""
+    from detlab.models.catalogue import build_model
+
+    if resume is None:
+        return build_model(cfg.model, num_classes=num_classes, weights=cfg.weights, **cfg.model_kwargs)
+    if int(resume["num_classes"]) != num_classes:
+        raise ConfigError(f"--resume: checkpoint has {resume['num_classes']} classes but data {cfg.data} has "
+                          f"{num_classes}; resume with the data the run was started on")
+    return build_model(resume["model_name"], num_classes=num_classes, weights="none", **resume["build_kwargs"])
+
+
+def load_train_val(cfg: TrainConfig, verbose: bool = True):
+    """Load ``cfg.data`` and the validation data (``cfg.val``, else found beside the training data).
+
+    The validation data is read with the training class list, so label indices agree;
+    the source found automatically is written back to ``cfg.val`` (saved in config.yaml).
+
+    Returns:
+        ``(train_ds, val_ds)``; ``val_ds`` is None when no validation data exists (with a warning).
+    """
+    from detlab.data.dataset import load_dataset
+
+    train_ds = load_dataset(cfg.data)
+    if cfg.val:
+        return train_ds, load_dataset(cfg.val, classes=list(train_ds.class_names))
+    spec, val_ds = _auto_val(cfg.data, train_ds)
+    if val_ds is None and verbose:
+        print(f"warning: no val, valid or test split found for {cfg.data}; training without evaluation "
+              "(pass --val DATA to evaluate)", file=sys.stderr)
+    elif verbose:
+        print(f"validation data: {spec} ({len(val_ds)} images)", file=sys.stderr)
+    cfg.val = spec
+    return train_ds, val_ds
+
+
+def _auto_val(data: str, train_ds):
+    """``(spec, dataset)`` of the first val / valid / test split beside ``data``, or ``(None, None)``."""
+    import re
+
+    from detlab.data.dataset import load_dataset
+
+    bases = [re.sub(r":[A-Za-z0-9_\-]+$", "", part) for part in data.split("+")]
+    candidates = ["+".join(f"{b}:{split}" for b in bases) for split in ("val", "valid", "test")]
+    if len(bases) == 1 and Path(bases[0]).name in ("train", "training"):  # Roboflow-style split folders
+        candidates += [str(Path(bases[0]).parent / name) for name in ("val", "valid", "test")]
+    train_files = {str(r.file) for r in train_ds.records.images}
+    for spec in candidates:
+        try:
+            ds = load_dataset(spec, classes=list(train_ds.class_names))
+        except DetlabError:
+            continue
+        # A source without splits may ignore the split name and hand back the training images.
+        if len(ds) and {str(r.file) for r in ds.records.images} != train_files:
+            return spec, ds
+    return None, None

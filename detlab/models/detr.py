@@ -1,0 +1,579 @@
+"""DETR: detection as set prediction with a transformer (Carion et al., 2020).
+
+detlab's own implementation of the published architecture, with the published
+module names so the official checkpoints (``detr-r50-e632da11.pth``) load
+unchanged: a CNN backbone with frozen BatchNorm, sine positional encoding, a
+post-norm encoder/decoder transformer, learned object queries, a class head
+with a trailing no-object slot and a 3-layer box MLP. Losses live in
+``detr_matcher.py``.
+
+Stages, visible in :meth:`DETR.forward`: ``preprocess`` (normalise, resize,
+pad with a mask) → ``forward_raw`` (backbone → transformer → heads) →
+``criterion`` (train) or ``postprocess`` (eval).
+
+Legend for shape comments: ``B`` images, ``Q`` queries, ``C`` classes, ``L``
+decoder layers, ``D`` model width, ``H``/``W`` padded input or feature size,
+``N`` boxes of one image.
+
+Box frames: inputs and outputs are ``xyxy`` in absolute pixels of each input
+image (the data contract); inside DETR boxes are ``cxcywh`` normalised to the
+unpadded image. The conversion happens in :meth:`DETR.targets_to_detr` and
+:meth:`DETR.postprocess`, and only there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FrozenBatchNorm2d, box_convert
+
+from detlab.errors import ConfigError, WeightsError
+from detlab.models.backbones import efficientnet_lite0_features, resnet_imagenet_state_dict
+from detlab.models.detr_matcher import HungarianMatcher, SetCriterion
+from detlab.models.weights import filename_from_url, load_with_head_surgery, parse_weights_spec, read_weights_file, resolve_weights_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: What made DETR learn on a few hundred images within minutes of CPU (see
+#: ``benchmarks/detr_small_data.py`` for the measurement). The engine uses it as
+#: DETR's default schedule; ``model_knobs`` are passed to :func:`build_detr`.
+DETR_SMALL_DATA_RECIPE: dict = {
+    "model": "detr_effl0",
+    "weights": "imagenet",
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "backbone_lr_mult": 0.1,
+    "weight_decay": 1e-4,
+    "clip_grad_norm": 0.1,
+    "epochs": 60,
+    "batch_size": 4,
+    "lr_drop_epoch": 45,
+    "model_knobs": {
+        "num_queries": 50,
+        "min_size": 384,
+        "max_size": 512,
+        "enc_layers": 3,
+        "dec_layers": 3,
+        "dim_feedforward": 1024,
+    },
+}
+
+
+@dataclass
+class DetrKnobs:
+    """Build options of a DETR model; defaults are the published DETR-R50 ones."""
+
+    min_size: int = 800  # shorter side after the internal resize (eval and default train)
+    max_size: int = 1333  # cap on the longer side after the resize
+    train_min_sizes: tuple[int, ...] | None = None  # multi-scale training: a shorter side drawn per image
+    num_queries: int = 100  # object queries = most detections per image
+    hidden_dim: int = 256  # transformer width D
+    nheads: int = 8  # attention heads
+    enc_layers: int = 6  # encoder layers
+    dec_layers: int = 6  # decoder layers
+    dim_feedforward: int = 2048  # FFN width inside each layer
+    dropout: float = 0.1  # dropout inside the transformer
+    aux_loss: bool = True  # losses on every decoder layer, not only the last
+    dilation: bool = False  # DC5: dilate ResNet layer4 instead of striding it
+    train_backbone: bool = True  # False freezes the whole backbone (stem and first stage are always frozen)
+    eos_coef: float = 0.1  # CE weight of the no-object class
+    cost_class: float = 1.0  # matcher weight of -p(class)
+    cost_bbox: float = 5.0  # matcher weight of L1
+    cost_giou: float = 2.0  # matcher weight of -GIoU
+    loss_ce: float = 1.0  # loss weight of CE
+    loss_bbox: float = 5.0  # loss weight of L1
+    loss_giou: float = 2.0  # loss weight of 1-GIoU
+    reset_class_head: bool | None = None  # re-initialise class_embed on load; None: when class counts differ
+
+
+# --- backbone and positional encoding ----------------------------------------------
+
+
+class Backbone(nn.Module):
+    """A CNN whose last feature map feeds the transformer; BatchNorm frozen.
+
+    Attributes:
+        body: ResNet through ``IntermediateLayerGetter`` (``layer4`` only), or a
+            timm ``features_only`` network returning its last stage.
+        num_channels: channels of the returned map.
+    """
+
+    def __init__(self, body: nn.Module, num_channels: int, trainable: list[str] | None):
+        super().__init__()
+        self.body = body
+        self.num_channels = num_channels
+        for name, p in self.body.named_parameters():
+            if trainable is None or not any(name.startswith(t) for t in trainable):
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.body(x)
+        return out["0"] if isinstance(out, dict) else out[-1]  # [B, num_channels, H/32, W/32]
+
+
+def _resnet_backbone(depth: int, k: DetrKnobs, imagenet: bool) -> Backbone:
+    resnet = getattr(torchvision.models, f"resnet{depth}")(
+        weights=None, replace_stride_with_dilation=[False, False, k.dilation], norm_layer=FrozenBatchNorm2d
+    )
+    if imagenet:
+        resnet.load_state_dict(resnet_imagenet_state_dict(depth))
+    body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+    trainable = ["layer2", "layer3", "layer4"] if k.train_backbone else []
+    return Backbone(body, 2048 if depth == 50 else 512, trainable)
+
+
+def _effl0_backbone(k: DetrKnobs, imagenet: bool) -> Backbone:
+    body = efficientnet_lite0_features(imagenet, out_indices=(4,), frozen_bn=True)
+    # Stem and the first two stages (stride <= 4) stay frozen, as conv1 + layer1 of ResNet.
+    trainable = [f"blocks.{i}" for i in range(2, 7)] if k.train_backbone else []
+    return Backbone(body, body.feature_info.channels()[-1], trainable)
+
+
+class PositionEmbeddingSine(nn.Module):
+    """The published sine/cosine encoding of (y, x), normalised over the unpadded area."""
+
+    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi):
+        super().__init__()
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.scale = scale
+
+    def forward(self, mask: Tensor) -> Tensor:
+        """``mask`` ``[B, H, W]`` True on padding → encoding ``[B, 2*num_pos_feats, H, W]``."""
+        not_mask = ~mask
+        y_embed = not_mask.cumsum(1, dtype=torch.float32)  # [B, H, W]
+        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+        eps = 1e-6
+        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
+        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        pos_x = x_embed[:, :, :, None] / dim_t  # [B, H, W, F]
+        pos_y = y_embed[:, :, :, None] / dim_t
+        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)  # [B, 2F, H, W]
+
+
+class Joiner(nn.Sequential):
+    """``[0]`` backbone, ``[1]`` positional encoding: the published ``backbone.0.body.*`` names."""
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Padded ``images`` ``[B, 3, H, W]`` and ``mask`` ``[B, H, W]`` → feature map, its mask, its encoding."""
+        feature = self[0](images)  # [B, Cb, h, w]
+        mask = F.interpolate(mask[None].float(), size=feature.shape[-2:])[0].bool()  # [B, h, w]
+        return feature, mask, self[1](mask).to(feature.dtype)
+
+
+# --- transformer -------------------------------------------------------------------
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Post-norm encoder layer: self-attention, then FFN, each followed by add & norm."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, src: Tensor, key_padding_mask: Tensor, pos: Tensor) -> Tensor:
+        q = k = src + pos  # positions go into queries and keys, never values
+        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, key_padding_mask=key_padding_mask)[0]))
+        src2 = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout2(src2))
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Post-norm decoder layer: query self-attention, cross-attention to the memory, FFN."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+        q = k = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
+        attn = self.multihead_attn(tgt + query_pos, memory + pos, memory, key_padding_mask=memory_mask)[0]
+        tgt = self.norm2(tgt + self.dropout2(attn))
+        tgt2 = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout3(tgt2))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, src: Tensor, key_padding_mask: Tensor, pos: Tensor) -> Tensor:
+        for layer in self.layers:
+            src = layer(src, key_padding_mask, pos)
+        return src
+
+
+class TransformerDecoder(nn.Module):
+    """Decoder returning every layer's (normed) output, for the auxiliary losses."""
+
+    def __init__(self, layers: list[nn.Module], d_model: int):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+        intermediate = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, memory_mask, pos, query_pos)
+            intermediate.append(self.norm(tgt))
+        return torch.stack(intermediate)  # [L, Q, B, D]
+
+
+class Transformer(nn.Module):
+    """Encoder over the flattened feature map, decoder over the object queries."""
+
+    def __init__(self, k: DetrKnobs):
+        super().__init__()
+        d = k.hidden_dim
+        self.encoder = TransformerEncoder(
+            [TransformerEncoderLayer(d, k.nheads, k.dim_feedforward, k.dropout) for _ in range(k.enc_layers)]
+        )
+        self.decoder = TransformerDecoder(
+            [TransformerDecoderLayer(d, k.nheads, k.dim_feedforward, k.dropout) for _ in range(k.dec_layers)], d
+        )
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor) -> Tensor:
+        """``src``/``pos`` ``[B, D, h, w]``, ``mask`` ``[B, h, w]``, ``query_embed`` ``[Q, D]`` → ``[L, B, Q, D]``."""
+        bs = src.shape[0]
+        src = src.flatten(2).permute(2, 0, 1)  # [h*w, B, D]
+        pos = pos.flatten(2).permute(2, 0, 1)  # [h*w, B, D]
+        query_pos = query_embed.unsqueeze(1).repeat(1, bs, 1)  # [Q, B, D]
+        mask = mask.flatten(1)  # [B, h*w]
+        memory = self.encoder(src, mask, pos)
+        hs = self.decoder(torch.zeros_like(query_pos), memory, mask, pos, query_pos)  # [L, Q, B, D]
+        return hs.transpose(1, 2)
+
+
+class MLP(nn.Module):
+    """Plain feed-forward network (ReLU between layers), the published box head."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
+        return x
+
+
+# --- the model -----------------------------------------------------------------------
+
+
+class DETR(nn.Module):
+    """DETR under detlab's model contract (see CONTRIBUTING.md, "Models").
+
+    Args:
+        name: catalogue name (``detr_r50`` …).
+        num_classes: ``C``; the class head has ``C + 1`` outputs, the last being no-object.
+        backbone: a :class:`Backbone`.
+        knobs: build options.
+    """
+
+    family = "detr"
+    transform_recipe = "detr"
+    backbone_prefixes = ("backbone.",)
+
+    def __init__(self, name: str, num_classes: int, backbone: Backbone, knobs: DetrKnobs):
+        super().__init__()
+        self.name = name
+        self.num_classes = num_classes
+        self.knobs = knobs
+        self.build_kwargs: dict = {}
+        d = knobs.hidden_dim
+        self.backbone = Joiner(backbone, PositionEmbeddingSine(d // 2))
+        self.transformer = Transformer(knobs)
+        self.class_embed = nn.Linear(d, num_classes + 1)
+        self.bbox_embed = MLP(d, d, 4, 3)
+        self.query_embed = nn.Embedding(knobs.num_queries, d)
+        self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
+        matcher = HungarianMatcher(knobs.cost_class, knobs.cost_bbox, knobs.cost_giou)
+        self.criterion = SetCriterion(
+            num_classes, matcher, knobs.eos_coef, knobs.loss_ce, knobs.loss_bbox, knobs.loss_giou
+        )
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+    # -- stages ----------------------------------------------------------------------
+
+    def resized_size(self, height: int, width: int, min_size: int) -> tuple[int, int]:
+        """Published DETR resize rule: shorter side ``min_size``, longer side at most ``max_size``."""
+        size = min_size
+        short, long = min(height, width), max(height, width)
+        if long / short * size > self.knobs.max_size:
+            size = int(round(self.knobs.max_size * short / long))
+        if width < height:
+            return int(size * height / width), size
+        return size, int(size * width / height)
+
+    def preprocess(self, images: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Normalise, resize and pad images into one batch.
+
+        Args:
+            images: ``B`` tensors ``float [3, H_i, W_i]`` in 0..1 RGB, any sizes.
+
+        Returns:
+            ``batch`` ``[B, 3, H, W]`` (zero-padded at the bottom/right) and ``mask``
+            ``[B, H, W]``, True on padding.
+        """
+        if not isinstance(images, (list, tuple)) or not images:
+            raise ValueError("DETR expects a non-empty list of image tensors [3, H, W]")
+        resized = []
+        for img in images:
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"DETR expects images as [3, H, W] tensors, got shape {tuple(img.shape)}")
+            min_size = self.knobs.min_size
+            if self.training and self.knobs.train_min_sizes:
+                sizes = self.knobs.train_min_sizes
+                min_size = sizes[int(torch.randint(len(sizes), ()).item())]
+            img = (img.to(self.pixel_mean) - self.pixel_mean) / self.pixel_std
+            h, w = self.resized_size(img.shape[-2], img.shape[-1], min_size)
+            img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+            resized.append(img)
+        max_h = max(img.shape[1] for img in resized)
+        max_w = max(img.shape[2] for img in resized)
+        batch = resized[0].new_zeros(len(resized), 3, max_h, max_w)
+        mask = torch.ones(len(resized), max_h, max_w, dtype=torch.bool, device=batch.device)
+        for i, img in enumerate(resized):
+            batch[i, :, : img.shape[1], : img.shape[2]] = img
+            mask[i, : img.shape[1], : img.shape[2]] = False
+        return batch, mask
+
+    def forward_raw(self, images: list[Tensor]) -> dict:
+        """Raw outputs: ``pred_logits`` ``[B, Q, C+1]``, ``pred_boxes`` ``[B, Q, 4]`` cxcywh
+        normalised to each unpadded image, and ``aux_outputs`` (earlier decoder layers)."""
+        batch, mask = self.preprocess(images)
+        feature, mask, pos = self.backbone(batch, mask)
+        hs = self.transformer(self.input_proj(feature), mask, self.query_embed.weight, pos)  # [L, B, Q, D]
+        logits = self.class_embed(hs)  # [L, B, Q, C+1]
+        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.knobs.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        return out
+
+    @staticmethod
+    def targets_to_detr(images: list[Tensor], targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """Contract targets (``boxes`` ``[N, 4]`` xyxy absolute px) → cxcywh normalised by each image's size."""
+        converted = []
+        for img, t in zip(images, targets):
+            h, w = img.shape[-2:]
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=img.device)
+            boxes = (t["boxes"].to(img.device, torch.float32) / scale).clamp(0, 1)  # [N, 4] xyxy normalised
+            converted.append({"boxes": box_convert(boxes, "xyxy", "cxcywh"), "labels": t["labels"].to(img.device)})
+        return converted
+
+    def postprocess(self, outputs: dict, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Raw outputs → per-image detections in the contract's frame.
+
+        Args:
+            outputs: ``pred_logits`` ``[B, Q, C+1]``, ``pred_boxes`` ``[B, Q, 4]`` cxcywh normalised.
+            image_sizes: ``(H, W)`` of each input image.
+
+        Returns:
+            Per image: ``boxes`` float32 ``[Q, 4]`` xyxy absolute pixels of that image,
+            ``scores`` ``[Q]`` (best non-no-object probability), ``labels`` int64 ``[Q]``
+            in ``0..C-1``; sorted by descending score.
+        """
+        prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]  # [B, Q, C]
+        scores, labels = prob.max(-1)  # [B, Q]
+        boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy")  # [B, Q, 4] normalised
+        results = []
+        for i, (h, w) in enumerate(image_sizes):
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
+            order = scores[i].argsort(descending=True)
+            results.append({"boxes": boxes[i][order] * scale, "scores": scores[i][order], "labels": labels[i][order]})
+        return results
+
+    # -- the contract ----------------------------------------------------------------
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        """Train mode: ``dict`` of weighted ``loss_*`` plus logged ``class_error`` and
+        ``cardinality_error``. Eval mode: per-image detections (see :meth:`postprocess`).
+
+        Args:
+            images: ``B`` tensors ``float [3, H_i, W_i]`` in 0..1 RGB.
+            targets: train mode only; per image ``boxes`` float32 ``[N, 4]`` xyxy absolute
+                pixels and ``labels`` int64 ``[N]`` in ``0..C-1`` (``N`` may be 0).
+        """
+        if self.training:
+            if targets is None:
+                raise ValueError("DETR in train mode needs targets; call model.eval() for detections")
+            return self.criterion(self.forward_raw(images), self.targets_to_detr(images, targets))
+        outputs = self.forward_raw(images)
+        return self.postprocess(outputs, [tuple(img.shape[-2:]) for img in images])
+
+    def val_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The training losses, computed in whatever mode the model is in (eval: no dropout)."""
+        return self.criterion(self.forward_raw(images), self.targets_to_detr(images, targets))
+
+
+# --- builder -------------------------------------------------------------------------
+
+_BACKBONES = {
+    "detr_r50": lambda k, imagenet: _resnet_backbone(50, k, imagenet),
+    "detr_r18": lambda k, imagenet: _resnet_backbone(18, k, imagenet),
+    "detr_effl0": _effl0_backbone,
+}
+
+
+def parse_knobs(knobs: dict) -> DetrKnobs:
+    """Knob dict → :class:`DetrKnobs`; unknown names or bad values raise a one-line ``ConfigError``."""
+    valid = {f.name for f in fields(DetrKnobs)}
+    unknown = sorted(set(knobs) - valid)
+    if unknown:
+        raise ConfigError(f"DETR knob(s) {', '.join(unknown)} unknown — valid knobs: {', '.join(sorted(valid))}")
+    k = DetrKnobs(**knobs)
+    if k.train_min_sizes is not None:
+        k.train_min_sizes = tuple(int(s) for s in k.train_min_sizes)
+    for name in ("min_size", "max_size", "num_queries", "hidden_dim", "nheads", "dec_layers", "dim_feedforward"):
+        if int(getattr(k, name)) < 1:
+            raise ConfigError(f"DETR knob {name}={getattr(k, name)} must be at least 1")
+    if k.hidden_dim % k.nheads or k.hidden_dim % 2:
+        raise ConfigError(f"DETR knob hidden_dim={k.hidden_dim} must be even and divisible by nheads={k.nheads}")
+    return k
+
+
+def build_detr(name: str, num_classes: int, weights: str = "none", **knobs) -> DETR:
+    """Build a DETR model, optionally with pretrained weights.
+
+    Args:
+        name: ``detr_r50``, ``detr_r18`` or ``detr_effl0``.
+        num_classes: ``C`` (labels ``0..C-1``); the class head gets ``C + 1`` outputs.
+        weights: ``none``; ``coco`` (official DETR checkpoint: ``detr_r50`` only);
+            ``imagenet`` (backbone only); or a path to a detlab checkpoint, an official
+            DETR checkpoint (``{"model": state_dict}``) or a plain state dict. A class
+            count that differs from the checkpoint's re-initialises ``class_embed``
+            only, keeping the no-object row.
+        **knobs: fields of :class:`DetrKnobs`.
+
+    Returns:
+        A :class:`DETR` following the model contract.
+
+    Raises:
+        ConfigError: unknown name or knob. WeightsError: weights not found or not loadable.
+    """
+    if name not in _BACKBONES:
+        raise ConfigError(f"model {name!r} is not a DETR model — choose one of {', '.join(_BACKBONES)}")
+    if int(num_classes) < 1:
+        raise ConfigError(f"num_classes={num_classes} for {name}: a detector needs at least one class")
+    k = parse_knobs(dict(knobs))
+    weights = parse_weights_spec(weights)
+    model = DETR(name, int(num_classes), _BACKBONES[name](k, weights == "imagenet"), k)
+    model.build_kwargs = {key: value for key, value in knobs.items() if key != "reset_class_head"}
+    if weights not in ("none", "imagenet"):
+        load_detr_weights(model, weights, reset_class_head=k.reset_class_head)
+    return model
+
+
+
+# --- weights -------------------------------------------------------------------------
+
+#: Official DETR checkpoints (``{"model": state_dict}``, 91 COCO classes, 100 queries).
+DETR_COCO_URLS = {"detr_r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"}
+
+
+def _adapt_head(key: str, src: Tensor, dst: Tensor) -> Tensor | None:
+    """Fit a checkpoint's class head or queries to this model (``load_with_head_surgery``'s ``adapt``).
+
+    ``class_embed``: this model's fresh class rows with the checkpoint's no-object row
+    (the last one). ``query_embed``: the checkpoint's first queries, fresh ones after.
+    """
+    if src.dim() != dst.dim() or src.shape[1:] != dst.shape[1:]:
+        return None
+    out = dst.clone()
+    if key.startswith("class_embed."):
+        out[-1] = src[-1]
+    else:
+        n = min(src.shape[0], dst.shape[0])
+        out[:n] = src[:n]
+    return out
+
+
+def load_detr_state_dict(
+    model: DETR, state: dict[str, Tensor], reset_class_head: bool | None = None, source: str = "state dict"
+) -> list[str]:
+    """Load a DETR state dict (published key names), adapting the class head and the queries.
+
+    Args:
+        model: the model to fill (its current values serve as the fresh init).
+        state: tensors by key; a ``module.`` prefix (DDP) is removed.
+        reset_class_head: re-initialise ``class_embed``'s class rows, keeping the
+            no-object row; ``None`` does so exactly when the class counts differ.
+        source: where ``state`` came from, for messages.
+
+    Returns:
+        The keys left fresh or adapted because their shapes differed.
+
+    Raises:
+        WeightsError: a tensor outside the class head and queries has another shape,
+            or the class counts differ while ``reset_class_head=False``.
+    """
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    ckpt_w = state.get("class_embed.weight")
+    if ckpt_w is not None and ckpt_w.shape != own["class_embed.weight"].shape and reset_class_head is False:
+        raise WeightsError(
+            f"{source}: class_embed has {ckpt_w.shape[0]} outputs, {model.name} has {model.num_classes + 1} "
+            "— set reset_class_head to true (or leave it unset) to fine-tune to this class count"
+        )
+    if reset_class_head and ckpt_w is not None:
+        for key in ("class_embed.weight", "class_embed.bias"):
+            if key in state and state[key].dim() == own[key].dim():
+                fitted = _adapt_head(key, state[key], own[key])
+                state[key] = fitted if fitted is not None else state[key]
+        print(f"weights: {source}: class_embed re-initialised ({model.num_classes} classes), no-object row kept")
+    if "query_embed.weight" in state and state["query_embed.weight"].shape[0] > model.knobs.num_queries:
+        print(f"weights: {source}: took the first {model.knobs.num_queries} of {state['query_embed.weight'].shape[0]} queries")
+    return load_with_head_surgery(model, state, ("class_embed.", "query_embed."), source=source, adapt=_adapt_head)
+
+
+def load_detr_weights(model: DETR, weights: str, reset_class_head: bool | None = None) -> list[str]:
+    """Fill ``model`` from ``coco`` (official checkpoint) or a file path; see :func:`build_detr`."""
+    if weights == "coco":
+        if model.name not in DETR_COCO_URLS:
+            raise WeightsError(
+                f"{model.name}: there is no official DETR COCO checkpoint for this backbone (only detr_r50 has one, "
+                "detr-r50-e632da11.pth) — use weights=imagenet, a checkpoint path, or none"
+            )
+        url = DETR_COCO_URLS[model.name]
+        path = resolve_weights_file(filename_from_url(url), url)
+    else:
+        path = Path(weights).expanduser()
+    state, _ = read_weights_file(path)
+    return load_detr_state_dict(model, state, reset_class_head, source=str(path))

@@ -1,0 +1,371 @@
+"""Run a trained detector on images: the ``Detector`` API and ``detlab predict``.
+
+``Detector.from_run`` rebuilds the model from a run's checkpoint through the
+catalogue (``build_model(model_name, num_classes, **build_kwargs)``), so a
+checkpoint is all it needs; ``Detector.predict`` turns image files, folders and
+globs into detections in the data contract's output frame: ``boxes`` xyxy in
+absolute pixels of the ORIGINAL image (EXIF orientation applied), ``scores``,
+``labels`` in ``0..C-1`` and their class ``names``.
+
+Legend for shape comments: ``K`` detections of one image, ``C`` classes.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detlab.data.records import Problem
+from detlab.errors import DataError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+
+# --- sources ------------------------------------------------------------------
+
+
+def expand_sources(sources: Iterable[str | Path]) -> list[Path]:
+    """Image files, folders (their images, sorted, not recursive) and globs → image paths.
+
+    Args:
+        sources: paths to image files, folders of images, or glob patterns
+            (``photos/*.jpg``, ``shots/**/*.png``).
+
+    Returns:
+        Paths in the order given, each folder's and glob's matches sorted;
+        duplicates dropped.
+
+    Raises:
+        DataError: a source that is not a file, not a folder and matches nothing.
+    """
+    files: list[Path] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            if not found:
+                raise DataError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)}) — point at a folder of images")
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(str(src), recursive=True) if Path(p).is_file())
+            if not found:
+                raise DataError(f"{src}: no such file or folder, and no file matches it as a glob — check the path")
+        files.extend(found)
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Load an image the way the data layer does: EXIF orientation applied, RGB, ``float32 [3, H, W]`` in 0..1."""
+    from detlab.data.dataset import read_image as decode
+
+    return decode(path)[0]
+
+
+# --- checkpoints --------------------------------------------------------------
+
+
+def find_checkpoint(run_or_checkpoint: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file a run folder (or a direct path) points at.
+
+    ``checkpoint`` is ``best``, ``last`` or a path. A run without ``best.pt``
+    (no evaluation yet) falls back to ``last.pt`` with a note on stderr.
+    """
+    src = Path(run_or_checkpoint)
+    if src.is_file():
+        return src
+    if checkpoint not in ("best", "last"):
+        path = Path(checkpoint)
+        if not path.is_file():
+            path = src / "checkpoints" / checkpoint
+        if not path.is_file():
+            raise DataError(f"{checkpoint}: checkpoint not found — use best, last or a .pt path")
+        return path
+    if not src.is_dir():
+        raise DataError(f"{src}: no such run folder or checkpoint file — give a run folder made by `detlab train`")
+    path = src / "checkpoints" / f"{checkpoint}.pt"
+    if path.is_file():
+        return path
+    last = src / "checkpoints" / "last.pt"
+    if checkpoint == "best" and last.is_file():
+        print(f"note: {path} not found (no evaluation picked a best yet); using {last}", file=sys.stderr)
+        return last
+    raise DataError(f"{path}: checkpoint not found — train the run first (`detlab train --out {src}`)")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``) and check the fields a rebuild needs."""
+    from detlab.engine.checkpoint import load_checkpoint as load
+
+    ckpt = load(path)
+    missing = [k for k in ("model_name", "num_classes") if k not in ckpt]
+    if missing:
+        raise DataError(f"{path}: checkpoint field {', '.join(missing)} missing — use a file written by `detlab train`")
+    return ckpt
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# --- the API ------------------------------------------------------------------
+
+
+class Detector:
+    """A trained model plus its class map, ready to run on image files.
+
+    Attributes:
+        model: the detector in eval mode (an ``nn.Module`` following the model
+            contract, or any callable with the same eval-mode interface, such as
+            an ONNX Runtime wrapper).
+        class_names: ``C`` class names; label ``i`` is ``class_names[i]``.
+        source_ids: ``C`` ids the training data used for each class (COCO
+            category id, YOLO index or VOC name).
+        config: the run's resolved config (plain dict).
+        model_name: catalogue name.
+        device: where images are sent before the model runs.
+        skipped: problems for images that could not be read by the last
+            :meth:`predict` call (counted, reported, never silently dropped).
+    """
+
+    def __init__(self, model: Any, class_names: Sequence[str], source_ids: Sequence | None = None,
+                 config: dict | None = None, model_name: str = "", device: str | torch.device | None = None):
+        self.device = _pick_device(device)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model
+        self.class_names = list(class_names)
+        self.source_ids = list(source_ids) if source_ids is not None else list(self.class_names)
+        self.config = dict(config or {})
+        self.model_name = model_name
+        self.skipped: list[Problem] = []
+
+    @classmethod
+    def from_run(cls, run_or_checkpoint: str | Path, checkpoint: str = "best",
+                 device: str | torch.device | None = None) -> Detector:
+        """Rebuild the model of a run (or of one checkpoint file) through the catalogue.
+
+        Args:
+            run_or_checkpoint: a run folder made by ``detlab train``, or a ``.pt`` file.
+            checkpoint: ``best`` (falls back to ``last`` with a note when the run
+                has no best yet), ``last``, or a path.
+            device: ``cpu``, ``cuda``, … (default: CUDA when available).
+
+        Returns:
+            A :class:`Detector` in eval mode on ``device``.
+        """
+        from detlab.models.catalogue import build_model
+
+        path = find_checkpoint(run_or_checkpoint, checkpoint)
+        ckpt = load_checkpoint(path)
+        kwargs = dict(ckpt.get("build_kwargs") or {})
+        kwargs.pop("weights", None)  # the state dict replaces any pretrained weights: never download
+        model = build_model(ckpt["model_name"], int(ckpt["num_classes"]), **kwargs)
+        model.load_state_dict(ckpt["model"])
+        names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
+        return cls(model, names, ckpt.get("source_ids"), ckpt.get("config"), ckpt["model_name"], device)
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[torch.Tensor], score: float = 0.5) -> list[dict[str, np.ndarray]]:
+        """Run the model on images already loaded as ``float32 [3, H, W]`` in 0..1.
+
+        Returns:
+            Per image ``{"boxes": float32 [K, 4] xyxy absolute in that image,
+            "scores": float32 [K], "labels": int64 [K]}`` with ``scores >= score``,
+            highest score first.
+        """
+        outputs = self.model([im.to(self.device) for im in images])
+        dets = []
+        for out in outputs:
+            boxes = torch.as_tensor(out["boxes"]).detach().float().cpu().reshape(-1, 4)  # [K, 4]
+            scores = torch.as_tensor(out["scores"]).detach().float().cpu().reshape(-1)  # [K]
+            labels = torch.as_tensor(out["labels"]).detach().long().cpu().reshape(-1)  # [K]
+            keep = torch.nonzero(scores >= score).flatten()
+            keep = keep[scores[keep].argsort(descending=True, stable=True)]
+            dets.append({"boxes": boxes[keep].numpy(), "scores": scores[keep].numpy(), "labels": labels[keep].numpy()})
+        return dets
+
+    def iter_predict(self, files: Sequence[Path], score: float = 0.5, batch_size: int = 4,
+                     progress: bool = False) -> Iterator[tuple[dict, torch.Tensor]]:
+        """Yield ``(detection, image)`` per readable file, ``batch_size`` images per model call.
+
+        Unreadable files are appended to :attr:`skipped` and printed as one line each.
+        """
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+        batch: list[tuple[Path, torch.Tensor]] = []
+        for i, f in enumerate(files):
+            try:
+                batch.append((f, read_image(f)))
+            except DataError as e:  # the data layer names the file; keep its reason, skip and count
+                problem = Problem(str(f), "image", str(e).removeprefix(f"{f}: "), "image skipped", "skipped")
+                self.skipped.append(problem)
+                bar.write(problem.line(), file=sys.stderr)
+                bar.update(1)
+            if batch and (len(batch) == max(1, batch_size) or i == len(files) - 1):
+                yield from self._run_batch(batch, score)
+                bar.update(len(batch))
+                batch = []
+        bar.close()
+
+    def _run_batch(self, batch: list[tuple[Path, torch.Tensor]], score: float) -> Iterator[tuple[dict, torch.Tensor]]:
+        for (f, im), det in zip(batch, self.detect([im for _, im in batch], score)):
+            det = {"file": str(f), "width": int(im.shape[-1]), "height": int(im.shape[-2]), **det}
+            det["names"] = [self.class_names[int(c)] for c in det["labels"]]
+            yield det, im
+
+    def predict(self, sources: Sequence[str | Path] | str | Path, score: float = 0.5,
+                batch_size: int = 4, progress: bool = False) -> list[dict]:
+        """Detect objects in image files, folders or globs.
+
+        Args:
+            sources: one or more image paths, folders or glob patterns.
+            score: keep detections with ``score >= score``.
+            batch_size: images per model call.
+            progress: show a tqdm progress bar.
+
+        Returns:
+            One dict per readable image, in source order: ``file`` (str),
+            ``width``, ``height`` (of the original image, EXIF applied),
+            ``boxes`` ``float32 [K, 4]`` xyxy absolute pixels of the original
+            image, ``scores`` ``float32 [K]``, ``labels`` ``int64 [K]`` in
+            ``0..C-1`` and ``names`` (``K`` class names). Unreadable images are
+            left out, counted in :attr:`skipped`.
+        """
+        if isinstance(sources, (str, Path)):
+            sources = [sources]
+        self.skipped = []
+        return [det for det, _ in self.iter_predict(expand_sources(sources), score, batch_size, progress)]
+
+    def category_id(self, label: int) -> int:
+        """The COCO ``category_id`` for a class index: the source's id when it is an integer, else ``label + 1``."""
+        sid = self.source_ids[label] if label < len(self.source_ids) else None
+        if isinstance(sid, (int, np.integer)) and not isinstance(sid, bool):
+            return int(sid)
+        if isinstance(sid, str) and sid.strip().lstrip("-").isdigit():
+            return int(sid)
+        return label + 1  # VOC names as ids: COCO results need integers, 1-based like every COCO export
+
+
+def onnx_detector(run: str | Path, checkpoint: str = "best") -> Detector:
+    """A :class:`Detector` whose model is the run's exported ``model.onnx`` under ONNX Runtime.
+
+    The class map still comes from the run's checkpoint.
+    """
+    src = Path(run)
+    run_dir = src.parent.parent if src.is_file() else src
+    onnx_path = run_dir / "model.onnx"
+    if not onnx_path.is_file():
+        raise DataError(f"{onnx_path}: ONNX model not found — export it first with `detlab export {run_dir}`")
+    try:
+        from detlab.export import OnnxModel
+    except ImportError as e:
+        raise DataError(f"{onnx_path}: the ONNX backend is unavailable ({e}) — pip install 'detlab[onnx]'")
+    ckpt = load_checkpoint(find_checkpoint(run, checkpoint))
+    names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
+    return Detector(OnnxModel(onnx_path), names, ckpt.get("source_ids"), ckpt.get("config"),
+                    ckpt["model_name"], device="cpu")
+
+
+# --- detlab predict -------------------------------------------------------------
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem, 1
+    while stem in used:
+        stem, n = f"{path.stem}_{n}", n + 1
+    used.add(stem)
+    return stem
+
+
+def _save_drawn(detector: Detector, det: dict, image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    from detlab.report.draw import draw_boxes
+
+    drawn = draw_boxes(image, det["boxes"], det["labels"], detector.class_names, scores=det["scores"])  # uint8 [3, H, W]
+    Image.fromarray(drawn.permute(1, 2, 0).cpu().numpy()).save(path)
+
+
+def coco_results(detector: Detector, det: dict, image_id: int) -> list[dict]:
+    """One image's detections as COCO results entries (``bbox`` is ``[x, y, w, h]`` absolute pixels)."""
+    rows = []
+    for (x1, y1, x2, y2), s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        rows.append({"image_id": image_id, "category_id": detector.category_id(int(c)),
+                     "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                     "score": round(float(s), 5)})
+    return rows
+
+
+def _image_json(detector: Detector, det: dict, image_id: int) -> dict:
+    objects = [{"box_xyxy": [round(v, 3) for v in box], "score": round(float(s), 5), "label": int(c),
+                "name": detector.class_names[int(c)], "category_id": detector.category_id(int(c))}
+               for box, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())]
+    return {"file": det["file"], "image_id": image_id, "width": det["width"], "height": det["height"],
+            "detections": objects}
+
+
+def write_predictions(detector: Detector, files: Sequence[Path], out: Path, score: float = 0.5,
+                      batch_size: int = 4, progress: bool = True) -> dict:
+    """Run ``detector`` on ``files`` and write everything ``detlab predict`` promises under ``out``.
+
+    Writes ``detections.json`` (COCO results: ``image_id``, ``category_id`` in
+    the source dataset's ids, ``bbox`` xywh absolute, ``score``), ``images.json``
+    (``images``: id, file_name, width, height — ids are the files' positions in
+    ``files``, so the same sources give the same ids — and ``categories``),
+    ``drawn/<name>`` (boxes, class and score drawn) and ``json/<name>.json``
+    (one image's detections, xyxy).
+
+    Returns:
+        ``{"images": n_read, "detections": n_boxes, "skipped": n_unreadable}``.
+    """
+    (out / "drawn").mkdir(parents=True, exist_ok=True)
+    (out / "json").mkdir(parents=True, exist_ok=True)
+    ids = {str(f): i + 1 for i, f in enumerate(files)}
+    results: list[dict] = []
+    images: list[dict] = []
+    used: set[str] = set()
+    detector.skipped = []
+    for det, image in detector.iter_predict(files, score, batch_size, progress):
+        image_id, src = ids[det["file"]], Path(det["file"])
+        stem = _unique_stem(src, used)
+        suffix = src.suffix.lower() if src.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
+        _save_drawn(detector, det, image, out / "drawn" / f"{stem}{suffix}")
+        (out / "json" / f"{stem}.json").write_text(json.dumps(_image_json(detector, det, image_id), indent=1))
+        images.append({"id": image_id, "file_name": det["file"], "width": det["width"], "height": det["height"]})
+        results.extend(coco_results(detector, det, image_id))
+    (out / "detections.json").write_text(json.dumps(results))
+    categories = [{"id": detector.category_id(i), "name": n} for i, n in enumerate(detector.class_names)]
+    (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
+    return {"images": len(images), "detections": len(results), "skipped": len(detector.skipped)}
+
+
+def predict_command(args) -> int:
+    """``detlab predict RUN SOURCE… --out DIR [--score] [--batch] [--backend] [--checkpoint]``."""
+    files = expand_sources(args.sources)
+    if args.backend == "onnx":
+        detector = onnx_detector(args.run, args.checkpoint)
+    else:
+        detector = Detector.from_run(args.run, checkpoint=args.checkpoint)
+    out = Path(args.out)
+    counts = write_predictions(detector, files, out, score=args.score, batch_size=args.batch)
+    print(f"predicted {counts['images']} images, {counts['detections']} detections at score >= {args.score}"
+          f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable → {out}")
+    return 0 if counts["images"] else 1

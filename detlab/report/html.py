@@ -1,0 +1,480 @@
+"""One run as ONE self-contained HTML file: ``detlab report RUN`` and ``write_report``.
+
+Everything is inline: CSS in a ``<style>`` block, every picture a base64 PNG
+``data:`` URI, no scripts and no external URL, so the file can be mailed or
+archived on its own. All text from the run (config values, class names, file
+names) goes through ``html.escape``.
+
+Sections, always present (a section without its inputs says what is missing):
+config, training curves, metrics (12 COCO numbers + VOC mAP), per-class AP,
+PR curves, confusion matrix, before/after fine-tuning, sample predictions
+beside ground truth.
+
+The run-reading helpers here (``load_run``, ``RunInfo``, ``validation_dataset``,
+``page``) are shared with ``report/compare.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from detlab.errors import DataError, DetlabError
+
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+VOC_PROTOCOLS = ("voc07", "voc12")
+NUM_SAMPLES = 4
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:18px 32px}
+header h1{margin:0;font-size:22px} header p{margin:4px 0 0;color:#c8cfdc;font-size:14px}
+main{max-width:1200px;margin:0 auto;padding:8px 32px 40px}
+section{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:14px 20px;margin:16px 0}
+h2{font-size:18px;margin:0 0 10px;border-bottom:1px solid #eef0f4;padding-bottom:6px}
+h3{font-size:15px;margin:12px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #dfe3ea;padding:3px 9px;text-align:right}
+th{background:#f0f2f6} td:first-child,th:first-child{text-align:left}
+pre{background:#f6f7f9;padding:10px;border-radius:6px;font-size:12px;max-height:360px;overflow:auto}
+img{max-width:100%;height:auto;border:1px solid #eef0f4;border-radius:4px}
+.grid{display:flex;flex-wrap:wrap;gap:12px} .grid figure{margin:0;flex:1 1 360px;max-width:560px}
+figcaption{font-size:12px;color:#5a6375;margin-top:3px;word-break:break-all}
+.note{color:#7a5b00;background:#fff8e1;border:1px solid #f3e2a9;border-radius:6px;padding:6px 10px;font-size:13px}
+.pos{color:#137333} .neg{color:#b3261e}
+"""
+
+
+# --- reading a run ---------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    """What a run folder holds, read once.
+
+    Attributes:
+        path: the run folder.
+        name: its folder name.
+        config: resolved config (``config.yaml``, else the checkpoint's).
+        lines: every ``metrics.jsonl`` record, in order.
+        final: the last evaluation as a nested result (``{"coco": {...}, "voc07": {...}}``) or ``{}``.
+        final_source: where ``final`` came from (for the report).
+        before: the evaluation before the first fine-tuning step (``eval/before.json``) or ``{}``.
+        checkpoint: ``best.pt`` or ``last.pt`` when present.
+        meta: checkpoint fields other than weights (model_name, class_names, source_ids, …).
+    """
+
+    path: Path
+    name: str
+    config: dict = field(default_factory=dict)
+    lines: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    final_source: str = ""
+    before: dict = field(default_factory=dict)
+    checkpoint: Path | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta.get("model_name") or self.config.get("model") or "?")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+
+def unflatten(flat: dict) -> dict:
+    """``{"coco/AP": .1, "coco/per_class/cat": .2}`` → ``{"coco": {"AP": .1, "per_class": {"cat": .2}}}``."""
+    out: dict = {}
+    for key, value in flat.items():
+        parts = str(key).split("/")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def as_result(obj) -> dict:
+    """Normalise an evaluation JSON (nested, wrapped under ``metrics``/``results``, or flattened) to nested."""
+    if not isinstance(obj, dict):
+        return {}
+    if any(p in obj for p in ("coco",) + VOC_PROTOCOLS):
+        return obj
+    for key in ("metrics", "results", "result"):
+        if isinstance(obj.get(key), dict):
+            return as_result(obj[key])
+    if any("/" in str(k) for k in obj):
+        nested = unflatten({k: v for k, v in obj.items() if "/" in str(k)})
+        return nested if any(p in nested for p in ("coco",) + VOC_PROTOCOLS) else {}
+    return {}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every JSON line of ``path``; a broken line (a run killed mid-write) is reported and skipped."""
+    rows = []
+    if not path.is_file():
+        return rows
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"skipped: {path}: line {n}: not valid JSON — left out of the report", file=sys.stderr)
+    return rows
+
+
+def _final_eval(run: Path, lines: list[dict], meta: dict) -> tuple[dict, str]:
+    """The run's last evaluation: newest ``eval/*.json`` (not before.json), else the last eval line."""
+    candidates = sorted((p for p in (run / "eval").glob("*.json") if p.name != "before.json"),
+                        key=lambda p: p.stat().st_mtime, reverse=True) if (run / "eval").is_dir() else []
+    for path in candidates:
+        try:
+            result = as_result(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            print(f"skipped: {path}: not valid JSON — left out of the report", file=sys.stderr)
+            continue
+        if result:
+            return result, str(path.relative_to(run))
+    evals = [r for r in lines if r.get("type") == "eval" and as_result(r)]
+    if evals:
+        return as_result(evals[-1]), f"metrics.jsonl (epoch {evals[-1].get('epoch', '?')})"
+    if as_result(meta.get("metrics") or {}):
+        return as_result(meta["metrics"]), "checkpoint metrics"
+    return {}, ""
+
+
+def load_run(run_dir: str | Path) -> RunInfo:
+    """Read a run folder's config, metrics, evaluations and checkpoint metadata (not its weights)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DataError(f"{run}: no such run folder — give a folder made by `detlab train`")
+    info = RunInfo(path=run, name=run.resolve().name)
+    for name in ("best.pt", "last.pt"):
+        if (run / "checkpoints" / name).is_file():
+            info.checkpoint = run / "checkpoints" / name
+            break
+    if info.checkpoint is not None:
+        try:
+            ckpt = torch.load(info.checkpoint, map_location="cpu", weights_only=True)
+            info.meta = {k: v for k, v in ckpt.items()
+                         if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng")}
+        except Exception as e:  # an unreadable checkpoint still leaves the metrics to report
+            print(f"skipped: {info.checkpoint}: cannot load ({type(e).__name__}) — report without it", file=sys.stderr)
+    if (run / "config.yaml").is_file():
+        info.config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    info.config = info.config or dict(info.meta.get("config") or {})
+    info.lines = read_jsonl(run / "metrics.jsonl")
+    info.final, info.final_source = _final_eval(run, info.lines, info.meta)
+    if (run / "eval" / "before.json").is_file():
+        info.before = as_result(json.loads((run / "eval" / "before.json").read_text()))
+    if not (info.config or info.lines or info.final or info.meta):
+        raise DataError(f"{run}: no config.yaml, metrics.jsonl, eval/*.json or checkpoint — not a detlab run folder")
+    return info
+
+
+def validation_dataset(config: dict, data: str | None = None):
+    """The dataset a run was validated on (``val``, else the ``data`` source's val/valid/test split).
+
+    Returns:
+        A ``DetectionDataset``, or raises :class:`DataError` saying what is missing.
+    """
+    from detlab.data.dataset import load_dataset
+
+    source = data or config.get("val")
+    if source:
+        return load_dataset(str(source))
+    train = config.get("data")
+    if not train:
+        raise DataError("config.yaml: neither `val` nor `data` is set — pass --data DATA")
+    base = re.sub(r":[A-Za-z0-9_\-]+$", "", str(train))
+    for split in ("val", "valid", "test"):
+        try:
+            return load_dataset(base, split=split)
+        except DetlabError:
+            continue
+    raise DataError(f"config.yaml: data {train!r} has no val, valid or test split — pass --data DATA")
+
+
+# --- HTML pieces ---------------------------------------------------------------------
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def png_bytes(image) -> bytes:
+    """PNG bytes of a ``uint8 [3, H, W]`` tensor / ``[H, W, 3]`` array, or of a PNG file."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return Path(image).read_bytes()
+    arr = image.permute(1, 2, 0).cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def figure(data: bytes, caption: str) -> str:
+    return f'<figure><img src="{png_uri(data)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def pct(value) -> str:
+    """A 0..1 metric as a percentage with one decimal; ``-1`` (no such objects) and missing as ``–``."""
+    if value is None or not isinstance(value, (int, float)) or value < 0:
+        return "–"
+    return f"{100 * value:.1f}"
+
+
+def section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{esc(sid)}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def page(title: str, subtitle: str, sections: list[str]) -> str:
+    """A whole self-contained HTML document."""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>"
+            f"<main>{''.join(sections)}</main></body></html>")
+
+
+def plot_files(run: Path) -> list[Path]:
+    """Every PNG the engine and ``detlab eval`` left in ``plots/`` and ``eval/``."""
+    return sorted(p for d in ("plots", "eval") if (run / d).is_dir() for p in (run / d).rglob("*.png"))
+
+
+def _kind(path: Path) -> str:
+    """Which report section a plot file belongs to, from its name."""
+    name = path.stem.lower()
+    if "confusion" in name:
+        return "confusion"
+    if re.search(r"(^|[_\-])pr([_\-]|$)|precision|recall", name):
+        return "pr"
+    if "per_class" in name or "class_ap" in name or "per-class" in name:
+        return "per_class"
+    if re.search(r"curve|loss|train|lr|metric", name):
+        return "curves"
+    return "other"
+
+
+# --- sections --------------------------------------------------------------------------
+
+
+def _figures(paths: list[Path]) -> str:
+    return '<div class="grid">' + "".join(figure(png_bytes(p), p.name) for p in paths) + "</div>"
+
+
+def _config_section(info: RunInfo) -> str:
+    if not info.config:
+        return section("config", "Config", note("config.yaml not found in the run folder."))
+    facts = [["model", info.model_name], ["classes", ", ".join(info.class_names) or "?"],
+             ["train data", info.config.get("data", "?")], ["val data", info.config.get("val") or "auto"],
+             ["weights", info.config.get("weights", "?")], ["epochs", info.config.get("epochs", "?")]]
+    text = yaml.safe_dump(info.config, sort_keys=False, allow_unicode=True)
+    return section("config", "Config", table(["key", "value"], facts) + f"<pre>{esc(text)}</pre>")
+
+
+def _curves_section(info: RunInfo, plots: list[Path], tmp: Path) -> str:
+    found = [p for p in plots if _kind(p) == "curves"]
+    if not found and info.lines:
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            from detlab.report.plots import plot_training_curves
+
+            plot_training_curves(info.path / "metrics.jsonl", tmp)
+            found = sorted(tmp.glob("*.png"))
+        except (ImportError, DetlabError, ValueError, KeyError) as e:
+            return section("curves", "Training curves", note(f"could not plot metrics.jsonl ({e})."))
+    if not found:
+        return section("curves", "Training curves", note("no metrics.jsonl and no plots/*.png in the run folder."))
+    return section("curves", "Training curves", _figures(found))
+
+
+def metrics_rows(result: dict) -> list[list[str]]:
+    """``[[name, value %], …]``: the 12 COCO numbers then each VOC protocol's mAP present in ``result``."""
+    rows = [[f"COCO {k}", pct(result["coco"].get(k))] for k in COCO_KEYS if k in result.get("coco", {})]
+    rows += [[f"{p.upper()} mAP@0.5", pct(result[p].get("mAP"))] for p in VOC_PROTOCOLS if p in result]
+    return rows
+
+
+def _metrics_section(info: RunInfo) -> str:
+    if not info.final:
+        return section("metrics", "Metrics", note("no evaluation found (eval/*.json or eval lines in metrics.jsonl)."))
+    body = f"<p>From <code>{esc(info.final_source)}</code>; values in %.</p>"
+    body += table(["metric", "value (%)"], metrics_rows(info.final))
+    if "val_loss" in info.final and isinstance(info.final["val_loss"], dict):
+        body += "<h3>Validation loss</h3>" + table(
+            ["loss", "value"], [[k, f"{v:.4f}"] for k, v in info.final["val_loss"].items() if isinstance(v, (int, float))])
+    return section("metrics", "Metrics", body)
+
+
+def per_class_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of per-class AP (%) for every protocol in ``result`` that has ``per_class``."""
+    protocols = [p for p in ("coco",) + VOC_PROTOCOLS if isinstance(result.get(p, {}).get("per_class"), dict)]
+    names: list[str] = []
+    for p in protocols:
+        names += [n for n in result[p]["per_class"] if n not in names]
+    header = ["class"] + [("COCO AP" if p == "coco" else f"{p.upper()} AP") for p in protocols]
+    return header, [[n] + [pct(result[p]["per_class"].get(n)) for p in protocols] for n in names]
+
+
+def _per_class_section(info: RunInfo, plots: list[Path], tmp: Path) -> str:
+    header, rows = per_class_table(info.final)
+    found = [p for p in plots if _kind(p) == "per_class"]
+    if not found and rows:
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            from detlab.report.plots import plot_per_class_ap
+
+            out = tmp / "per_class_ap.png"
+            plot_per_class_ap(info.final, out)
+            found = [out] if out.is_file() else sorted(tmp.glob("*per_class*.png"))
+        except (ImportError, DetlabError, ValueError, KeyError, TypeError) as e:
+            print(f"note: per-class AP bars not drawn ({e})", file=sys.stderr)
+    if not rows and not found:
+        return section("per-class", "Per-class AP", note("the evaluation has no per-class AP."))
+    body = (_figures(found) if found else note("per-class AP bar chart not available.")) + table(header, rows)
+    return section("per-class", "Per-class AP", body)
+
+
+def _plot_section(sid: str, title: str, plots: list[Path], kind: str, run: Path) -> str:
+    found = [p for p in plots if _kind(p) == kind]
+    if not found:
+        return section(sid, title, note(f"no {title.lower()} plot in plots/ or eval/ — run `detlab eval {run}` first."))
+    return section(sid, title, _figures(found))
+
+
+def before_after_rows(before: dict, after: dict) -> list[list[str]]:
+    """``[[metric, before %, after %, change]]`` for every metric both evaluations have."""
+    rows = []
+    b_rows, a_rows = dict(map(tuple, metrics_rows(before))), dict(map(tuple, metrics_rows(after)))
+    for name, a in a_rows.items():
+        b = b_rows.get(name)
+        if b is None:
+            continue
+        change = f"{float(a) - float(b):+.1f}" if "–" not in (a, b) else "–"
+        rows.append([name, b, a, change])
+    return rows
+
+
+def _before_after_section(info: RunInfo) -> str:
+    if not info.before:
+        return section("before-after", "Before / after fine-tuning",
+                       note("no eval/before.json: the run did not evaluate before its first step "
+                            "(it does when it starts from pretrained weights, or with --set eval_before=true)."))
+    if not info.final:
+        return section("before-after", "Before / after fine-tuning", note("no final evaluation to compare with."))
+    rows = before_after_rows(info.before, info.final)
+    return section("before-after", "Before / after fine-tuning",
+                   "<p>Values in %; change in points.</p>" + table(["metric", "before", "after", "change"], rows))
+
+
+def draw_png(image: torch.Tensor, boxes, labels, class_names: list[str], scores=None) -> bytes:
+    """PNG bytes of ``image`` (``float32 [3, H, W]`` in 0..1) with xyxy absolute ``boxes`` drawn by ``report.draw``."""
+    from detlab.report.draw import draw_boxes
+
+    return png_bytes(draw_boxes(image, boxes, labels, class_names, scores=scores))
+
+
+def sample_indices(n_images: int, n: int) -> list[int]:
+    """``n`` indices spread evenly over a dataset (the same ones every time)."""
+    return sorted({int(i) for i in np.linspace(0, n_images - 1, num=min(n, n_images))}) if n_images else []
+
+
+def _samples_section(info: RunInfo, score: float = 0.3) -> str:
+    title = "Sample predictions beside ground truth"
+    if info.checkpoint is None:
+        return section("samples", title, note("no checkpoint in checkpoints/: section skipped."))
+    try:
+        from detlab.predict import Detector
+        from detlab.report.draw import draw_boxes  # noqa: F401  (fail here, before any model runs)
+
+        detector = Detector.from_run(info.path, device="cpu")
+        dataset = validation_dataset(info.config)
+    except (DetlabError, ImportError, OSError, RuntimeError) as e:
+        return section("samples", title, note(f"model or validation data unavailable ({e}); section skipped."))
+    rows = []
+    for i in sample_indices(len(dataset), NUM_SAMPLES):
+        image, target = dataset[i]
+        det = detector.detect([image], score=score)[0]
+        name = Path(dataset.records.images[i].file).name
+        gt = draw_png(image, target["boxes"], target["labels"], list(dataset.class_names))
+        pred = draw_png(image, det["boxes"], det["labels"], detector.class_names, det["scores"])
+        n_gt, n_pred = len(target["boxes"]), len(det["boxes"])
+        rows.append(f'<div class="grid">{figure(gt, f"{name}: ground truth ({n_gt} boxes)")}'
+                    f'{figure(pred, f"{name}: predicted, score ≥ {score} ({n_pred} boxes)")}</div>')
+    if not rows:
+        return section("samples", title, note("the validation data holds no images."))
+    return section("samples", title, "".join(rows))
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run's self-contained HTML report.
+
+    Args:
+        run_dir: a run folder made by ``detlab train``.
+        out: HTML path (default ``RUN/report.html``).
+
+    Returns:
+        The path written.
+    """
+    info = load_run(run_dir)
+    out = Path(out) if out else info.path / "report.html"
+    plots = plot_files(info.path)
+    with tempfile.TemporaryDirectory() as tmp:
+        sections = [
+            _config_section(info),
+            _curves_section(info, plots, Path(tmp) / "curves"),
+            _metrics_section(info),
+            _per_class_section(info, plots, Path(tmp) / "per_class"),
+            _plot_section("pr-curves", "PR curves", plots, "pr", info.path),
+            _plot_section("confusion", "Confusion matrix", plots, "confusion", info.path),
+            _before_after_section(info),
+            _samples_section(info),
+        ]
+        other = [p for p in plots if _kind(p) == "other"]
+        if other:
+            sections.append(section("other-plots", "Other plots", _figures(other)))
+    ap = info.final.get("coco", {}).get("AP")
+    subtitle = f"{info.model_name} · {len(info.class_names)} classes · COCO AP {pct(ap)}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page(f"detlab run report: {info.name}", subtitle, sections), encoding="utf-8")
+    return out
+
+
+def report_command(run: str | Path, out: str | Path | None = None) -> int:
+    """``detlab report RUN [--out FILE]``: write the report and print where it is."""
+    path = write_report(run, out)
+    print(f"report → {path}")
+    return 0

@@ -1,0 +1,135 @@
+"""detlab predict and the Detector API on a tiny run folder built here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from test_report_runfolder import make_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    # source ids as a COCO export would have them: not contiguous, not the class index
+    return make_run(tmp_path_factory.mktemp("runs"), class_names=("a", "b", "c"), source_ids=(3, 7, 11))
+
+
+def _noise_image(path, w, h, seed, exif_orientation=None):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    arr[h // 4: h // 2, w // 4: w // 2] = 255  # a bright block: something box-like to fire on
+    im = Image.fromarray(arr)
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        im.save(path, exif=exif, quality=95)
+    else:
+        im.save(path)
+    return path
+
+
+def test_boxes_are_in_the_original_exif_rotated_frame(run, tmp_path):
+    from detlab.predict import Detector
+
+    # stored 96×64 with orientation 6 ("rotate 90° clockwise to view"): the viewed image is 64 wide, 96 high
+    path = _noise_image(tmp_path / "rotated.jpg", 96, 64, seed=1, exif_orientation=6)
+    det = Detector.from_run(run, device="cpu")
+    out = det.predict([path], score=0.0)[0]
+    assert (out["width"], out["height"]) == (64, 96)
+    with Image.open(path) as im:
+        image = pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB")).float() / 255
+    with torch.no_grad():
+        ref = det.model([image])[0]
+    assert len(out["boxes"]) == len(ref["boxes"]) > 0
+    order = ref["scores"].argsort(descending=True, stable=True)
+    np.testing.assert_allclose(out["boxes"], ref["boxes"][order].numpy(), atol=1e-4)
+    np.testing.assert_allclose(out["scores"], ref["scores"][order].numpy(), atol=1e-6)
+    assert out["boxes"][:, [0, 2]].max() <= 64 + 1e-3 and out["boxes"][:, [1, 3]].max() <= 96 + 1e-3
+    assert out["names"] == [("a", "b", "c")[i] for i in out["labels"]]
+    assert (out["scores"][:-1] >= out["scores"][1:]).all()
+
+
+def test_batched_equals_one_by_one(run, tmp_path):
+    from detlab.predict import Detector
+
+    for i in range(5):
+        _noise_image(tmp_path / f"im{i}.png", 80, 60, seed=10 + i)
+    det = Detector.from_run(run, device="cpu")
+    batched = det.predict(tmp_path, score=0.1, batch_size=4)
+    single = det.predict(str(tmp_path / "*.png"), score=0.1, batch_size=1)
+    assert [d["file"] for d in batched] == [d["file"] for d in single] and len(batched) == 5
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+
+
+def test_predict_command_writes_coco_results(run, tmp_path, capsys):
+    from detlab.cli import main
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i, (w, h) in enumerate([(80, 60), (60, 80), (72, 72)]):
+        _noise_image(src / f"p{i}.jpg", w, h, seed=i)
+    (src / "broken.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(src), "--out", str(out), "--score", "0.0", "--batch", "2"]) == 0
+    err = capsys.readouterr()
+    assert "broken.jpg" in err.err and "skipped" in err.err
+    assert "skipped 1 unreadable" in err.out
+
+    meta = json.loads((out / "images.json").read_text())
+    assert [im["file_name"].rsplit("/", 1)[-1] for im in meta["images"]] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert [im["id"] for im in meta["images"]] == [2, 3, 4]  # ids are positions in the sorted sources
+    assert meta["categories"] == [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}, {"id": 11, "name": "c"}]
+    results = json.loads((out / "detections.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {3, 7, 11}
+
+    # the results load in the reference library against a ground truth made of the same images
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = {"images": meta["images"], "categories": meta["categories"],
+                  "annotations": [{"id": 1, "image_id": 2, "category_id": 3, "bbox": [1, 1, 10, 10],
+                                   "area": 100, "iscrowd": 0}]}
+    gt.createIndex()
+    dt = gt.loadRes(str(out / "detections.json"))
+    assert len(dt.getAnnIds()) == len(results)
+
+    per_image = json.loads((out / "json" / "p1.json").read_text())
+    assert (per_image["width"], per_image["height"]) == (60, 80)
+    n1 = sum(r["image_id"] == per_image["image_id"] for r in results)
+    assert len(per_image["detections"]) == n1
+    for d, r in zip(per_image["detections"], [r for r in results if r["image_id"] == per_image["image_id"]]):
+        x1, y1, x2, y2 = d["box_xyxy"]
+        assert r["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=2e-3)
+    with Image.open(out / "drawn" / "p1.jpg") as im:
+        assert im.size == (60, 80)
+
+
+def test_errors_are_one_line(run, tmp_path, capsys):
+    from detlab.cli import main
+
+    assert main(["predict", str(run), str(tmp_path / "nothing*.jpg"), "--out", str(tmp_path / "o")]) == 1
+    assert "no file matches it as a glob" in capsys.readouterr().err
+    _noise_image(tmp_path / "x.png", 40, 40, seed=0)
+    assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+                 "--backend", "onnx"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "model.onnx" in err and "detlab export" in err and len(err.splitlines()) == 1
+    assert main(["predict", str(tmp_path / "no_run"), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_best_falls_back_to_last_with_a_note(tmp_path, capsys):
+    from detlab.predict import Detector
+
+    run = make_run(tmp_path, checkpoint="last", class_names=("cat", "dog"), source_ids=("cat", "dog"))
+    det = Detector.from_run(run, device="cpu")
+    assert "using" in capsys.readouterr().err and det.model_name == "fcos_r18_fpn"
+    assert det.class_names == ["cat", "dog"]
+    assert [det.category_id(i) for i in range(2)] == [1, 2]  # VOC names as ids → 1-based integers
