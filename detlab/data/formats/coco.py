@@ -13,6 +13,7 @@ are reported (``info``) and not made into classes, so non-contiguous ids map ont
 from __future__ import annotations
 
 import json
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +89,9 @@ def find_image_dir(json_path: Path, split: str | None, file_names: list[str], im
     for s in dict.fromkeys(names):
         candidates += [here / "images" / s, up / "images" / s, up / s, here / s]
     candidates += [here / "images", up / "images", up]
-    probe = [n for n in file_names[:5] if n]
-    for folder in candidates:
-        if probe and all((folder / n).is_file() for n in probe[:3]):
-            return folder
-    return here
+    probe = [n for n in file_names[:8] if n and ".." not in n]
+    found = [sum((folder / n).is_file() for n in probe) for folder in candidates]
+    return candidates[int(np.argmax(found))] if probe and max(found) > 0 else here
 
 
 def _categories(data: dict, path: Path) -> tuple[np.ndarray, list[str]]:
@@ -130,14 +129,15 @@ def _annotation_arrays(anns: list, path: Path, problems: list[Problem]) -> tuple
 
     Tries one vectorised pass; on any malformed entry, walks the list and reports each bad one.
     """
+    n = len(anns)
     try:
-        bbox = np.asarray([a["bbox"] for a in anns], np.float64).reshape(len(anns), 4)
-        cols = [np.asarray([a["id"] for a in anns], np.int64), np.asarray([a["image_id"] for a in anns], np.int64),
-                np.asarray([a["category_id"] for a in anns], np.int64)]
-        ok = np.ones(len(anns), bool)
+        bbox = np.asarray(list(map(itemgetter("bbox"), anns)), np.float64).reshape(n, 4)
+        cols = [np.fromiter(map(itemgetter(k), anns), np.int64, count=n) for k in ("id", "image_id", "category_id")]
+        ok = np.ones(n, bool)
     except (KeyError, TypeError, ValueError):
         bbox, cols, ok = _annotation_arrays_slow(anns, path, problems)
-    flags = [np.asarray([bool(a.get(k, 0)) if isinstance(a, dict) else False for a in anns], bool) for k in ("iscrowd", "difficult")]
+    flags = [np.fromiter((bool(a.get(k, 0)) if isinstance(a, dict) else False for a in anns), bool, count=n)
+             for k in ("iscrowd", "difficult")]
     return cols[0], cols[1], cols[2], bbox, flags[0], flags[1], ok
 
 
@@ -232,7 +232,7 @@ def read_coco(path: Path, split: str | None = None, images: str | Path | None = 
     labels = to_label[cat_pos]
     valid &= labels >= 0
     xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], 1).astype(np.float32)  # [A, 4]
-    area = np.asarray([a.get("area", np.nan) if isinstance(a, dict) else np.nan for a in anns], np.float64) if len(anns) else np.zeros(0)
+    area = np.fromiter((_float(a.get("area")) if isinstance(a, dict) else np.nan for a in anns), np.float64, count=len(anns))
     columns = dict(boxes=xyxy, labels=labels, difficult=difficult, iscrowd=crowd, ann_ids=ann_ids, area=area)
     folder = find_image_dir(path, split, [im["file_name"] for im in imgs], images)
     records = _group_by_image(imgs, img_idx, valid, columns, folder, path, problems)
@@ -269,6 +269,10 @@ def _group_by_image(imgs: list[dict], img_idx: np.ndarray, valid: np.ndarray, co
             extra={"ann_ids": cols["ann_ids"][a:b], "area": cols["area"][a:b], "file_name": name},
         ))
     return out
+
+
+def _float(value) -> float:
+    return float(value) if isinstance(value, (int, float)) else np.nan
 
 
 def _int(value) -> int:
