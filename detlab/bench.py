@@ -376,3 +376,33 @@ def bench_command(args) -> int:
                        amp=args.amp, onnx=args.onnx)
     print(format_report(result))
     return 0
+
+
+def interleaved(calls: dict, iters: int, warmup: int = 1, sync=None) -> dict[str, list[float]]:
+    """Time several zero-argument callables in alternating rounds (forward, then reversed order).
+
+    On a shared or throttling machine the load drifts; interleaving makes every round compare
+    the callables under the same load, so per-round ratios stay meaningful.
+
+    Returns:
+        ``{name: [seconds per round]}``.
+    """
+    sync = sync or (lambda: None)
+    items = list(calls.items())
+    for _ in range(warmup):
+        for _, fn in items:
+            fn()
+    times: dict[str, list[float]] = {name: [] for name, _ in items}
+    for i in range(iters):
+        for name, fn in (items if i % 2 == 0 else items[::-1]):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def round_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of ``times[num][i] / times[den][i]`` (see :func:`interleaved`)."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))

@@ -123,6 +123,12 @@ def _add_eval(sub) -> None:
     p.add_argument("--protocol", default="coco,voc07,voc12", help="comma list of coco, voc07, voc12")
     p.add_argument("--checkpoint", default="best", help="best | last | PATH")
     p.add_argument("--out", default=None, help="where to write eval/*.json (default: RUN/eval or beside --dets)")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU threshold of voc07/voc12, PR curves, confusion and errors")
+    p.add_argument("--max-dets", default="1,10,100", help="COCO maxDets, comma list (AP uses the last)")
+    p.add_argument("--score", type=float, default=0.5, help="score threshold of the confusion matrix")
+    p.add_argument("--no-analysis", action="store_true", help="skip PR curves, confusion matrix and error breakdown")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available), with RUN")
+    p.add_argument("--batch", type=int, default=4, help="images per forward pass, with RUN")
     _add_data_args(p)
 
 
@@ -135,12 +141,14 @@ def _run_eval(args) -> int:
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="run a trained model on images, folders or globs")
     p.add_argument("run", help="run folder or checkpoint")
-    p.add_argument("sources", nargs="+", help="images, folders or globs")
+    p.add_argument("sources", nargs="*", help="images, folders or globs (default with --data: its images)")
     p.add_argument("--out", required=True)
     p.add_argument("--score", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--checkpoint", default="best")
+    p.add_argument("--data", default=None, help="dataset (DATA or DATA:split) whose image and category ids the "
+                   "results use, so `detlab eval --gt DATA --dets OUT/detections.json` scores them")
 
 
 def _run_predict(args) -> int:

@@ -41,7 +41,8 @@ class TrainConfig:
     batch_size: int = 4  # images per step per process
     accumulate: int = 1  # batches summed into one optimizer step (effective batch = batch_size·accumulate·world)
     num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
-    transform_kwargs: dict = field(default_factory=dict)  # size knobs for data.transforms.build_transforms
+    transform_kwargs: dict = field(default_factory=dict)  # size knobs for build_transforms; {} = the model's size
+    augment: str | None = None  # training transforms recipe (data.transforms); None = the model's transform_recipe
 
     # --- optimizer -----------------------------------------------------------
     optimizer: str = "sgd"  # sgd | adamw
@@ -213,6 +214,7 @@ def parse_set(items: list[str]) -> dict:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__}); quote it") from None
+    apply_overrides(TrainConfig().to_dict(), out, "--set")  # unknown keys fail here, named as --set
     return out
 
 
@@ -227,6 +229,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config keys, got {type(data).__name__}")
+    apply_overrides(TrainConfig().to_dict(), data, str(path))  # unknown keys fail here, named with the file
     return data
 
 
@@ -289,6 +292,20 @@ def validate(cfg: TrainConfig) -> None:
         cfg.protocols = [p.strip() for p in cfg.protocols.split(",") if p.strip()]
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"config key 'ema_decay': {cfg.ema_decay!r} must be in [0, 1)")
+    _validate_metric(cfg.metric)
+
+
+# Metrics that can pick the best checkpoint (evaluator.flatten_metrics names; val/* from the engine).
+_METRICS = [f"coco/{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")] + [
+    "voc07/mAP", "voc12/mAP", "val/loss"]
+
+
+def _validate_metric(metric: str) -> None:
+    if metric in _METRICS or metric.startswith("val/loss_"):
+        return
+    close = difflib.get_close_matches(metric, _METRICS, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(_METRICS)} or val/loss_<part>"
+    raise ConfigError(f"config key 'metric': {metric!r} is not a metric detlab computes; {hint}")
 
 
 def effective_lr(cfg: TrainConfig, world_size: int = 1) -> float:

@@ -7,7 +7,7 @@ decoding, top-k and NMS — traced for one image of a fixed size ``[3, H, W]``.
 as the eager model, so ``detlab predict --backend onnx`` and ``detlab bench
 --onnx`` can swap one for the other.
 
-Which families export (torch 2.14, opset 17, the TorchScript-based exporter
+Which families export (torch 2.14, opset 18, the TorchScript-based exporter
 ``torch.onnx.export(..., dynamo=False)``; the dynamo exporter is tried second and
 needs the ``onnxscript`` package):
 
@@ -18,7 +18,8 @@ family                exports  input
 ``fcos``              yes      one image, fixed ``H x W``
 ``retinanet``         yes      one image, fixed ``H x W``
 ``ssd``               yes      one image, fixed ``H x W``
-``detr``              see the family table in ``benchmarks/README.md``
+``detr``              yes      one image, fixed ``H x W`` (its antialiased resize
+                               becomes opset-18 ``Resize`` with ``antialias=1``)
 ====================  =======  ================================================
 
 The batch is not a dynamic axis for any family: every model takes a Python list
@@ -88,11 +89,39 @@ def pad_value(model: nn.Module) -> list[float]:
     return [0.0, 0.0, 0.0]
 
 
+def _bilinear_antialias(g, image, output_size, align_corners, scale_factors):
+    """ONNX ``Resize`` for ``aten::_upsample_bilinear2d_aa`` (DETR's antialiased downscale).
+
+    The TorchScript exporter has no symbolic for it; opset 18's ``Resize`` has ``antialias``,
+    and with ``exclude_outside=1`` (weights renormalised at the border, as PyTorch does) ONNX
+    Runtime matches PyTorch to float rounding.
+    """
+    from torch.onnx._internal.torchscript_exporter import symbolic_helper as sh
+
+    empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+    mode = "align_corners" if sh._maybe_get_const(align_corners, "b") else "half_pixel"
+    if sh._is_none(output_size):
+        scales = [1.0, 1.0] + list(sh._maybe_get_const(scale_factors, "fs"))
+        return g.op("Resize", image, empty, g.op("Constant", value_t=torch.tensor(scales)), mode_s="linear",
+                    antialias_i=1, exclude_outside_i=1, coordinate_transformation_mode_s=mode)
+    batch_channels = g.op("Slice", g.op("Shape", image), g.op("Constant", value_t=torch.tensor([0])),
+                          g.op("Constant", value_t=torch.tensor([2])))
+    size = g.op("Constant", value_t=torch.tensor(list(sh._maybe_get_const(output_size, "is")), dtype=torch.int64))
+    sizes = g.op("Concat", batch_channels, size, axis_i=0)
+    return g.op("Resize", image, empty, empty, sizes, mode_s="linear", antialias_i=1, exclude_outside_i=1,
+                coordinate_transformation_mode_s=mode)
+
+
 def _export_legacy(wrapper: nn.Module, example: Tensor, path: Path, opset: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings about constants: expected for a fixed-size graph
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["boxes", "scores", "labels"])
+    op = "aten::_upsample_bilinear2d_aa"
+    torch.onnx.register_custom_op_symbolic(op, _bilinear_antialias, 18)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about constants: expected for a fixed-size graph
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=["boxes", "scores", "labels"])
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(op, 18)
 
 
 def _export_dynamo(wrapper: nn.Module, example: Tensor, path: Path, opset: int) -> None:
@@ -109,7 +138,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset: int = 17,
+def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset: int = 18,
                 class_names: list[str] | None = None) -> Path:
     """Export a contract model to ONNX for one image of a fixed size.
 
@@ -142,7 +171,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset
     else:
         raise ExportError(f"family '{family}' ({getattr(model, 'name', '?')}) cannot be exported to ONNX: "
                           + "; ".join(reasons))
-    num_classes = int(getattr(model, "num_classes", 0))
+    num_classes = int(getattr(model, "num_classes", 0) or len(class_names or []))
     meta = {
         "name": getattr(model, "name", type(model).__name__), "family": family,
         "num_classes": num_classes, "input_size": [int(size[0]), int(size[1])],
@@ -188,7 +217,8 @@ class OnnxModel:
     any sizes, and returns one dict per image: ``boxes`` float32 ``[K, 4]`` xyxy in that
     image's pixels, ``scores`` float32 ``[K]``, ``labels`` int64 ``[K]`` in ``0..C-1`` — the
     model contract of CONTRIBUTING.md. Images of the exported size run untouched; others are
-    letterboxed into it and their boxes mapped back (see the module docstring).
+    letterboxed into it, their boxes mapped back and clipped to the image, and detections lying
+    wholly in the pad dropped (see the module docstring).
 
     Attributes:
         path: the ``.onnx`` file.
@@ -254,9 +284,9 @@ class OnnxModel:
             canvas, scale = self.letterbox(image)
             det = self.run_one(canvas)
             boxes = det["boxes"] / scale  # [K, 4] back to the input image's pixels
+            keep = (boxes[:, 0] < w) & (boxes[:, 1] < h)  # drop boxes lying wholly in the pad
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # drop boxes that lay in the pad
             results.append({"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep]})
         return results
 

@@ -137,6 +137,9 @@ class Detector:
         class_names: ``C`` class names; label ``i`` is ``class_names[i]``.
         source_ids: ``C`` ids the training data used for each class (COCO
             category id, YOLO index or VOC name).
+        category_ids: ``C`` integer COCO ``category_id`` written for each class
+            (see :func:`default_category_ids`; ``detlab predict --data`` sets
+            them from that dataset).
         config: the run's resolved config (plain dict).
         model_name: catalogue name.
         device: where images are sent before the model runs.
@@ -145,13 +148,15 @@ class Detector:
     """
 
     def __init__(self, model: Any, class_names: Sequence[str], source_ids: Sequence | None = None,
-                 config: dict | None = None, model_name: str = "", device: str | torch.device | None = None):
+                 config: dict | None = None, model_name: str = "", device: str | torch.device | None = None,
+                 source_format: str | None = None):
         self.device = _pick_device(device)
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         self.model = model
         self.class_names = list(class_names)
         self.source_ids = list(source_ids) if source_ids is not None else list(self.class_names)
+        self.category_ids = default_category_ids(self.source_ids, source_format)
         self.config = dict(config or {})
         self.model_name = model_name
         self.skipped: list[Problem] = []
@@ -179,7 +184,8 @@ class Detector:
         model = build_model(ckpt["model_name"], int(ckpt["num_classes"]), **kwargs)
         model.load_state_dict(ckpt["model"])
         names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
-        return cls(model, names, ckpt.get("source_ids"), ckpt.get("config"), ckpt["model_name"], device)
+        return cls(model, names, ckpt.get("source_ids"), ckpt.get("config"), ckpt["model_name"], device,
+                   ckpt.get("source_format"))
 
     @torch.no_grad()
     def detect(self, images: Sequence[torch.Tensor], score: float = 0.5) -> list[dict[str, np.ndarray]]:
@@ -255,13 +261,25 @@ class Detector:
         return [det for det, _ in self.iter_predict(expand_sources(sources), score, batch_size, progress)]
 
     def category_id(self, label: int) -> int:
-        """The COCO ``category_id`` for a class index: the source's id when it is an integer, else ``label + 1``."""
-        sid = self.source_ids[label] if label < len(self.source_ids) else None
-        if isinstance(sid, (int, np.integer)) and not isinstance(sid, bool):
-            return int(sid)
-        if isinstance(sid, str) and sid.strip().lstrip("-").isdigit():
-            return int(sid)
-        return label + 1  # VOC names as ids: COCO results need integers, 1-based like every COCO export
+        """The COCO ``category_id`` written for class index ``label`` (see :func:`default_category_ids`)."""
+        return self.category_ids[label]
+
+
+def default_category_ids(source_ids: Sequence, source_format: str | None = None) -> list[int]:
+    """COCO category ids for ``C`` classes, by the evaluator's rule (``evaluation.coco.category_ids``).
+
+    A COCO source's integer ids are kept (they are what its ground truth uses);
+    any other source gets ``1..C``. Checkpoints that do not record their source
+    format count as COCO when the ids are unique integers other than ``0..C-1``
+    (which are YOLO indices).
+    """
+    ints = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in source_ids)
+    unique = ints and len({int(i) for i in source_ids}) == len(source_ids)
+    if source_format is None:
+        coco = unique and [int(i) for i in source_ids] != list(range(len(source_ids)))
+    else:
+        coco = source_format == "coco" and unique
+    return [int(i) for i in source_ids] if coco else list(range(1, len(source_ids) + 1))
 
 
 def onnx_detector(run: str | Path, checkpoint: str = "best") -> Detector:
@@ -281,7 +299,7 @@ def onnx_detector(run: str | Path, checkpoint: str = "best") -> Detector:
     ckpt = load_checkpoint(find_checkpoint(run, checkpoint))
     names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
     return Detector(OnnxModel(onnx_path), names, ckpt.get("source_ids"), ckpt.get("config"),
-                    ckpt["model_name"], device="cpu")
+                    ckpt["model_name"], "cpu", ckpt.get("source_format"))
 
 
 # --- detlab predict -------------------------------------------------------------
@@ -323,7 +341,7 @@ def _image_json(detector: Detector, det: dict, image_id: int) -> dict:
 
 
 def write_predictions(detector: Detector, files: Sequence[Path], out: Path, score: float = 0.5,
-                      batch_size: int = 4, progress: bool = True) -> dict:
+                      batch_size: int = 4, progress: bool = True, image_ids: dict[str, int] | None = None) -> dict:
     """Run ``detector`` on ``files`` and write everything ``detlab predict`` promises under ``out``.
 
     Writes ``detections.json`` (COCO results: ``image_id``, ``category_id`` in
@@ -331,14 +349,15 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
     (``images``: id, file_name, width, height — ids are the files' positions in
     ``files``, so the same sources give the same ids — and ``categories``),
     ``drawn/<name>`` (boxes, class and score drawn) and ``json/<name>.json``
-    (one image's detections, xyxy).
+    (one image's detections, xyxy). ``image_ids`` (``str(file) -> id``, from
+    :func:`align_to_dataset`) replaces the positional ids.
 
     Returns:
         ``{"images": n_read, "detections": n_boxes, "skipped": n_unreadable}``.
     """
     (out / "drawn").mkdir(parents=True, exist_ok=True)
     (out / "json").mkdir(parents=True, exist_ok=True)
-    ids = {str(f): i + 1 for i, f in enumerate(files)}
+    ids = image_ids or {str(f): i + 1 for i, f in enumerate(files)}
     results: list[dict] = []
     images: list[dict] = []
     used: set[str] = set()
@@ -357,15 +376,58 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
     return {"images": len(images), "detections": len(results), "skipped": len(detector.skipped)}
 
 
+def align_to_dataset(detector: Detector, files: Sequence[Path], data: str) -> tuple[list[Path], dict[str, int]]:
+    """Use a dataset's image and category ids, so the results score with ``detlab eval --gt DATA``.
+
+    Args:
+        detector: its ``category_ids`` are set from ``data``'s classes, matched by name.
+        files: images to predict on; empty means every image of ``data``.
+        data: a dataset path (``DATA`` or ``DATA:split``).
+
+    Returns:
+        ``(files, image_ids)``: ``image_ids`` maps ``str(file)`` to the dataset's
+        image id; files outside the dataset get new ids after the largest one (counted, reported).
+    """
+    from detlab.data.dataset import load_dataset
+    from detlab.evaluation.coco import category_ids
+
+    records = load_dataset(data).records
+    by_name = dict(zip(records.class_names, category_ids(records)))
+    missing = [n for n in detector.class_names if n not in by_name]
+    if missing:
+        raise DataError(f"{data}: classes {', '.join(missing)} of the model are not in this dataset's classes "
+                        f"({', '.join(records.class_names)}) — use the dataset the run was trained on")
+    detector.category_ids = [by_name[n] for n in detector.class_names]
+    files = list(files) or [Path(r.file) for r in records.images]
+    known = {Path(r.file).resolve(): int(r.image_id) for r in records.images}
+    next_id = max(known.values(), default=0) + 1
+    ids: dict[str, int] = {}
+    outside = 0
+    for f in files:
+        key = Path(f).resolve()
+        if key not in known:
+            known[key], next_id, outside = next_id, next_id + 1, outside + 1
+        ids[str(f)] = known[key]
+    if outside:
+        print(f"note: {outside} of {len(files)} images are not in {data}; they get new image ids", file=sys.stderr)
+    return files, ids
+
+
 def predict_command(args) -> int:
-    """``detlab predict RUN SOURCE… --out DIR [--score] [--batch] [--backend] [--checkpoint]``."""
-    files = expand_sources(args.sources)
+    """``detlab predict RUN [SOURCE…] --out DIR [--data DATA] [--score] [--batch] [--backend] [--checkpoint]``."""
+    data = getattr(args, "data", None)
+    if not args.sources and not data:
+        raise DataError("predict: nothing to predict on — give image files, folders or globs, or --data DATA")
+    files = expand_sources(args.sources) if args.sources else []
     if args.backend == "onnx":
         detector = onnx_detector(args.run, args.checkpoint)
     else:
         detector = Detector.from_run(args.run, checkpoint=args.checkpoint)
+    image_ids = None
+    if data:
+        files, image_ids = align_to_dataset(detector, files, data)
     out = Path(args.out)
-    counts = write_predictions(detector, files, out, score=args.score, batch_size=args.batch)
+    counts = write_predictions(detector, files, out, score=args.score, batch_size=args.batch, image_ids=image_ids)
     print(f"predicted {counts['images']} images, {counts['detections']} detections at score >= {args.score}"
           f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable → {out}")
     return 0 if counts["images"] else 1

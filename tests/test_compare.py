@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from test_report_html import assert_self_contained, parse
-from test_report_runfolder import build_tiny, make_run
+from test_report_runfolder import build_tiny, make_run, one_thread  # noqa: F401  (autouse fixture)
 
 
 def _md_rows(text: str) -> list[list[str]]:
@@ -21,9 +21,9 @@ def test_compare_two_runs(tmp_path, bccd, monkeypatch):
     from detlab.cli import main
     from detlab.report import compare
 
-    monkeypatch.setattr(compare, "GALLERY_POOL", 4)
+    monkeypatch.setattr(compare, "GALLERY_POOL", 3)
     monkeypatch.setattr(compare, "GALLERY_SIZE", 2)
-    monkeypatch.setattr(compare, "LATENCY_IMAGES", 2)
+    monkeypatch.setattr(compare, "LATENCY_IMAGES", 1)
     monkeypatch.setattr(compare, "LATENCY_WARMUP", 1)
     val = f"{bccd}:val"
     a = make_run(tmp_path, "a", ap=0.30, val=val, seed=0, sec_per_iter=0.6)

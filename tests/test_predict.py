@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from test_report_runfolder import make_run
+from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,42 @@ def test_best_falls_back_to_last_with_a_note(tmp_path, capsys):
     assert "using" in capsys.readouterr().err and det.model_name == "fcos_r18_fpn"
     assert det.class_names == ["cat", "dog"]
     assert [det.category_id(i) for i in range(2)] == [1, 2]  # VOC names as ids → 1-based integers
+
+
+def test_results_score_with_detlab_eval(tmp_path, chess):
+    """Results written with --data's ids score the same through `detlab eval --gt --dets` as in memory."""
+    from detlab.cli import main
+    from detlab.data.dataset import load_dataset
+    from detlab.evaluation.evaluator import evaluate_detections
+    from detlab.predict import Detector, align_to_dataset, write_predictions
+
+    data = str(chess / "valid")
+    ds = load_dataset(data)
+    recs = ds.records.images[:3]
+    names = list(reversed(ds.class_names))  # the model's class order differs from the dataset's
+    rng = np.random.default_rng(0)
+    outputs = []
+    for r in recs:  # an oracle: jittered ground truth plus one false positive per image
+        boxes = np.concatenate([r.boxes + rng.normal(0, 2, r.boxes.shape), [[5, 5, 60, 60]]]).astype(np.float32)
+        labels = np.array([names.index(ds.class_names[c]) for c in r.labels] + [0])
+        outputs.append({"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                        "scores": torch.from_numpy(rng.uniform(0.5, 1, len(labels)).astype(np.float32))})
+    queue = iter(outputs)
+    det = Detector(lambda images: [next(queue) for _ in images], names, device="cpu")
+    files, ids = align_to_dataset(det, [r.file for r in recs], data)
+    assert [ids[str(f)] for f in files] == [r.image_id for r in recs]
+    write_predictions(det, files, tmp_path / "pred", score=0.0, progress=False, image_ids=ids)
+
+    assert main(["eval", "--gt", data, "--dets", str(tmp_path / "pred" / "detections.json"),
+                 "--protocol", "coco,voc07", "--no-analysis", "--out", str(tmp_path / "ev")]) == 0
+    scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"]
+    in_memory = {}
+    for r, o in zip(recs, outputs):
+        in_memory[r.image_id] = {"boxes": o["boxes"].numpy(), "scores": o["scores"].numpy(),
+                                 "labels": np.array([ds.class_names.index(names[c]) for c in o["labels"]])}
+    subset = type(ds.records)(list(recs), ds.class_names, ds.source_ids, ds.records.format, ds.records.root)
+    expected = evaluate_detections(subset, in_memory, ("coco", "voc07"))
+    full = evaluate_detections(ds.records, in_memory, ("coco", "voc07"))
+    assert expected["coco"]["AP50"] > 0.5 and full["coco"]["AP"] > 0.01  # the oracle is good where it looked
+    assert scored["coco"]["AP"] == pytest.approx(full["coco"]["AP"], abs=1e-3)
+    assert scored["voc07"]["mAP"] == pytest.approx(full["voc07"]["mAP"], abs=1e-3)

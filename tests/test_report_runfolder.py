@@ -4,8 +4,6 @@ tests of how the report reads a run (evaluation files, metrics lines, training t
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -15,26 +13,22 @@ import yaml
 TINY = dict(min_size=64, max_size=96, score_thresh=0.05, detections_per_img=20)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny images gain nothing from a second thread, and on busy shared cores OpenMP's spinning
+    threads make each forward pass several times slower; restored after each test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def build_tiny(name: str = "fcos_r18_fpn", num_classes: int = 3, seed: int = 0) -> torch.nn.Module:
     """A catalogue model at a tiny input size (random init, no download)."""
-    _ensure_catalogue()
     from detlab.models.catalogue import build_model
 
     torch.manual_seed(seed)
     return build_model(name, num_classes, **TINY).eval()
-
-
-def _ensure_catalogue() -> None:
-    """Use the real catalogue; while it is not there yet, a stand-in with the same build_model call."""
-    try:
-        import detlab.models.catalogue  # noqa: F401
-    except ImportError:
-        from detlab.models.fcos import build_fcos
-
-        stand_in = types.ModuleType("detlab.models.catalogue")
-        stand_in.build_model = lambda name, num_classes, weights="none", **kw: build_fcos(
-            name, num_classes, weights, log=None, **kw)
-        sys.modules["detlab.models.catalogue"] = stand_in
 
 
 def coco_result(ap: float, names=("RBC", "WBC", "Platelets")) -> dict:

@@ -107,6 +107,17 @@ def broadcast_object(obj):
     return box[0]
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs buffers at the start of each forward, so after the last training step each
+    rank holds the statistics of its own last batch; evaluation must use one set.
+    """
+    if dist.is_initialized():
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
+
 def all_true(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` holds on every rank (a collective: every rank must call it)."""
     if not dist.is_initialized():

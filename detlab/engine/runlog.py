@@ -140,7 +140,7 @@ class RunLog:
             eta = (self.total_iters - iteration) * record["sec_per_iter"]
             parts = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in sorted(means.items()))
             print(f"epoch {epoch} iter {iteration}/{self.total_iters} loss {record['loss']:.4f} ({parts}) "
-                  f"lr {lr:.3g} {record['sec_per_iter']:.2f}s/it ETA {_hms(eta)}", flush=True)
+                  f"lr {lr:.3g} {record['sec_per_iter']:.2f}s/it ETA {_hms(eta)}", file=sys.stderr, flush=True)
         self._window, self._window_n, self._window_sec, self._window_data = {}, 0, 0.0, 0.0
 
     def _update_bar(self, iteration: int, epoch: int, parts: dict[str, float]) -> None:

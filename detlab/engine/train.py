@@ -141,7 +141,10 @@ def _with_train_transforms(dataset, model: nn.Module, cfg: TrainConfig):
     from detlab.data.dataset import DetectionDataset
     from detlab.data.transforms import build_transforms
 
-    tf = build_transforms(model.transform_recipe, train=True, **cfg.transform_kwargs)
+    # Resize to the model's own input size in the loader: same images the model would make, less memory.
+    kwargs = getattr(model, "build_kwargs", {}) or {}
+    size = cfg.transform_kwargs or {k: kwargs[k] for k in ("min_size", "max_size", "size") if k in kwargs}
+    tf = build_transforms(cfg.augment or model.transform_recipe, train=True, **size)
     return DetectionDataset(dataset.records, transforms=tf)
 
 
@@ -326,6 +329,7 @@ class Trainer:
         from detlab.evaluation.evaluator import flatten_metrics
 
         model = self.eval_model
+        ddp.broadcast_buffers(model)
         was_training = model.training
         model.eval()
         t0 = time.perf_counter()

@@ -98,17 +98,22 @@ def coco_results(image_ids: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarr
                 np.asarray(boxes_xywh, np.float64).tolist(), np.asarray(scores, np.float64).tolist())]
 
 
-def _detections_coco(gt, image_ids, boxes_xywh, scores, category_id):
-    """A faster-coco-eval ``COCO`` of the detections, built directly (what ``loadRes`` does for
-    boxes, without the polygon it adds for segmentation use)."""
+def _detections_coco(gt, image_ids, boxes_xywh, scores, category_id, rows: list[dict] | None = None):
+    """A faster-coco-eval ``COCO`` of the detections, built directly: the fields ``loadRes`` adds for
+    boxes (``id``, ``area`` = w*h, ``iscrowd``), without the polygon it adds for segmentation use.
+    ``rows`` (results-file dicts matching the arrays row by row) are completed in place, not copied."""
     from faster_coco_eval import COCO
 
-    area = boxes_xywh[:, 2] * boxes_xywh[:, 3]  # [M], as loadRes: w * h
-    anns = [{"id": k, "image_id": i, "category_id": c, "bbox": b, "score": s, "area": a, "iscrowd": 0}
-            for k, (i, c, b, s, a) in enumerate(zip(image_ids.tolist(), category_id.tolist(),
-                                                    boxes_xywh.tolist(), scores.tolist(), area.tolist()), 1)]
+    area = (boxes_xywh[:, 2] * boxes_xywh[:, 3]).tolist()  # [M], as loadRes: w * h
+    if rows is None:
+        rows = [{"id": k, "image_id": i, "category_id": c, "bbox": b, "score": s, "area": a, "iscrowd": 0}
+                for k, (i, c, b, s, a) in enumerate(zip(image_ids.tolist(), category_id.tolist(),
+                                                        boxes_xywh.tolist(), scores.tolist(), area), 1)]
+    else:
+        for k, (row, i, c, a) in enumerate(zip(rows, image_ids.tolist(), category_id.tolist(), area), 1):
+            row["id"], row["image_id"], row["category_id"], row["area"], row["iscrowd"] = k, i, c, a, 0
     dt = COCO()
-    dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": anns}
+    dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": rows}
     dt.createIndex()
     return dt
 
@@ -126,7 +131,8 @@ def summary_names(max_dets: Sequence[int], area_ranges: dict) -> list[str]:
 
 def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray,
                   labels: np.ndarray, max_dets: Sequence[int] = (1, 10, 100),
-                  area_ranges: dict | None = None, ground_truth: dict | None = None) -> dict:
+                  area_ranges: dict | None = None, ground_truth: dict | None = None,
+                  rows: list[dict] | None = None) -> dict:
     """COCO box AP/AR with faster-coco-eval.
 
     Args:
@@ -138,6 +144,8 @@ def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarra
         max_dets: per-image (per class) detection limits; AP uses the last.
         area_ranges: ``{label: (lo, hi)}`` in px²; default COCO's small/medium/large.
         ground_truth: a prebuilt :func:`coco_ground_truth` dict, to reuse.
+        rows: the results-file dicts the arrays came from (same order), completed in place
+            instead of building new ones (see :func:`read_results`).
 
     Returns:
         ``{"AP", "AP50", …, "per_class": {name: AP}, "per_class_AP50": {name: AP50},
@@ -151,7 +159,7 @@ def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarra
     gt.createIndex()
     cats = np.asarray(category_ids(records), np.int64)
     dt = _detections_coco(gt, np.asarray(image_ids, np.int64), np.asarray(boxes_xywh, np.float64).reshape(-1, 4),
-                          np.asarray(scores, np.float64), cats[np.asarray(labels, np.int64)])
+                          np.asarray(scores, np.float64), cats[np.asarray(labels, np.int64)], rows)
     ev = COCOeval_faster(gt, dt, "bbox", print_function=lambda *a, **k: None,
                          ranges={k: list(v) for k, v in area_ranges.items()})
     ev.params.maxDets = sorted(int(d) for d in max_dets)
@@ -233,7 +241,7 @@ def read_results(path: str | Path, records: Records) -> tuple[dict[str, np.ndarr
 
     Returns:
         ``(detections, problems)``: ``{"image_ids": int64 [M], "boxes_xywh": float64 [M, 4],
-        "scores": float64 [M], "labels": int64 [M]}`` for the rows that name a known
+        "scores": float64 [M], "labels": int64 [M], "rows": the M file dicts}`` for the rows that name a known
         image and category, and one ``skipped`` :class:`Problem` per kind of unknown id
         (with the count and a few examples) — never a silent drop.
 
@@ -260,7 +268,9 @@ def read_results(path: str | Path, records: Records) -> tuple[dict[str, np.ndarr
     if len(bad):
         raise DataError(f"{path}: [{bad[0]}].bbox: {rows[bad[0]]['bbox']!r} needs finite x, y and w, h >= 0 "
                         "(COCO [x, y, w, h]) — fix the entry")
-    return _map_ids(path, records, image_ids.astype(np.int64), cat_ids.astype(np.int64), xywh, scores)
+    dets, problems, keep = _map_ids(path, records, image_ids.astype(np.int64), cat_ids.astype(np.int64), xywh, scores)
+    dets["rows"] = rows if keep.all() else [rows[i] for i in np.flatnonzero(keep).tolist()]
+    return dets, problems
 
 
 def _map_ids(path, records, image_ids, cat_ids, xywh, scores):
@@ -284,7 +294,7 @@ def _map_ids(path, records, image_ids, cat_ids, xywh, scores):
                                     f"{fix} — those results were left out", "skipped"))
     keep = img_ok & cat_ok
     return ({"image_ids": image_ids[keep], "boxes_xywh": xywh[keep], "scores": scores[keep],
-             "labels": labels[keep].astype(np.int64)}, problems)
+             "labels": labels[keep].astype(np.int64)}, problems, keep)
 
 
 def _describe_ids(records: Records, cats: np.ndarray) -> str:

@@ -18,6 +18,8 @@ Values are fractions in ``0..1``; ``NaN`` where a number is undefined (no GT).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -140,7 +142,8 @@ def evaluate_arrays(records: Records, dets: Mapping[str, np.ndarray], protocols:
         records: the ground truth split.
         dets: ``image_ids int64 [M]``, ``boxes float64 [M, 4]`` xyxy (or ``boxes_xywh``, or both:
             COCO then uses ``boxes_xywh`` exactly as given), ``scores [M]``, ``labels int64 [M]``,
-            optionally ``image_index`` (see :func:`voc.image_index`).
+            optionally ``image_index`` (see :func:`voc.image_index`) and ``rows`` (the results-file
+            dicts of the same detections, which COCO then completes in place instead of rebuilding).
         protocols: checked protocol names.
         gt: a prebuilt :class:`voc.GroundTruth` of ``records``, to reuse.
         iou, max_dets, area_ranges: as :class:`DetectionEvaluator`.
@@ -151,7 +154,7 @@ def evaluate_arrays(records: Records, dets: Mapping[str, np.ndarray], protocols:
     if "coco" in protocols:
         xywh_c = xywh if xywh is not None else coco_protocol.xyxy_to_xywh(xyxy)
         result["coco"] = coco_protocol.evaluate_coco(records, dets["image_ids"], xywh_c, dets["scores"],
-                                                     dets["labels"], max_dets, area_ranges)
+                                                     dets["labels"], max_dets, area_ranges, rows=dets.get("rows"))
     voc = [p for p in protocols if p.startswith("voc")]
     if voc:
         gt = gt if gt is not None else voc_protocol.GroundTruth.from_records(records)
@@ -209,10 +212,24 @@ def score_results_file(records: Records, path, protocols: str | Iterable[str] = 
         DataError: unreadable file or malformed row (names the index and the field).
     """
     protocols = check_protocols(protocols)
-    dets, problems = coco_protocol.read_results(path, records)
-    result = evaluate_arrays(records, dets, protocols, iou=iou, max_dets=_max_dets(max_dets),
-                             area_ranges=area_ranges)
+    with _gc_paused():
+        dets, problems = coco_protocol.read_results(path, records)
+        result = evaluate_arrays(records, dets, protocols, iou=iou, max_dets=_max_dets(max_dets),
+                                 area_ranges=area_ranges)
     return result, problems
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector: a results file is hundreds of thousands of small
+    acyclic dicts, and collections triggered by their allocation only re-scan them."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _numpy(x, dtype) -> np.ndarray:
@@ -282,16 +299,32 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
     Returns:
         The result dict described in the module docstring.
     """
+    ev = DetectionEvaluator(dataset.records, protocols, **opts)
+    losses = _predict(model, dataset, ev, batch_size, device, with_loss, progress, num_workers)
+    result = ev.evaluate()
+    for p in ev.problems:
+        print(p.line(), file=sys.stderr)
+    if losses:
+        result["val_loss"] = losses
+    return result
+
+
+def _predict(model: torch.nn.Module, dataset, ev: DetectionEvaluator, batch_size: int, device, with_loss: bool,
+             progress: bool, num_workers: int = 0) -> dict[str, float]:
+    """Feed every image of ``dataset`` to ``model`` (eval mode, inference mode) into ``ev``.
+
+    Returns:
+        ``{"loss": sum of parts, "loss_<part>": mean over images}`` when ``with_loss``, else ``{}``.
+    """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    ev = DetectionEvaluator(dataset.records, protocols, **opts)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate)
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    loss_sums: dict[str, float] = {}
+    sums: dict[str, float] = {}
     seen = 0
     with torch.inference_mode():
         for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, dynamic_ncols=True):
@@ -303,19 +336,164 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
                 moved = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
                 for k, v in model.val_losses(images, moved).items():
                     if k.startswith("loss"):
-                        loss_sums[k] = loss_sums.get(k, 0.0) + float(v) * len(images)
+                        sums[k] = sums.get(k, 0.0) + float(v) * len(images)
             seen += len(images)
     model.train(was_training)
-    result = ev.evaluate()
-    for p in ev.problems:
-        print(p.line(), file=sys.stderr)
-    if with_loss and seen:
-        parts = {k: v / seen for k, v in sorted(loss_sums.items())}
-        result["val_loss"] = {"loss": sum(v for k, v in parts.items() if k.startswith("loss_")), **parts}
-    return result
+    if not (with_loss and seen):
+        return {}
+    parts = {k: v / seen for k, v in sorted(sums.items())}
+    return {"loss": sum(v for k, v in parts.items() if k.startswith("loss_")), **parts}
 
 
 def _collate(batch):
     """The data contract's collate: images stay a list (sizes differ), targets a list of dicts."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+# --- detlab eval -----------------------------------------------------------------
+
+def _pct(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def format_result(result: Mapping, class_names: Sequence[str]) -> str:
+    """The tables ``detlab eval`` prints: COCO's 12 numbers, VOC mAPs, per-class AP (in %)."""
+    lines = []
+    if "coco" in result:
+        c = result["coco"]
+        names = [n for n in coco_protocol.summary_names(c["max_dets"], c["area_ranges"])[:-2] if n in c]
+        lines += ["COCO (IoU 0.50:0.95, maxDets " + "/".join(map(str, c.get("max_dets", []))) + ")",
+                  "  " + " ".join(f"{n:>6}" for n in names), "  " + " ".join(f"{_pct(c[n]):>6}" for n in names)]
+    for p in ("voc07", "voc12"):
+        if p in result:
+            kind = "11-point" if p == "voc07" else "all-point"
+            lines.append(f"{p.upper()} mAP@{result[p]['iou']:g} ({kind}): {_pct(result[p]['mAP'])}")
+    cols = [(p, key) for p in ("coco", "voc07", "voc12") if p in result
+            for key in (("per_class", "per_class_AP50") if p == "coco" else ("per_class",))]
+    if cols:
+        heads = {("coco", "per_class"): "COCO AP", ("coco", "per_class_AP50"): "COCO AP50"}
+        width = max([len("class")] + [len(n) for n in class_names])
+        lines.append("per-class AP (%)")
+        lines.append("  " + f"{'class':<{width}} " + " ".join(f"{heads.get(c, c[0].upper()):>9}" for c in cols))
+        for name in class_names:
+            lines.append("  " + f"{name:<{width}} " + " ".join(f"{_pct(result[p][k].get(name)):>9}" for p, k in cols))
+    return "\n".join(lines)
+
+
+def eval_command(args) -> int:
+    """``detlab eval RUN [--data DATA]`` or ``detlab eval --gt DATA --dets RESULTS.json``.
+
+    Prints the tables, writes ``metrics.json`` (every protocol, stamped with dataset, split,
+    checkpoint or results file) and, unless ``--no-analysis``, ``analysis.json`` and the
+    PNGs (per-class AP, PR curves, confusion matrix, error breakdown) to ``--out``.
+    """
+    from pathlib import Path
+
+    protocols = check_protocols(args.protocol)
+    try:
+        max_dets = tuple(int(d) for d in str(args.max_dets).split(",") if d.strip())
+    except ValueError:
+        raise ConfigError(f"--max-dets: {args.max_dets!r} — give a comma list of integers, e.g. 1,10,100") from None
+    if not 0.0 < args.iou < 1.0:
+        raise ConfigError(f"--iou: {args.iou} — give a threshold between 0 and 1")
+    opts = {"iou": args.iou, "max_dets": max_dets or (1, 10, 100)}
+    if args.gt or args.dets:
+        if not (args.gt and args.dets) or args.run:
+            raise ConfigError("eval: --gt DATA and --dets RESULTS.json go together, without RUN")
+        records = _load_records(args.gt, args)
+        with _gc_paused():
+            dets, problems = coco_protocol.read_results(args.dets, records)
+            result = evaluate_arrays(records, dets, protocols, **opts)
+        out = Path(args.out) if args.out else Path(args.dets).parent / "eval"
+        stamp = {"detections": str(args.dets), "checkpoint": None}
+    elif args.run:
+        records, dets, problems, result, stamp = _run_model_eval(args, protocols, opts)
+        out = Path(args.out) if args.out else Path(args.run) / "eval"
+    else:
+        raise ConfigError("eval: give a RUN folder, or --gt DATA --dets RESULTS.json")
+    for p in problems:
+        print(p.line(), file=sys.stderr)
+    _report(records, dets, result, problems, protocols, stamp, out, args)
+    return 0
+
+
+def _load_records(spec: str, args, classes=None) -> Records:
+    from detlab.data.dataset import load_dataset
+
+    return load_dataset(spec, split=args.split, images=args.images, classes=classes or args.classes).records
+
+
+def _run_model_eval(args, protocols, opts):
+    """Rebuild the run's model, run it on the evaluation data; ``(records, dets, problems, result, stamp)``."""
+    from detlab.data.dataset import load_dataset
+    from detlab.errors import DataError
+    from detlab.predict import Detector
+
+    det = Detector.from_run(args.run, checkpoint=args.checkpoint, device=args.device)
+    spec = args.data or det.config.get("val")
+    if not spec:
+        raise ConfigError(f"{args.run}: the run's config names no validation data — pass --data DATA")
+    dataset = load_dataset(spec, split=args.split, images=args.images, classes=list(det.class_names))
+    if list(dataset.class_names) != list(det.class_names):
+        raise DataError(f"{spec}: classes {dataset.class_names} differ from the model's {det.class_names} "
+                        "— evaluate on data with the run's classes")
+    ev = DetectionEvaluator(dataset.records, protocols, **opts)
+    losses = _predict(det.model, dataset, ev, args.batch, det.device, with_loss=False, progress=True)
+    dets = ev.arrays()
+    result = evaluate_arrays(dataset.records, dets, ev.protocols, ev.gt, **{**opts, "max_dets": ev.max_dets})
+    if losses:
+        result["val_loss"] = losses
+    stamp = {"checkpoint": f"{args.run} ({args.checkpoint})", "model": det.model_name, "detections": None}
+    return dataset.records, dets, ev.problems, result, stamp
+
+
+def _report(records, dets, result, problems, protocols, stamp, out, args) -> None:
+    """Print the tables; write metrics.json, and the analysis JSON + PNGs."""
+    import json
+
+    print(f"{records.root} ({records.format}, split {records.split or '-'}): {len(records.images)} images, "
+          f"{records.num_boxes} boxes, {len(dets['scores'])} detections")
+    print(format_result(result, records.class_names))
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"protocols": {p: PROTOCOL_DESCRIPTIONS[p] for p in protocols}, "dataset": str(records.root),
+            "format": records.format, "split": records.split, **stamp, "num_images": len(records.images),
+            "num_boxes": records.num_boxes, "num_detections": int(len(dets["scores"])),
+            "skipped": [p.line() for p in problems]}
+    (out / "metrics.json").write_text(json.dumps(json_ready({**meta, "results": result}), indent=1))
+    written = [out / "metrics.json"]
+    if not args.no_analysis:
+        written += _write_analysis(records, dets, result, meta, out, args)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _write_analysis(records, dets, result, meta, out, args) -> list:
+    import json
+
+    from detlab.evaluation.analysis import analyse
+    from detlab.report import plots
+
+    gt = voc_protocol.GroundTruth.from_records(records)
+    index = dets.get("image_index")
+    index = index if index is not None else voc_protocol.image_index(gt, dets["image_ids"])
+    boxes = dets.get("boxes")
+    if boxes is None:
+        xywh = dets["boxes_xywh"]
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)  # [M, 4] xyxy
+    found = analyse(gt, index, boxes, dets["scores"], dets["labels"], iou=args.iou, score_threshold=args.score)
+    errors = found["errors"]
+    print("errors (TIDE-style, AP50): " + ", ".join(
+        f"{k} {errors['counts'][k]} (dAP {_pct(errors['dAP'][k])})" for k in errors["counts"]))
+    names = records.class_names
+    summary = {**meta, "protocol": f"analysis at IoU {args.iou:g} (VOC matching, all-point AP)",
+               "pr": {n: {"AP": c["AP"], "num_gt": c["num_gt"], "num_detections": len(c["scores"])}
+                      for n, c in zip(names, found["pr_curves"])},
+               "confusion": {**found["confusion"], "labels": names + ["background"]}, "errors": errors}
+    (out / "analysis.json").write_text(json.dumps(json_ready(summary), indent=1))
+    paths = [out / "analysis.json"]
+    if any(isinstance(v, Mapping) and "per_class" in v for v in result.values()):
+        paths.append(plots.plot_per_class_ap(result, out / "per_class_ap.png"))
+    paths += plots.plot_pr_curves(found["pr_curves"], names, out)
+    paths.append(plots.plot_confusion_matrix(found["confusion"]["matrix"], names, out / "confusion_matrix.png"))
+    paths.append(plots.plot_error_breakdown(errors, out / "errors.png"))
+    return paths

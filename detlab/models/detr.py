@@ -42,27 +42,33 @@ from detlab.models.weights import filename_from_url, load_with_head_surgery, par
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: What made DETR learn on a few hundred images within minutes of CPU (see
-#: ``benchmarks/detr_small_data.py`` for the measurement). The engine uses it as
-#: DETR's default schedule; ``model_knobs`` are passed to :func:`build_detr`.
+#: DETR's default schedule for small data (hundreds of images), used by the engine;
+#: ``model_knobs`` go to :func:`build_detr`. A pretrained, frozen backbone (EfficientNet-Lite0's
+#: offline ImageNet weights), a narrow 3+3-layer transformer, 40 queries (above BCCD's 30 boxes
+#: per image), small images, AdamW 5e-4 without dropout and gradient clipping at 0.1. With a
+#: trainable backbone, ``backbone_lr_mult`` scales its learning rate (published: 1e-5 / 1e-4).
+#: Measured by ``benchmarks/detr_small_data.py``.
 DETR_SMALL_DATA_RECIPE: dict = {
     "model": "detr_effl0",
     "weights": "imagenet",
     "optimizer": "adamw",
-    "lr": 1e-4,
+    "lr": 5e-4,
     "backbone_lr_mult": 0.1,
     "weight_decay": 1e-4,
     "clip_grad_norm": 0.1,
-    "epochs": 60,
-    "batch_size": 4,
-    "lr_drop_epoch": 45,
+    "epochs": 24,
+    "lr_drop_epoch": 18,  # lr × 0.1 from this epoch on
+    "batch_size": 2,
     "model_knobs": {
-        "num_queries": 50,
-        "min_size": 384,
-        "max_size": 512,
+        "num_queries": 40,
+        "min_size": 256,
+        "max_size": 352,
         "enc_layers": 3,
         "dec_layers": 3,
-        "dim_feedforward": 1024,
+        "hidden_dim": 128,
+        "dim_feedforward": 512,
+        "dropout": 0.0,
+        "train_backbone": False,
     },
 }
 
@@ -374,11 +380,19 @@ class DETR(nn.Module):
             mask[i, : img.shape[1], : img.shape[2]] = False
         return batch, mask
 
+    def encode(self, images: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Preprocess and backbone: feature map ``[B, Cb, h, w]``, its padding mask ``[B, h, w]``
+        and positional encoding ``[B, D, h, w]``. With a frozen backbone these can be cached."""
+        batch, mask = self.preprocess(images)
+        return self.backbone(batch, mask)
+
     def forward_raw(self, images: list[Tensor]) -> dict:
         """Raw outputs: ``pred_logits`` ``[B, Q, C+1]``, ``pred_boxes`` ``[B, Q, 4]`` cxcywh
         normalised to each unpadded image, and ``aux_outputs`` (earlier decoder layers)."""
-        batch, mask = self.preprocess(images)
-        feature, mask, pos = self.backbone(batch, mask)
+        return self.decode(*self.encode(images))
+
+    def decode(self, feature: Tensor, mask: Tensor, pos: Tensor) -> dict:
+        """Transformer and heads on :meth:`encode`'s outputs; returns what :meth:`forward_raw` does."""
         hs = self.transformer(self.input_proj(feature), mask, self.query_embed.weight, pos)  # [L, B, Q, D]
         logits = self.class_embed(hs)  # [L, B, Q, C+1]
         boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
@@ -387,15 +401,15 @@ class DETR(nn.Module):
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         return out
 
-    @staticmethod
-    def targets_to_detr(images: list[Tensor], targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-        """Contract targets (``boxes`` ``[N, 4]`` xyxy absolute px) → cxcywh normalised by each image's size."""
-        converted = []
+    def targets_to_detr(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """Contract targets (``boxes`` ``[N, 4]`` xyxy absolute px) → cxcywh normalised by each
+        image's size, on the model's device."""
+        device, converted = self.pixel_mean.device, []
         for img, t in zip(images, targets):
             h, w = img.shape[-2:]
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=img.device)
-            boxes = (t["boxes"].to(img.device, torch.float32) / scale).clamp(0, 1)  # [N, 4] xyxy normalised
-            converted.append({"boxes": box_convert(boxes, "xyxy", "cxcywh"), "labels": t["labels"].to(img.device)})
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+            boxes = (t["boxes"].to(device, torch.float32) / scale).clamp(0, 1)  # [N, 4] xyxy normalised
+            converted.append({"boxes": box_convert(boxes, "xyxy", "cxcywh"), "labels": t["labels"].to(device)})
         return converted
 
     def postprocess(self, outputs: dict, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
@@ -509,7 +523,7 @@ DETR_COCO_URLS = {"detr_r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632
 
 
 def _adapt_head(key: str, src: Tensor, dst: Tensor) -> Tensor | None:
-    """Fit a checkpoint's class head or queries to this model (``load_with_head_surgery``'s ``adapt``).
+    """Fit a checkpoint's class head or queries to this model; ``None`` when the widths differ.
 
     ``class_embed``: this model's fresh class rows with the checkpoint's no-object row
     (the last one). ``query_embed``: the checkpoint's first queries, fresh ones after.
@@ -538,7 +552,7 @@ def load_detr_state_dict(
         source: where ``state`` came from, for messages.
 
     Returns:
-        The keys left fresh or adapted because their shapes differed.
+        The keys left at their fresh initialisation (none: any other mismatch is an error).
 
     Raises:
         WeightsError: a tensor outside the class head and queries has another shape,
@@ -547,20 +561,32 @@ def load_detr_state_dict(
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     ckpt_w = state.get("class_embed.weight")
-    if ckpt_w is not None and ckpt_w.shape != own["class_embed.weight"].shape and reset_class_head is False:
-        raise WeightsError(
-            f"{source}: class_embed has {ckpt_w.shape[0]} outputs, {model.name} has {model.num_classes + 1} "
-            "— set reset_class_head to true (or leave it unset) to fine-tune to this class count"
-        )
-    if reset_class_head and ckpt_w is not None:
-        for key in ("class_embed.weight", "class_embed.bias"):
-            if key in state and state[key].dim() == own[key].dim():
-                fitted = _adapt_head(key, state[key], own[key])
-                state[key] = fitted if fitted is not None else state[key]
-        print(f"weights: {source}: class_embed re-initialised ({model.num_classes} classes), no-object row kept")
-    if "query_embed.weight" in state and state["query_embed.weight"].shape[0] > model.knobs.num_queries:
-        print(f"weights: {source}: took the first {model.knobs.num_queries} of {state['query_embed.weight'].shape[0]} queries")
-    return load_with_head_surgery(model, state, ("class_embed.", "query_embed."), source=source, adapt=_adapt_head)
+    if ckpt_w is not None and ckpt_w.dim() == 2:
+        differs = ckpt_w.shape != own["class_embed.weight"].shape
+        if differs and reset_class_head is False:
+            raise WeightsError(
+                f"{source}: class_embed has {ckpt_w.shape[0]} outputs, {model.name} has {model.num_classes + 1} "
+                "— set reset_class_head to true (or leave it unset) to fine-tune to this class count"
+            )
+        if reset_class_head or (reset_class_head is None and differs):
+            _fit_in_place(state, own, ("class_embed.weight", "class_embed.bias"))
+            print(
+                f"weights: {source}: class_embed re-initialised: dropped the checkpoint's {ckpt_w.shape[0] - 1} "
+                f"class rows, {model.num_classes} new ones, no-object row kept"
+            )
+    queries = state.get("query_embed.weight")
+    if queries is not None and queries.dim() == 2 and queries.shape[0] != model.knobs.num_queries:
+        _fit_in_place(state, own, ("query_embed.weight",))
+        kept = min(queries.shape[0], model.knobs.num_queries)
+        print(f"weights: {source}: took the first {kept} of the checkpoint's {queries.shape[0]} queries")
+    return load_with_head_surgery(model, state, (), source=source)
+
+
+def _fit_in_place(state: dict[str, Tensor], own: dict[str, Tensor], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        fitted = _adapt_head(key, state[key], own[key]) if key in state else None
+        if fitted is not None:
+            state[key] = fitted
 
 
 def load_detr_weights(model: DETR, weights: str, reset_class_head: bool | None = None) -> list[str]:

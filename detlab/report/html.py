@@ -45,11 +45,11 @@ section{background:#fff;border:1px solid #dfe3ea;border-radius:8px;padding:14px 
 h2{font-size:18px;margin:0 0 10px;border-bottom:1px solid #eef0f4;padding-bottom:6px}
 h3{font-size:15px;margin:12px 0 6px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
-th,td{border:1px solid #dfe3ea;padding:3px 9px;text-align:right}
-th{background:#f0f2f6} td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #dfe3ea;padding:3px 9px;text-align:left}
+th{background:#f0f2f6} td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f7f9;padding:10px;border-radius:6px;font-size:12px;max-height:360px;overflow:auto}
 img{max-width:100%;height:auto;border:1px solid #eef0f4;border-radius:4px}
-.grid{display:flex;flex-wrap:wrap;gap:12px} .grid figure{margin:0;flex:1 1 360px;max-width:560px}
+.grid{display:flex;flex-wrap:wrap;gap:12px} .grid figure{margin:0;flex:1 1 300px;max-width:480px}
 figcaption{font-size:12px;color:#5a6375;margin-top:3px;word-break:break-all}
 .note{color:#7a5b00;background:#fff8e1;border:1px solid #f3e2a9;border-radius:6px;padding:6px 10px;font-size:13px}
 .pos{color:#137333} .neg{color:#b3261e}
@@ -242,9 +242,14 @@ def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
 
+_NUMBER = re.compile(r"^([+\-]?\d[\d.,]*|–)$")
+
+
 def table(header: list[str], rows: list[list]) -> str:
+    """An HTML table; numbers right-aligned, text left."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    cell = (lambda c: f'<td class="n">{esc(c)}</td>' if _NUMBER.match(str(c)) else f"<td>{esc(c)}</td>")
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -267,8 +272,12 @@ def page(title: str, subtitle: str, sections: list[str]) -> str:
 
 
 def plot_files(run: Path) -> list[Path]:
-    """Every PNG the engine and ``detlab eval`` left in ``plots/`` and ``eval/``."""
-    return sorted(p for d in ("plots", "eval") if (run / d).is_dir() for p in (run / d).rglob("*.png"))
+    """Every PNG the engine and ``detlab eval`` left in ``plots/`` and ``eval/`` (the newest of each name)."""
+    found = [p for d in ("plots", "eval") if (run / d).is_dir() for p in (run / d).rglob("*.png")]
+    newest: dict[str, Path] = {}
+    for p in sorted(found, key=lambda p: p.stat().st_mtime):
+        newest[p.name] = p
+    return sorted(newest.values(), key=lambda p: p.name)
 
 
 def _kind(path: Path) -> str:
@@ -276,6 +285,8 @@ def _kind(path: Path) -> str:
     name = path.stem.lower()
     if "confusion" in name:
         return "confusion"
+    if "error" in name:
+        return "errors"
     if re.search(r"(^|[_\-])pr([_\-]|$)|precision|recall", name):
         return "pr"
     if "per_class" in name or "class_ap" in name or "per-class" in name:
@@ -463,6 +474,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             _before_after_section(info),
             _samples_section(info),
         ]
+        if any(_kind(p) == "errors" for p in plots):
+            sections.append(_plot_section("errors", "Error breakdown", plots, "errors", info.path))
         other = [p for p in plots if _kind(p) == "other"]
         if other:
             sections.append(section("other-plots", "Other plots", _figures(other)))

@@ -1,0 +1,181 @@
+"""The model catalogue: one literal dict from name to builder, and ``detlab models``.
+
+Every builder is called as ``builder(name, num_classes, weights="none", **knobs)``
+and returns a model with the contract of CONTRIBUTING.md ("Models"). The DETR
+builder is imported only when a DETR is built, so this module imports even
+while ``detr.py`` is being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from detlab.errors import ConfigError
+from detlab.models import faster_rcnn, fcos, retinanet, ssd
+from detlab.models.backbones import RESNET_WEIGHTS, effl0_available
+from detlab.models.weights import is_available_offline
+
+
+def build_detr(name: str, num_classes: int, weights: str = "none", **knobs) -> nn.Module:
+    """Build a DETR (``detlab.models.detr.build_detr``, imported on first use)."""
+    from detlab.models.detr import build_detr as _build_detr
+
+    return _build_detr(name, num_classes, weights=weights, **knobs)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "faster_rcnn_r50_fpn": faster_rcnn.build_faster_rcnn,
+    "faster_rcnn_r18_fpn": faster_rcnn.build_faster_rcnn,
+    "faster_rcnn_effl0_fpn": faster_rcnn.build_faster_rcnn,
+    "detr_r50": build_detr,
+    "detr_r18": build_detr,
+    "detr_effl0": build_detr,
+    "fcos_r18_fpn": fcos.build_fcos,
+    "fcos_r34_fpn": fcos.build_fcos,
+    "fcos_r50_fpn": fcos.build_fcos,
+    "fcos_r101_fpn": fcos.build_fcos,
+    "fcos_effl0_fpn": fcos.build_fcos,
+    "ssd300_vgg16": ssd.build_ssd,
+    "ssdlite_effl0": ssd.build_ssd,
+    "retinanet_r50_fpn": retinanet.build_retinanet,
+}
+
+# Official DETR checkpoint (loaded by detr.py); listed here for `detlab models`.
+_DETR_COCO = {"detr_r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"}
+
+
+def list_models() -> list[str]:
+    """The catalogue names, in catalogue order."""
+    return list(MODELS)
+
+
+def _check_name(name: str) -> None:
+    if name not in MODELS:
+        near = difflib.get_close_matches(name, MODELS, n=1, cutoff=0.0)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ConfigError(f"unknown model {name!r}: {hint}`detlab models` lists them all")
+
+
+def build_model(name: str, num_classes: int, weights: str = "none", **knobs) -> nn.Module:
+    """Build a catalogue model.
+
+    Args:
+        name: a catalogue name (:func:`list_models`).
+        num_classes: ``C``, the number of object classes (no background).
+        weights: ``none`` | ``imagenet`` (pretrained backbone) | ``coco``
+            (whole detector; class head re-initialised when ``C`` differs) |
+            a path to a detlab checkpoint or a state dict.
+        **knobs: the builder's size and post-processing options (e.g.
+            ``min_size``, ``max_size`` or ``size`` for SSD, ``score_thresh``).
+
+    Returns:
+        An ``nn.Module`` with ``name``, ``family``, ``num_classes``,
+        ``transform_recipe``, ``build_kwargs``, ``backbone_prefixes`` and
+        ``val_losses``; see CONTRIBUTING.md for the call contract.
+
+    Raises:
+        ConfigError: unknown name (the message names the nearest one) or knob.
+        WeightsError: pretrained weights unavailable or not fitting.
+    """
+    _check_name(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes!r}: must be a positive integer (the dataset's class count)")
+    try:
+        return MODELS[name](name, num_classes, weights=weights, **knobs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ConfigError(f"{name}: {str(e).split(': ', 1)[-1]}; see the builder's knobs in detlab.models") from None
+
+
+# --- `detlab models` ----------------------------------------------------------------
+
+
+def _family_and_backbone(name: str) -> tuple[str, str]:
+    for module, family in ((faster_rcnn, "faster_rcnn"), (fcos, "fcos"), (ssd, "ssd"), (retinanet, "retinanet")):
+        if name in module.BACKBONES:
+            return family, module.BACKBONES[name]
+    return "detr", name.split("_", 1)[1]
+
+
+def _pretrained(name: str, backbone: str) -> tuple[str, str]:
+    """``(imagenet, coco)`` cells: ``-`` none published, ``yes`` available offline, ``download`` online only."""
+
+    def cell(available: bool) -> str:
+        return "yes" if available else "download"
+
+    if backbone == "effl0":
+        imagenet = cell(effl0_available())
+    elif backbone == "vgg16":
+        imagenet = cell(is_available_offline(ssd.VGG16_IMAGENET_URL))
+    else:
+        imagenet = cell(is_available_offline(RESNET_WEIGHTS[int(backbone[1:])].url))
+    urls = {**faster_rcnn.COCO_WEIGHTS, **fcos.COCO_WEIGHTS, **ssd.COCO_WEIGHTS, **retinanet.COCO_WEIGHTS, **_DETR_COCO}
+    coco = cell(is_available_offline(urls[name])) if name in urls else "-"
+    return imagenet, coco
+
+
+def _default_input(name: str, model: nn.Module) -> tuple[int, int]:
+    size = model.build_kwargs.get("size")
+    if size:
+        return int(size), int(size)
+    # a 4:3 image at the model's default resize: min_size on the short side
+    short = int(model.build_kwargs.get("min_size", 800))
+    return short, min(short * 4 // 3, int(model.build_kwargs.get("max_size", 1333)))
+
+
+def _gflops(model: nn.Module, hw: tuple[int, int]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model([torch.rand(3, *hw)])
+    return counter.get_total_flops() / 1e9  # a multiply-add counts as 2 FLOPs
+
+
+def _row(name: str, num_classes: int, flops: bool) -> list[str]:
+    family, backbone = _family_and_backbone(name)
+    imagenet, coco = _pretrained(name, backbone)
+    quiet = {} if family == "detr" else {"log": None}
+    try:
+        # without a FLOP count only shapes matter: the meta device skips weight init
+        with contextlib.nullcontext() if flops else torch.device("meta"):
+            model = build_model(name, num_classes, **quiet)
+    except Exception as e:  # e.g. detr.py absent: still list the name
+        return [name, family, backbone, "?", "?", "?", imagenet, coco, f"({type(e).__name__}: {str(e).splitlines()[0][:60]})"]
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    hw = _default_input(name, model)
+    gflops = f"{_gflops(model, hw):.1f}" if flops else "-"
+    return [name, family, backbone, f"{params:.1f}", f"{hw[0]}x{hw[1]}", gflops, imagenet, coco, ""]
+
+
+def models_command(num_classes: int = 80, flops: bool = True) -> int:
+    """Print the catalogue table (``detlab models``).
+
+    Args:
+        num_classes: the class count the parameters and GFLOPs are counted at.
+        flops: count GFLOPs (2 per multiply-add) with ``FlopCounterMode`` on one
+            eval-mode forward of a random image at the model's default input size.
+
+    Returns:
+        0.
+    """
+    start = time.perf_counter()
+    header = ["model", "family", "backbone", "params(M)", "input", "GFLOPs", "imagenet", "coco", ""]
+    rows = [_row(name, num_classes, flops) for name in MODELS]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(
+        f"\nparams and GFLOPs at {num_classes} classes, one eval forward of a random image at the input shown"
+        " (FlopCounterMode; a multiply-add is 2 FLOPs);"
+        " imagenet/coco: yes = available offline now, download = published, fetched on first use"
+        f" into {torch.hub.get_dir()}/checkpoints, - = none published.  ({time.perf_counter() - start:.0f}s)"
+    )
+    return 0

@@ -1,0 +1,156 @@
+"""ONNX export: ONNX Runtime matches eager on real images, for several families; clear errors."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.transforms.functional import pil_to_tensor
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from detlab.export import (  # noqa: E402
+    BOX_ATOL, SCORE_ATOL, ExportError, OnnxModel, check_export, compare_detections, export_onnx, parse_size,
+)
+from detlab.errors import ConfigError, DataError  # noqa: E402
+
+
+class TinyBackbone(nn.Module):
+    """Two levels (strides 4, 8) of 32 channels: cheap to trace, no BatchNorm, distinct scores."""
+
+    out_channels = 32
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, stride=4, padding=1)
+        self.c2 = nn.Conv2d(32, 32, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        return OrderedDict([("0", a), ("1", torch.relu(self.c2(a)))])
+
+
+def tiny_fcos(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    anchors = AnchorGenerator(((8,), (16,)), ((1.0,), (1.0,)))
+    model = FCOS(TinyBackbone(), num_classes, min_size=96, max_size=128, anchor_generator=anchors,
+                 score_thresh=0.05, detections_per_img=50)
+    model.head = FCOSHead(32, 1, num_classes, num_convs=1)
+    return model.eval()
+
+
+def tiny_faster_rcnn(num_classes: int = 4) -> nn.Module:
+    torch.manual_seed(0)
+    anchors = AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2)
+    pool = MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)
+    model = FasterRCNN(TinyBackbone(), num_classes, min_size=96, max_size=128, rpn_anchor_generator=anchors,
+                       box_roi_pool=pool, representation_size=32, rpn_pre_nms_top_n_test=200,
+                       rpn_post_nms_top_n_test=50, box_score_thresh=0.05, box_detections_per_img=50)
+    return model.eval()
+
+
+def tiny_detr(num_classes: int = 3) -> nn.Module:
+    from detlab.models.detr import build_detr
+
+    torch.manual_seed(0)
+    return build_detr("detr_r18", num_classes, min_size=96, max_size=128, enc_layers=1, dec_layers=1,
+                      num_queries=10, hidden_dim=32, dim_feedforward=64, nheads=2).eval()
+
+
+@pytest.fixture
+def bccd_images(bccd) -> list[torch.Tensor]:
+    files = sorted((bccd / "JPEGImages").glob("*.jpg"))[:2]
+    return [pil_to_tensor(Image.open(f).convert("RGB")).float() / 255 for f in files]  # [3, 480, 640]
+
+
+@pytest.mark.parametrize("build", [tiny_fcos, tiny_faster_rcnn, tiny_detr], ids=["fcos", "faster_rcnn", "detr"])
+def test_onnx_matches_eager_on_real_images(build, bccd_images, tmp_path):
+    model = build()
+    path = export_onnx(model, tmp_path / "m.onnx", size=(480, 640))
+    onnx_model = OnnxModel(path, threads=2)
+    assert onnx_model.input_size == (480, 640)
+    result = check_export(model, onnx_model, bccd_images)
+    assert result["images"] == 2
+    assert result["detections"] >= 10  # the check compared real detections, not empty lists
+    assert result["ok"], result["per_image"]
+    assert result["matched"] == result["detections"]
+    assert result["max_box_diff"] <= BOX_ATOL + 1e-5 * 640
+    assert result["max_score_diff"] <= SCORE_ATOL
+
+
+def test_onnx_model_letterboxes_other_sizes(bccd_images, tmp_path):
+    model = tiny_fcos()
+    onnx_model = OnnxModel(export_onnx(model, tmp_path / "f.onnx", size=(480, 640)))
+    half = torch.nn.functional.interpolate(bccd_images[0][None], size=(240, 320), mode="bilinear")[0]
+    tall = bccd_images[1][:, :, :300]  # [3, 480, 300]: letterboxed with a right pad
+    for image in (half, tall):
+        det = onnx_model([image])[0]
+        h, w = image.shape[-2:]
+        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) > 0
+        assert float(det["boxes"][:, 0::2].max()) <= w and float(det["boxes"][:, 1::2].max()) <= h
+        assert (det["boxes"][:, 2:] >= det["boxes"][:, :2]).all()
+        assert det["labels"].dtype == torch.int64
+    # an exact 2× downscale runs the same graph on the 2× upscaled image: boxes halve
+    up = torch.nn.functional.interpolate(half[None], size=(480, 640), mode="bilinear", align_corners=False)[0]
+    direct = onnx_model.run_one(up)
+    via_letterbox = onnx_model([half])[0]
+    torch.testing.assert_close(via_letterbox["boxes"], direct["boxes"] / 2, atol=1e-3, rtol=0)
+
+
+def test_metadata_round_trip(tmp_path):
+    model = tiny_fcos()
+    model.name, model.family = "fcos_tiny", "fcos"
+    onnx_model = OnnxModel(export_onnx(model, tmp_path / "f.onnx", size=(64, 96), class_names=["x", "y", "z"]))
+    assert (onnx_model.name, onnx_model.family, onnx_model.num_classes) == ("fcos_tiny", "fcos", 3)
+    assert onnx_model.class_names == ["x", "y", "z"]
+    assert onnx_model.input_size == (64, 96)
+
+
+def test_compare_detections_hand_cases():
+    eager = {"boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), "scores": torch.tensor([0.9, 0.9]),
+             "labels": torch.tensor([0, 1])}
+    swapped = {k: v.flip(0) for k, v in eager.items()}  # same detections, other order (tied scores)
+    r = compare_detections(eager, swapped)
+    assert r["ok"] and r["matched"] == 2 and r["max_box_diff"] == 0.0
+    moved = {**eager, "boxes": eager["boxes"] + torch.tensor([[0.0, 0, 0, 0.01], [0, 0, 0, 0]])}
+    r = compare_detections(eager, moved)
+    assert not r["ok"] and r["matched"] == 1
+    relabelled = {**eager, "labels": torch.tensor([1, 0])}
+    assert compare_detections(eager, relabelled)["matched"] == 0
+    rescored = {**eager, "scores": torch.tensor([0.9, 0.9 + 2 * SCORE_ATOL])}
+    assert compare_detections(eager, rescored)["matched"] == 1
+    fewer = {k: v[:1] for k, v in eager.items()}
+    r = compare_detections(eager, fewer)
+    assert (r["eager"], r["onnx"], r["matched"], r["ok"]) == (2, 1, 1, False)
+
+
+class Unexportable(nn.Module):
+    family, name, num_classes = "oddity", "oddity_tiny", 1
+
+    def forward(self, images):
+        values = torch.linalg.eigvalsh(images[0][0, :4, :4] @ images[0][0, :4, :4].T)  # no ONNX op exists
+        return [{"boxes": values[None].repeat(1, 1), "scores": values, "labels": values.long()}]
+
+
+def test_unexportable_family_is_one_line_error(tmp_path):
+    with pytest.raises(ExportError) as info:
+        export_onnx(Unexportable(), tmp_path / "x.onnx", size=(32, 32))
+    message = str(info.value)
+    assert "family 'oddity'" in message and "\n" not in message
+    assert "torchscript exporter" in message
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        OnnxModel(tmp_path / "missing.onnx")
+    with pytest.raises(ConfigError, match="--size"):
+        parse_size("12x")
+    assert parse_size("480,640") == (480, 640) and parse_size("320") == (320, 320) and parse_size(None) is None
