@@ -7,8 +7,8 @@ post-norm encoder/decoder transformer, learned object queries, a class head
 with a trailing no-object slot and a 3-layer box MLP. Losses live in
 ``detr_matcher.py``.
 
-Stages, visible in :meth:`DETR.forward`: ``preprocess`` (normalise, resize,
-pad with a mask) → ``forward_raw`` (backbone → transformer → heads) →
+Stages, visible in :meth:`DETR.forward`: ``forward_raw`` = ``encode`` (normalise,
+resize, pad with a mask, backbone) then ``decode`` (transformer, heads) →
 ``criterion`` (train) or ``postprocess`` (eval).
 
 Legend for shape comments: ``B`` images, ``Q`` queries, ``C`` classes, ``L``
