@@ -76,7 +76,14 @@ def test_family_recipes_and_lr_scaling():
     assert resolve({"model": "fcos_r18_fpn", "lr": 0.003}).lr == 0.003
     detr = resolve({"model": "detr_r18"})
     assert (detr.optimizer, detr.backbone_lr_mult, detr.clip_grad_norm) == ("adamw", 0.1, 0.1)
-    assert effective_lr(detr, world_size=8) == pytest.approx(1e-4)  # AdamW lr is not scaled
+    assert effective_lr(detr, world_size=8) == pytest.approx(detr.base_lr)  # AdamW lr is not scaled
+    try:
+        from detlab.models.detr import DETR_SMALL_DATA_RECIPE
+    except ImportError:
+        assert detr.base_lr == 1e-4
+    else:  # the DETR module's published recipe is the default
+        assert detr.base_lr == DETR_SMALL_DATA_RECIPE["lr"] and detr.epochs == DETR_SMALL_DATA_RECIPE["epochs"]
+        assert detr.model_kwargs == DETR_SMALL_DATA_RECIPE["model_knobs"]
     assert detr.model == "detr_r18"  # a published recipe never overrides the user's model choice
     ssd = resolve({"model": "ssdlite_effl0"})
     assert ssd.schedule == "cosine" and ssd.weight_decay == 4e-5

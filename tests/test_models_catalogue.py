@@ -78,7 +78,12 @@ def test_models_command_lists_every_model(capsys):
     assert "at 80 classes" in out
 
 
-def test_cli_models_runs(monkeypatch, capsys):
-    monkeypatch.setattr(catalogue, "_gflops", lambda model, hw: 1.25)  # the real count is slow on CPU
+def test_cli_models_counts_flops_on_real_models(monkeypatch, capsys):
+    # one small model, and a stand-in count: the real count at 800x1066 is slow on CPU
+    monkeypatch.setattr(catalogue, "MODELS", {"fcos_effl0_fpn": MODELS["fcos_effl0_fpn"]})
+    seen = []
+    monkeypatch.setattr(catalogue, "_gflops", lambda model, hw: seen.append((model.name, hw)) or 1.25)
     assert main(["models"]) == 0
-    assert "1.2" in capsys.readouterr().out
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:6] == ["fcos_effl0_fpn", "fcos", "effl0", "11.0", "800x1066", "1.2"]
+    assert seen == [("fcos_effl0_fpn", (800, 1066))]

@@ -193,7 +193,11 @@ def resnet_imagenet_state_dict(depth: int) -> dict[str, Tensor]:
     """
     url = RESNET_WEIGHTS[depth].url
     path = resolve_weights_file(filename_from_url(url), url)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"cannot read {path} ({reason}): delete it and download {url} again") from None
 
 
 def resnet_fpn_backbone(
@@ -224,5 +228,9 @@ def resnet_fpn_backbone(
     norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     body = getattr(resnet, f"resnet{depth}")(weights=None, norm_layer=norm_layer)
     if pretrained:
-        body.load_state_dict(resnet_imagenet_state_dict(depth))
+        try:
+            body.load_state_dict(resnet_imagenet_state_dict(depth))
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise WeightsError(f"{filename_from_url(RESNET_WEIGHTS[depth].url)} is not a torchvision ResNet-{depth} state dict ({first})") from None
     return _resnet_fpn_extractor(body, trainable_layers, list(returned_layers), extra_blocks)
