@@ -165,3 +165,18 @@ def test_crowd_boxes_are_left_out_of_the_loss():
         with_crowd = model.val_losses([image], [crowd])
         without = model.val_losses([image], [alone])
     assert all(torch.allclose(with_crowd[k], without[k]) for k in without)
+
+
+@pytest.mark.parametrize("name, shift", [("faster_rcnn_r18_fpn", 1), ("fcos_r18_fpn", 0), ("ssdlite_effl0", 1)])
+def test_eval_is_torchvision_with_labels_shifted(name, shift):
+    torch.manual_seed(0)
+    model = build_model(name, NUM_CLASSES, **TINY[name]).eval()
+    torchvision_forward = type(model).__mro__[1].forward  # the torchvision class it extends
+    images = [_scene()[0], torch.rand(3, 56, 40)]
+    with torch.no_grad():
+        ours = model(images)
+        reference = torchvision_forward(model, images)
+    assert ours[0]["boxes"].shape[0] > 0  # random weights still give low-score boxes to compare
+    for a, b in zip(ours, reference):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+        assert torch.equal(a["labels"], b["labels"] - shift)
