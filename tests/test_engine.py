@@ -193,3 +193,27 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     ckpt = ckpt_io.load_checkpoint(tmp_path / "run")
     assert ckpt["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+# --- validation data found beside the training data ---------------------------------------
+
+
+def test_auto_val_picks_the_same_sources_val_split(tmp_path, capsys):
+    from detlab.data.synthetic import write_shapes_dataset
+    from detlab.engine.train import load_train_val
+
+    root = write_shapes_dataset(tmp_path / "d", num_train=4, num_val=2, size=64, seed=0)
+    cfg = resolve({"data": f"{root}:train", "model": "fcos_r18_fpn", "out": str(tmp_path / "r")})
+    train_ds, val_ds = load_train_val(cfg)
+    assert (len(train_ds), len(val_ds), cfg.val) == (4, 2, f"{root}:val")
+    assert val_ds.class_names == train_ds.class_names
+    assert f"validation data: {root}:val (2 images)" in capsys.readouterr().err
+
+
+def test_auto_val_finds_the_sibling_split_folder(chess):
+    from detlab.engine.train import load_train_val
+
+    cfg = resolve({"data": str(chess / "train"), "model": "fcos_r18_fpn", "out": "unused"})
+    train_ds, val_ds = load_train_val(cfg, verbose=False)
+    assert cfg.val == str(chess / "valid") and len(val_ds) == 58
+    assert val_ds.class_names == train_ds.class_names

@@ -240,6 +240,11 @@ class Trainer:
             self.log.note(f"resumed {self.out} at epoch {self.epoch + 1}, iteration {self.iteration}")
             return
         self.log.start_fresh()
+        amp = f", amp {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else ""
+        self.log.note(f"training {getattr(self.model, 'name', type(self.model).__name__)} on {self.device}{amp}: "
+                      f"{self.cfg.epochs} epochs × {self.steps_per_epoch} steps, batch {self.cfg.batch_size}"
+                      f"×{self.cfg.accumulate}×{self.ctx.world_size}, {self.cfg.optimizer} lr "
+                      f"{effective_lr(self.cfg, self.ctx.world_size):.3g}, {self.cfg.schedule} schedule")
         if self.val_ds is not None and self._eval_before():
             flat = self._evaluate(tag="before")
             self.progress["before"] = flat
