@@ -20,10 +20,10 @@ import torch
 # on this data on 2 CPU cores (the report of issue #4 has the figures).
 FULL = {
     "model": "fcos_effl0_fpn",
-    "knobs": {"min_size": 160, "max_size": 160},
-    "data": {"num_train": 120, "num_val": 30, "size": 160},
-    "train": {"epochs": 16, "batch_size": 4, "lr": 0.01, "warmup_iters": 30, "schedule": "cosine",
-              "eval_every": 4},
+    "knobs": {"min_size": 128, "max_size": 128, "fpn_channels": 128},
+    "data": {"num_train": 120, "num_val": 30, "size": 128},
+    "train": {"epochs": 12, "batch_size": 4, "lr": 0.01, "warmup_iters": 30, "schedule": "cosine",
+              "eval_every": 6},
 }
 QUICK = {
     "model": FULL["model"],

@@ -87,3 +87,16 @@ def test_cli_models_counts_flops_on_real_models(monkeypatch, capsys):
     row = capsys.readouterr().out.splitlines()[1].split()
     assert row[:6] == ["fcos_effl0_fpn", "fcos", "effl0", "11.0", "800x1066", "1.2"]
     assert seen == [("fcos_effl0_fpn", (800, 1066))]
+
+
+@pytest.mark.parametrize("name", ["fcos_r18_fpn", "fcos_effl0_fpn"])
+def test_fcos_fpn_channels_narrows_fpn_and_head(name):
+    model = build_model(name, 3, min_size=64, max_size=64, fpn_channels=64, log=None).eval()
+    assert model.backbone.out_channels == 64
+    assert model.head.classification_head.cls_logits.in_channels == 64
+    assert model.build_kwargs["fpn_channels"] == 64
+    rebuilt = build_model(name, 3, **model.build_kwargs, log=None)
+    rebuilt.load_state_dict(model.state_dict())  # strict: same architecture from build_kwargs
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 80)])[0]
+    assert out["boxes"].shape[1] == 4 and out["labels"].dtype == torch.int64

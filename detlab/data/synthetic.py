@@ -65,8 +65,9 @@ def make_image(rng: np.random.Generator, size: int, max_objects: int = 4) -> tup
     boxes, labels = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
-            side = int(size * (rng.uniform(0.04, 0.12) if rng.random() < 0.25 else rng.uniform(0.12, 0.4)))
-            side = max(side, 8)
+            # Small shapes stay >= ~10 px: COCO-small (area < 32²) yet learnable in the demo's few CPU minutes.
+            side = int(size * (rng.uniform(0.08, 0.14) if rng.random() < 0.25 else rng.uniform(0.14, 0.4)))
+            side = max(side, 10)
             x, y = rng.integers(0, size - side, 2)
             box = np.array([x, y, x + side, y + side], np.float32)
             if len(boxes) == 0 or _iou(box, boxes).max() < 0.25:

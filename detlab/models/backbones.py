@@ -207,6 +207,7 @@ def resnet_fpn_backbone(
     frozen_bn: bool,
     returned_layers: Sequence[int] = (1, 2, 3, 4),
     extra_blocks: ExtraFPNBlock | None = None,
+    out_channels: int = 256,
 ) -> BackboneWithFPN:
     """A torchvision ResNet + FPN, built as torchvision's detection builders do.
 
@@ -217,9 +218,10 @@ def resnet_fpn_backbone(
         frozen_bn: use ``FrozenBatchNorm2d`` (as torchvision does for pretrained backbones).
         returned_layers: ResNet stages fed to the FPN (1 → stride 4 … 4 → stride 32).
         extra_blocks: ``LastLevelMaxPool`` (default) or ``LastLevelP6P7``.
+        out_channels: FPN channels of every level.
 
     Returns:
-        torchvision ``BackboneWithFPN`` (keys ``body.*``, ``fpn.*``; ``out_channels`` 256).
+        torchvision ``BackboneWithFPN`` (keys ``body.*``, ``fpn.*``).
     """
     if depth not in RESNET_WEIGHTS:
         raise ConfigError(f"ResNet depth {depth} is not available: use one of {sorted(RESNET_WEIGHTS)}")
@@ -233,4 +235,9 @@ def resnet_fpn_backbone(
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
             raise WeightsError(f"{filename_from_url(RESNET_WEIGHTS[depth].url)} is not a torchvision ResNet-{depth} state dict ({first})") from None
-    return _resnet_fpn_extractor(body, trainable_layers, list(returned_layers), extra_blocks)
+    model = _resnet_fpn_extractor(body, trainable_layers, list(returned_layers), extra_blocks)
+    if out_channels != model.out_channels:  # torchvision's helper fixes 256; rebuild only the (untrained) FPN
+        in_channels = [block[0].in_channels for block in model.fpn.inner_blocks]
+        model.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra_blocks)
+        model.out_channels = out_channels
+    return model

@@ -94,6 +94,7 @@ def build_fcos(
     nms_thresh: float = 0.6,
     detections_per_img: int = 100,
     topk_candidates: int = 1000,
+    fpn_channels: int = 256,
     trainable_layers: int | None = None,
     frozen_bn: bool | None = None,
     log: Callable[[str], None] | None = print,
@@ -113,6 +114,8 @@ def build_fcos(
         nms_thresh: IoU of the per-class NMS.
         detections_per_img: kept after NMS.
         topk_candidates: best-scoring locations kept per pyramid level before NMS.
+        fpn_channels: channels of the FPN and of the head's conv towers; 256 as published
+            (and as ``coco`` weights need), smaller is several times cheaper on CPU.
         trainable_layers: ResNet stages trained (0..5; default 3 when pretrained, else 5).
         frozen_bn: frozen backbone BatchNorm (default: when pretrained).
         log: where weight-loading summaries go.
@@ -127,12 +130,12 @@ def build_fcos(
     frozen_bn = pretrained if frozen_bn is None else bool(frozen_bn)
     trainable_layers = (3 if pretrained else 5) if trainable_layers is None else int(trainable_layers)
     backbone_id = BACKBONES[name]
-    extra = LastLevelP6P7(256, 256)  # P6/P7 from P5, as torchvision's fcos_resnet50_fpn
+    extra = LastLevelP6P7(fpn_channels, fpn_channels)  # P6/P7 from P5, as torchvision's fcos_resnet50_fpn
     if backbone_id == "effl0":
-        backbone = effl0_fpn_backbone(spec == "imagenet", (2, 3, 4), extra, frozen_bn)
+        backbone = effl0_fpn_backbone(spec == "imagenet", (2, 3, 4), extra, frozen_bn, fpn_channels)
     else:
         depth = int(backbone_id[1:])
-        backbone = resnet_fpn_backbone(depth, spec == "imagenet", trainable_layers, frozen_bn, (2, 3, 4), extra)
+        backbone = resnet_fpn_backbone(depth, spec == "imagenet", trainable_layers, frozen_bn, (2, 3, 4), extra, fpn_channels)
     model = FCOSDetector(
         backbone,
         num_classes,
@@ -149,7 +152,8 @@ def build_fcos(
     model.build_kwargs = dict(
         min_size=min_size, max_size=max_size, center_sampling_radius=center_sampling_radius,
         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates, trainable_layers=trainable_layers, frozen_bn=frozen_bn,
+        topk_candidates=topk_candidates, fpn_channels=fpn_channels, trainable_layers=trainable_layers,
+        frozen_bn=frozen_bn,
     )  # fmt: skip
     load_detector_weights(model, spec, COCO_WEIGHTS.get(name), HEAD_PREFIXES, log)
     return model
