@@ -127,7 +127,7 @@ class DetectionEvaluator:
         return {"image_ids": image_ids[keep], "image_index": index[keep], "boxes": boxes[keep],
                 "scores": scores[keep], "labels": labels[keep]}
 
-    def evaluate(self, boxes_xywh: np.ndarray | None = None) -> dict:
+    def evaluate(self) -> dict:
         """Run every protocol on what was processed; return the result dict (module docstring)."""
         return evaluate_arrays(self.records, self.arrays(), self.protocols, self.gt, iou=self.iou,
                                max_dets=self.max_dets, area_ranges=self.area_ranges)
@@ -319,8 +319,10 @@ def _predict(model: torch.nn.Module, dataset, ev: DetectionEvaluator, batch_size
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from detlab.data.dataset import collate
+
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate)
+                        collate_fn=collate)
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -343,12 +345,6 @@ def _predict(model: torch.nn.Module, dataset, ev: DetectionEvaluator, batch_size
         return {}
     parts = {k: v / seen for k, v in sorted(sums.items())}
     return {"loss": sum(v for k, v in parts.items() if k.startswith("loss_")), **parts}
-
-
-def _collate(batch):
-    """The data contract's collate: images stay a list (sizes differ), targets a list of dicts."""
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)
 
 
 # --- detlab eval -----------------------------------------------------------------
