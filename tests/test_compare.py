@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ def test_compare_two_runs(tmp_path, bccd, monkeypatch):
     from detlab.report import compare
 
     monkeypatch.setattr(compare, "GALLERY_POOL", 3)
+    monkeypatch.setattr(compare, "GALLERY_SCORE", 0.0)  # untrained models: keep their weak boxes so they differ
     monkeypatch.setattr(compare, "GALLERY_SIZE", 2)
     monkeypatch.setattr(compare, "LATENCY_IMAGES", 1)
     monkeypatch.setattr(compare, "LATENCY_WARMUP", 1)
@@ -59,6 +61,8 @@ def test_compare_two_runs(tmp_path, bccd, monkeypatch):
     except ImportError:
         pytest.skip("report.draw not there yet: gallery not checked")
     assert parsed.sections["gallery"]["images"] == 2 * 3  # ground truth + each run, per image
+    shown = [float(x) for x in re.findall(r"disagreement (\d\.\d\d)", parsed.sections["gallery"]["text"])]
+    assert len(shown) == 2 and shown == sorted(shown, reverse=True) and shown[-1] > 0
 
 
 def test_pair_f1_hand_computed():
@@ -74,5 +78,7 @@ def test_pair_f1_hand_computed():
     assert pair_f1(a, a) == 1.0
     empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, int)}
     assert pair_f1(empty, empty) == 1.0 and pair_f1(a, empty) == 0.0
+    point = {"boxes": np.array([[5, 5, 5, 5]], np.float32), "labels": np.array([0])}  # zero area: IoU 0, not NaN
+    assert pair_f1(point, point) == 0.0
     assert disagreement([a, a, a]) == pytest.approx(0.0)
     assert disagreement([a, b, a]) == pytest.approx(1 - (1 / 3 + 1 / 3 + 1) / 3)

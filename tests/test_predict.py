@@ -172,3 +172,31 @@ def test_results_score_with_detlab_eval(tmp_path, chess):
     assert expected["coco"]["AP50"] > 0.5 and full["coco"]["AP"] > 0.01  # the oracle is good where it looked
     assert scored["coco"]["AP"] == pytest.approx(full["coco"]["AP"], abs=1e-3)
     assert scored["voc07"]["mAP"] == pytest.approx(full["voc07"]["mAP"], abs=1e-3)
+
+
+def test_onnx_backend_uses_run_model_onnx(run, tmp_path, monkeypatch):
+    """--backend onnx runs RUN/model.onnx through detlab.export.OnnxModel with the checkpoint's class map."""
+    import detlab.export
+    from detlab.cli import main
+
+    seen = {}
+
+    class FakeOnnx:  # stands in for ONNX Runtime: the wiring is what is tested here
+        def __init__(self, path):
+            seen["path"] = path
+
+        def __call__(self, images):
+            return [{"boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0]]), "scores": torch.tensor([0.9]),
+                     "labels": torch.tensor([2])} for _ in images]
+
+    monkeypatch.setattr(detlab.export, "OnnxModel", FakeOnnx)
+    (run / "model.onnx").write_bytes(b"stand-in")
+    try:
+        _noise_image(tmp_path / "x.png", 40, 30, seed=0)
+        assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+                     "--backend", "onnx"]) == 0
+    finally:
+        (run / "model.onnx").unlink()
+    assert seen["path"] == run / "model.onnx"
+    results = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert results == [{"image_id": 1, "category_id": 11, "bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.9}]

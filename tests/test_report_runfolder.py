@@ -112,3 +112,12 @@ def test_not_a_run_folder_is_one_line_error(tmp_path):
 
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 1
+
+
+def test_best_json_is_the_final_evaluation(tmp_path):
+    from detlab.report.html import load_run
+
+    run = make_run(tmp_path, ap=0.3)
+    (run / "eval" / "best.json").write_text(json.dumps({"epoch": 1, "iteration": 20, **coco_result(0.25)}))
+    info = load_run(run)
+    assert info.final_source == "eval/best.json" and info.final["coco"]["AP"] == pytest.approx(0.25)

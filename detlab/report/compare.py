@@ -39,7 +39,6 @@ from detlab.report.html import (
     note,
     page,
     pct,
-    png_bytes,
     sample_indices,
     section,
     table,
@@ -159,7 +158,7 @@ def pair_f1(a: dict, b: dict, iou_threshold: float = 0.5) -> float:
     for c in set(np.asarray(a["labels"]).tolist()) & set(np.asarray(b["labels"]).tolist()):
         box_a = torch.as_tensor(np.asarray(a["boxes"])[np.asarray(a["labels"]) == c]).float()  # [Ka, 4]
         box_b = torch.as_tensor(np.asarray(b["boxes"])[np.asarray(b["labels"]) == c]).float()  # [Kb, 4]
-        iou = box_iou(box_a, box_b).numpy()  # [Ka, Kb]
+        iou = np.nan_to_num(box_iou(box_a, box_b).numpy(), nan=0.0)  # [Ka, Kb]; zero-area pairs give 0/0
         rows, cols = linear_sum_assignment(iou, maximize=True)
         matched += int((iou[rows, cols] >= iou_threshold).sum())
     return 2 * matched / (n_a + n_b)
@@ -186,8 +185,11 @@ def gallery(entries: list[Entry], dataset) -> str:
         dets = [e.detector.detect([image], score=GALLERY_SCORE)[0] for e in loaded]
         scored.append((disagreement(dets), i, dets))
     scored.sort(key=lambda s: (-s[0], s[1]))
+    shown = [s for s in scored if s[0] > 0][:GALLERY_SIZE]
+    if not shown:
+        return note(f"the runs agree on all {len(scored)} scored images (score ≥ {GALLERY_SCORE}, IoU ≥ 0.5).")
     blocks = []
-    for score, i, dets in scored[:GALLERY_SIZE]:
+    for score, i, dets in shown:
         image, target = dataset[i]
         name = Path(dataset.records.images[i].file).name
         figs = [figure(draw_png(image, target["boxes"], target["labels"], list(dataset.class_names)),
@@ -196,7 +198,8 @@ def gallery(entries: list[Entry], dataset) -> str:
                         f"{e.label}: {len(d['labels'])} boxes") for e, d in zip(loaded, dets)]
         blocks.append(f"<h3>{esc(name)} — disagreement {score:.2f}</h3><div class=\"grid\">{''.join(figs)}</div>")
     return (f"<p>{len(scored)} validation images scored; detections with score ≥ {GALLERY_SCORE}; "
-            "disagreement = 1 − mean pairwise F1 of class-matched boxes at IoU ≥ 0.5.</p>" + "".join(blocks))
+            "disagreement = 1 − mean pairwise F1 of class-matched boxes at IoU ≥ 0.5; "
+            "images where they agree are not shown.</p>" + "".join(blocks))
 
 
 # --- table, curves, per-class ------------------------------------------------------------------
@@ -254,6 +257,7 @@ def curves_png(entries: list[Entry], metric: str = "coco/AP") -> bytes | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 3.8))
     drawn = False
@@ -271,6 +275,7 @@ def curves_png(entries: list[Entry], metric: str = "coco/AP") -> bytes | None:
         return None
     ax_loss.set(xlabel="iteration", ylabel="training loss", title="loss")
     ax_ap.set(xlabel="epoch", ylabel=f"{metric} (%)", title=metric)
+    ax_ap.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     for ax in (ax_loss, ax_ap):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

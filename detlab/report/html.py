@@ -140,9 +140,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def _final_eval(run: Path, lines: list[dict], meta: dict) -> tuple[dict, str]:
-    """The run's last evaluation: newest ``eval/*.json`` (not before.json), else the last eval line."""
-    candidates = sorted((p for p in (run / "eval").glob("*.json") if p.name != "before.json"),
-                        key=lambda p: p.stat().st_mtime, reverse=True) if (run / "eval").is_dir() else []
+    """The run's final evaluation: ``eval/best.json`` (the checkpoint predict deploys), else
+    ``eval/last.json``, else the newest other ``eval/*.json`` (not before.json), else the last eval line."""
+    others = sorted((p for p in (run / "eval").glob("*.json") if p.name != "before.json"),
+                    key=lambda p: p.stat().st_mtime, reverse=True) if (run / "eval").is_dir() else []
+    candidates = sorted(others, key=lambda p: {"best.json": 0, "last.json": 1}.get(p.name, 2))
     for path in candidates:
         try:
             result = as_result(json.loads(path.read_text()))
@@ -420,7 +422,7 @@ def sample_indices(n_images: int, n: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n_images - 1, num=min(n, n_images))}) if n_images else []
 
 
-def _samples_section(info: RunInfo, score: float = 0.3) -> str:
+def _samples_section(info: RunInfo, score: float = 0.5) -> str:
     title = "Sample predictions beside ground truth"
     if info.checkpoint is None:
         return section("samples", title, note("no checkpoint in checkpoints/: section skipped."))
