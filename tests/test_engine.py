@@ -118,7 +118,8 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     assert "val/loss" in evals[0] and "coco/AP50" in evals[0]
     assert json.loads((out / "eval" / "before.json").read_text())["epoch"] == 0
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    required = {"model", "model_name", "num_classes", "build_kwargs", "class_names", "source_ids", "config",
+    required = {"model", "model_name", "num_classes", "build_kwargs", "class_names", "source_ids", "source_format",
+                "config",
                 "optimizer", "scheduler", "scaler", "ema", "epoch", "iteration", "rng", "metrics"}
     assert required <= set(ckpt)
     assert ckpt["iteration"] == 4 and ckpt["epoch"] == 2 and ckpt["class_names"] == ["bright", "dark"]
@@ -127,6 +128,18 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     assert state_equal(run.model.state_dict(), {k: v for k, v in best["model"].items()})
     assert run.before is not None and run.metrics["coco/AP50"] == max(e["coco/AP50"] for e in evals[1:])
+
+
+def test_a_lone_last_image_is_left_out_of_the_epoch(tmp_path):
+    # 5 images in batches of 2 would leave a batch of 1, which BatchNorm cannot train on.
+    from detlab.engine.distributed import DistContext
+
+    ctx = DistContext(device=torch.device("cpu"))
+    trainer = Trainer(TinyFCOS(), ShapesDataset(5), None, tiny_cfg(tmp_path, epochs=1), ctx)
+    assert trainer.drop_last and trainer.steps_per_epoch == 2
+    assert [len(images) for images, _ in trainer._loader()] == [2, 2]
+    even = Trainer(TinyFCOS(), ShapesDataset(6), None, tiny_cfg(tmp_path / "b", epochs=1), ctx)
+    assert not even.drop_last and even.steps_per_epoch == 3
 
 
 def _interrupt_after(monkeypatch, steps: int):
@@ -217,3 +230,18 @@ def test_auto_val_finds_the_sibling_split_folder(chess):
     train_ds, val_ds = load_train_val(cfg, verbose=False)
     assert cfg.val == str(chess / "valid") and len(val_ds) == 58
     assert val_ds.class_names == train_ds.class_names
+
+
+def test_voc_data_without_a_split_trains_on_train_and_overlap_is_warned(tmp_path, capsys):
+    from detlab.data.synthetic import write_shapes_dataset
+    from detlab.engine.train import load_train_val
+
+    root = write_shapes_dataset(tmp_path / "d", num_train=4, num_val=2, size=64, seed=0)
+    cfg = resolve({"data": str(root), "model": "fcos_r18_fpn", "out": str(tmp_path / "r")})
+    train_ds, val_ds = load_train_val(cfg)  # not every XML: val images would leak into training
+    assert (cfg.data, cfg.val, len(train_ds), len(val_ds)) == (f"{root}:train", f"{root}:val", 4, 2)
+    assert "warning" not in capsys.readouterr().err
+    cfg = resolve({"data": f"{root}:trainval", "model": "fcos_r18_fpn", "out": str(tmp_path / "r")})
+    load_train_val(cfg)
+    err = capsys.readouterr().err
+    assert f"warning: 2 of 2 validation images of {root}:val are also training images of {root}:trainval" in err

@@ -2,7 +2,8 @@
 
 A checkpoint (``RUN/checkpoints/{last,best}.pt``) is a plain dict (CONTRIBUTING.md):
 ``model`` (the weights to deploy: the EMA weights when EMA is on), ``model_name``,
-``num_classes``, ``build_kwargs``, ``class_names``, ``source_ids``, ``config``,
+``num_classes``, ``build_kwargs``, ``class_names``, ``source_ids``, ``source_format``
+(the training data's format, for COCO category ids), ``config``,
 ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``epoch``, ``iteration``, ``rng``,
 ``metrics``; plus the engine's own ``train_model`` (raw weights when EMA is on),
 ``sampler`` and ``progress`` (best metric, early-stopping count).

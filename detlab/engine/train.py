@@ -163,7 +163,12 @@ class Trainer:
         self.train_ds = ddp.SeededDataset(_with_train_transforms(train_ds, model, cfg))
         self.sampler = ddp.ResumableSampler(self.train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
         self.loader_gen = torch.Generator().manual_seed(cfg.seed)
-        self.steps_per_epoch = math.ceil(math.ceil(self.sampler.num_samples / cfg.batch_size) / cfg.accumulate)
+        # A lone image in the last batch breaks BatchNorm in train mode (SSD heads, timm
+        # backbones): that epoch's last image is left out (a different one each epoch).
+        self.drop_last = cfg.batch_size > 1 and self.sampler.num_samples % cfg.batch_size == 1
+        batches = (self.sampler.num_samples // cfg.batch_size if self.drop_last
+                   else math.ceil(self.sampler.num_samples / cfg.batch_size))
+        self.steps_per_epoch = math.ceil(batches / cfg.accumulate)
         self.total_iters = self.steps_per_epoch * cfg.epochs
         self.net = self._wrap_ddp(self.model)
         self.optimizer = build_optimizer(self.model, cfg, ctx.world_size)
@@ -201,7 +206,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.step_in_epoch * self.cfg.accumulate * self.cfg.batch_size)
         return DataLoader(self.train_ds, batch_size=self.cfg.batch_size, sampler=self.sampler,
-                          num_workers=self.cfg.num_workers, collate_fn=ddp.collate_pairs,
+                          drop_last=self.drop_last, num_workers=self.cfg.num_workers, collate_fn=ddp.collate_pairs,
                           worker_init_fn=ddp.seed_worker, generator=self.loader_gen,
                           persistent_workers=False, pin_memory=self.device.type == "cuda")
 
@@ -245,6 +250,9 @@ class Trainer:
                       f"{self.cfg.epochs} epochs × {self.steps_per_epoch} steps, batch {self.cfg.batch_size}"
                       f"×{self.cfg.accumulate}×{self.ctx.world_size}, {self.cfg.optimizer} lr "
                       f"{effective_lr(self.cfg, self.ctx.world_size):.3g}, {self.cfg.schedule} schedule")
+        if self.drop_last:
+            self.log.note(f"{self.sampler.num_samples} training images per process leave a last batch of 1, which "
+                          f"BatchNorm cannot train on: each epoch skips its last (random) image")
         if self.val_ds is not None and self._eval_before():
             flat = self._evaluate(tag="before")
             self.progress["before"] = flat
@@ -376,6 +384,7 @@ class Trainer:
             "build_kwargs": dict(getattr(self.model, "build_kwargs", {}) or {}),
             "class_names": list(getattr(self.train_ds.dataset, "class_names", []) or []),
             "source_ids": _source_ids(self.train_ds.dataset),
+            "source_format": getattr(getattr(self.train_ds.dataset, "records", None), "format", None),
             "config": self.cfg.to_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -522,17 +531,49 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
     """
     from detlab.data.dataset import load_dataset
 
+    data = _default_train_split(cfg.data)
+    if data != cfg.data and verbose:
+        print(f"training data: {data} (the source's train split; name another with PATH:split)", file=sys.stderr)
+    cfg.data = data
     train_ds = load_dataset(cfg.data)
     if cfg.val:
-        return train_ds, load_dataset(cfg.val, classes=list(train_ds.class_names))
-    spec, val_ds = _auto_val(cfg.data, train_ds)
-    if val_ds is None and verbose:
-        print(f"warning: no val, valid or test split found for {cfg.data}; training without evaluation "
-              "(pass --val DATA to evaluate)", file=sys.stderr)
-    elif verbose:
-        print(f"validation data: {spec} ({len(val_ds)} images)", file=sys.stderr)
-    cfg.val = spec
+        val_ds = load_dataset(cfg.val, classes=list(train_ds.class_names))
+    else:
+        cfg.val, val_ds = _auto_val(cfg.data, train_ds)
+        if val_ds is None and verbose:
+            print(f"warning: no val, valid or test split found for {cfg.data}; training without evaluation "
+                  "(pass --val DATA to evaluate)", file=sys.stderr)
+        elif verbose:
+            print(f"validation data: {cfg.val} ({len(val_ds)} images)", file=sys.stderr)
+    if val_ds is not None and verbose:
+        train_files = {str(r.file) for r in train_ds.records.images}
+        shared = sum(str(r.file) in train_files for r in val_ds.records.images)
+        if shared:
+            print(f"warning: {shared} of {len(val_ds)} validation images of {cfg.val} are also training images of "
+                  f"{cfg.data}; its metrics overstate accuracy — give disjoint splits (PATH:train, --val PATH:val)",
+                  file=sys.stderr)
     return train_ds, val_ds
+
+
+def _default_train_split(data: str) -> str:
+    """``data`` with ``:train`` added to each VOC part that names no split but has ``ImageSets/Main/train.txt``.
+
+    A VOC folder read without a split holds every annotated image (validation and
+    test too); training on it would leak the evaluation images into training.
+    """
+    from detlab.data.formats import detect_format, split_spec
+
+    parts = []
+    for part in data.split("+"):
+        path, split = split_spec(part)
+        try:
+            fmt = detect_format(path) if split is None else None
+        except DetlabError:
+            fmt = None  # load_dataset reports it
+        years = [path] if fmt == "voc" else sorted(path.iterdir()) if fmt == "vocdevkit" else []
+        has_train = any((y / "ImageSets" / "Main" / "train.txt").is_file() for y in years)
+        parts.append(f"{part}:train" if has_train else part)
+    return "+".join(parts)
 
 
 def _auto_val(data: str, train_ds):
