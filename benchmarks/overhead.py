@@ -48,7 +48,8 @@ def plain_peer(model: nn.Module):
             return model.postprocess(out, [tuple(im.shape[-2:]) for im in images])
 
         return detr_inner
-    base = type(model).__mro__[1]  # torchvision FasterRCNN / FCOS / RetinaNet / SSD
+    # torchvision FasterRCNN / FCOS / RetinaNet / SSD: the first torchvision class the model extends
+    base = next(c for c in type(model).__mro__ if c.__module__.startswith("torchvision."))
     peer = object.__new__(base)
     peer.__dict__ = model.__dict__  # same modules, parameters, buffers and flags: only the class differs
     return peer

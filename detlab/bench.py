@@ -370,10 +370,16 @@ def bench_command(args) -> int:
     """``detlab bench --model NAME|RUN [--size S] [--batch B] [--threads T] [--iters N] [--device D] [--amp] [--onnx]``."""
     from detlab.export import parse_size
 
+    from detlab.export import check_images
+
     model = load_bench_model(args.model, getattr(args, "num_classes", 20), getattr(args, "checkpoint", "best"))
+    data = getattr(args, "data", None)
+    images, what = check_images(data, count=max(args.batch, 4)) if data else (None, "")
     result = run_bench(model, size=parse_size(args.size), batch=args.batch, threads=args.threads,
                        iters=args.iters, warmup=getattr(args, "warmup", 3), device=args.device,
-                       amp=args.amp, onnx=args.onnx)
+                       amp=args.amp, onnx=args.onnx, images=images)
+    if data:
+        print(f"inputs: {what}, cycled")
     print(format_report(result))
     return 0
 

@@ -198,6 +198,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument("--num-classes", type=int, default=20, help="classes of a catalogue model (random init)")
     p.add_argument("--checkpoint", default="best", help="with a run folder: best | last | PATH")
+    p.add_argument("--data", default=None,
+                   help="time on the first images of this dataset (DATA or DATA:split) instead of noise")
 
 
 def _run_bench(args) -> int:

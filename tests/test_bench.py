@@ -120,3 +120,14 @@ def test_cli_bench_catalogue_model(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "ssdlite_effl0 (ssd)" in out and "eager" in out and "postprocess share" in out
+
+
+def test_cli_bench_on_real_images(capsys, bccd):
+    from detlab.cli import main
+
+    rc = main(["bench", "--model", "ssdlite_effl0", "--num-classes", "3", "--iters", "1", "--warmup", "0",
+               "--threads", "2", "--device", "cpu", "--data", f"{bccd}:test"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"inputs: 4 images of {bccd}:test, cycled" in out
+    assert "batch 1 × [3, 480, 640]" in out  # the BCCD image itself, not noise of the model's size

@@ -12,16 +12,16 @@ Legend for shape comments: ``N`` boxes, ``K`` detections, ``C`` classes.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detlab.errors import ConfigError
 from detlab.models.backbones import effl0_fpn_backbone, resnet_fpn_backbone
+from detlab.models.contract import ValLossesByFlag, loss_targets
 from detlab.models.weights import load_detector_weights, parse_weights_spec
 
 BACKBONES = {
@@ -34,21 +34,8 @@ COCO_WEIGHTS = {"faster_rcnn_r50_fpn": FasterRCNN_ResNet50_FPN_Weights.COCO_V1.u
 HEAD_PREFIXES = ("roi_heads.box_predictor.",)
 
 
-@contextmanager
-def _own_flags_training(modules: list[nn.Module]) -> Iterator[None]:
-    # Raise only these modules' own flags: their children (backbone BatchNorm,
-    # heads) keep eval behaviour, and every flag is restored afterwards.
-    saved = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.training = True
-        yield
-    finally:
-        for m, flag in zip(modules, saved):
-            m.training = flag
 
-
-class FasterRCNNDetector(FasterRCNN):
+class FasterRCNNDetector(ValLossesByFlag, FasterRCNN):
     """torchvision ``FasterRCNN`` speaking detlab's model contract (see CONTRIBUTING.md).
 
     Train mode: ``model(images, targets) -> {"loss_classifier", "loss_box_reg",
@@ -60,6 +47,9 @@ class FasterRCNNDetector(FasterRCNN):
     family = "faster_rcnn"
     transform_recipe = "faster_rcnn"
     backbone_prefixes = ("backbone.body.",)
+    # torchvision branches on these flags for losses and proposal sampling; the RoI
+    # heads sample proposals at random as in training, so two val-loss calls differ slightly.
+    loss_flag_modules = ("rpn", "roi_heads")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Losses (train mode) or detections (eval mode); see the class docstring.
@@ -71,30 +61,13 @@ class FasterRCNNDetector(FasterRCNN):
                 flagged, are left out of the loss.
         """
         if targets is not None:
-            targets = [_loss_target(t) for t in targets]
+            targets = loss_targets(targets, label_offset=1)
         out = super().forward(images, targets)
         if self.training:
             return out  # torchvision's keys already start with "loss_"
         for det in out:
             det["labels"] = det["labels"] - 1  # [K], background 0 never comes out
         return out
-
-    def val_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The training losses, computed in eval mode.
-
-        Raises the ``training`` flag of this module, the RPN and the RoI heads
-        only (the three places torchvision branches on it for losses and
-        proposal sampling); BatchNorm, the transform and the box head keep eval
-        behaviour. The RoI heads sample proposals at random as in training, so
-        two calls differ slightly.
-        """
-        with _own_flags_training([self, self.rpn, self.roi_heads]):
-            return self.forward(images, targets)
-
-
-def _loss_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
-    keep = ~target["iscrowd"].bool() if "iscrowd" in target else slice(None)
-    return {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep] + 1}
 
 
 def build_faster_rcnn(

@@ -19,6 +19,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from detlab.errors import ConfigError
 from detlab.models.backbones import effl0_fpn_backbone, resnet_fpn_backbone
+from detlab.models.contract import ValLossesByFlag, loss_targets
 from detlab.models.weights import load_detector_weights, parse_weights_spec
 
 # name -> backbone: "r<depth>" is a torchvision ResNet, "effl0" timm's EfficientNet-Lite0.
@@ -33,7 +34,7 @@ COCO_WEIGHTS = {"fcos_r50_fpn": FCOS_ResNet50_FPN_Weights.COCO_V1.url}
 HEAD_PREFIXES = ("head.classification_head.cls_logits.",)
 
 
-class FCOSDetector(FCOS):
+class FCOSDetector(ValLossesByFlag, FCOS):
     """torchvision ``FCOS`` speaking detlab's model contract (see CONTRIBUTING.md).
 
     Train mode: ``model(images, targets) -> {"loss_classification",
@@ -56,30 +57,11 @@ class FCOSDetector(FCOS):
                 flagged, are left out of the loss.
         """
         if targets is not None:
-            targets = [_loss_target(t) for t in targets]
+            targets = loss_targets(targets, label_offset=0)
         out = super().forward(images, targets)
         if self.training:
             return {f"loss_{k}": v for k, v in out.items()}
         return out
-
-    def val_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The training losses, computed in eval mode.
-
-        Only this module's own ``training`` flag is raised, so FCOS takes its
-        loss branch while the backbone's BatchNorm, the head's GroupNorm and the
-        resize transform keep their eval behaviour; the flag is restored after.
-        """
-        was_training = self.training
-        self.training = True
-        try:
-            return self.forward(images, targets)
-        finally:
-            self.training = was_training
-
-
-def _loss_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
-    keep = ~target["iscrowd"].bool() if "iscrowd" in target else slice(None)
-    return {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep]}
 
 
 def build_fcos(

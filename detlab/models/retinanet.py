@@ -18,6 +18,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from detlab.errors import ConfigError
 from detlab.models.backbones import resnet_fpn_backbone
+from detlab.models.contract import ValLossesByFlag, loss_targets
 from detlab.models.weights import load_detector_weights, parse_weights_spec
 
 BACKBONES = {"retinanet_r50_fpn": "r50"}
@@ -25,7 +26,7 @@ COCO_WEIGHTS = {"retinanet_r50_fpn": RetinaNet_ResNet50_FPN_Weights.COCO_V1.url}
 HEAD_PREFIXES = ("head.classification_head.cls_logits.",)
 
 
-class RetinaNetDetector(RetinaNet):
+class RetinaNetDetector(ValLossesByFlag, RetinaNet):
     """torchvision ``RetinaNet`` speaking detlab's model contract (see CONTRIBUTING.md).
 
     Train mode: ``model(images, targets) -> {"loss_classification",
@@ -48,30 +49,11 @@ class RetinaNetDetector(RetinaNet):
                 flagged, are left out of the loss.
         """
         if targets is not None:
-            targets = [_loss_target(t) for t in targets]
+            targets = loss_targets(targets, label_offset=0)
         out = super().forward(images, targets)
         if self.training:
             return {f"loss_{k}": v for k, v in out.items()}
         return out
-
-    def val_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The training losses, computed in eval mode.
-
-        Only this module's own ``training`` flag is raised (RetinaNet branches on
-        it alone), so BatchNorm and the resize transform keep eval behaviour; the
-        flag is restored after.
-        """
-        was_training = self.training
-        self.training = True
-        try:
-            return self.forward(images, targets)
-        finally:
-            self.training = was_training
-
-
-def _loss_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
-    keep = ~target["iscrowd"].bool() if "iscrowd" in target else slice(None)
-    return {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep]}
 
 
 def build_retinanet(

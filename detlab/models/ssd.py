@@ -33,6 +33,7 @@ from torchvision.models.vgg import VGG16_Weights
 
 from detlab.errors import ConfigError
 from detlab.models.backbones import efficientnet_lite0_features
+from detlab.models.contract import ValLossesByFlag, loss_targets
 from detlab.models.weights import filename_from_url, load_detector_weights, parse_weights_spec, resolve_weights_file
 
 BACKBONES = {"ssd300_vgg16": "vgg16", "ssdlite_effl0": "effl0"}
@@ -42,7 +43,7 @@ HEAD_PREFIXES = ("head.classification_head.",)
 DEFAULT_SIZE = {"ssd300_vgg16": 300, "ssdlite_effl0": 320}
 
 
-class SSDDetector(SSD):
+class SSDDetector(ValLossesByFlag, SSD):
     """torchvision ``SSD`` speaking detlab's model contract (see CONTRIBUTING.md).
 
     Train mode: ``model(images, targets) -> {"loss_bbox_regression",
@@ -72,32 +73,13 @@ class SSDDetector(SSD):
                 "(its BatchNorm layers see 1x1 maps); set batch_size >= 2"
             )
         if targets is not None:
-            targets = [_loss_target(t) for t in targets]
+            targets = loss_targets(targets, label_offset=1)
         out = super().forward(images, targets)
         if self.training:
             return {f"loss_{k}": v for k, v in out.items()}
         for det in out:
             det["labels"] = det["labels"] - 1  # [K], background 0 never comes out
         return out
-
-    def val_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The training losses, computed in eval mode.
-
-        Only this module's own ``training`` flag is raised (SSD branches on it
-        alone), so the backbone's and SSDLite head's BatchNorm keep eval
-        behaviour; the flag is restored after.
-        """
-        was_training = self.training
-        self.training = True
-        try:
-            return self.forward(images, targets)
-        finally:
-            self.training = was_training
-
-
-def _loss_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
-    keep = ~target["iscrowd"].bool() if "iscrowd" in target else slice(None)
-    return {"boxes": target["boxes"][keep].float(), "labels": target["labels"][keep] + 1}
 
 
 class EffL0SSDLiteExtractor(nn.Module):
