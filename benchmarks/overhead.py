@@ -20,7 +20,6 @@ the ``dets/img`` column shows.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -59,8 +58,9 @@ def peer_targets(model: nn.Module, targets: list[dict]) -> list[dict]:
     """Targets in the peer's own convention, converted once outside the timed region."""
     if model.family == "detr":
         return model.targets_to_detr(images_cache, targets)
-    convert = sys.modules[type(model).__module__]._loss_target
-    return [convert(t) for t in targets]
+    from detlab.models.contract import loss_targets
+
+    return loss_targets(targets, label_offset=int(model.family in ("faster_rcnn", "ssd")))
 
 
 images_cache: list[torch.Tensor] = []
