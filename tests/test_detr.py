@@ -272,3 +272,18 @@ def test_small_data_recipe_builds():
     assert {"optimizer", "lr", "backbone_lr_mult", "weight_decay", "clip_grad_norm", "epochs", "model_knobs"} <= set(r)
     model = build_detr(r["model"], num_classes=3, **r["model_knobs"])
     assert model.knobs.num_queries == r["model_knobs"]["num_queries"]
+
+
+@pytest.mark.parametrize("name", ["detr_r50", "detr_effl0"])
+def test_dilation_knob_gives_stride_16_features_with_the_same_weights(name):
+    if name == "detr_r50":
+        with pytest.raises(ConfigError, match="detr_r18's basic blocks cannot be dilated"):
+            build_detr("detr_r18", num_classes=3, dilation=True, **TINY)
+    torch.manual_seed(0)
+    plain = build_detr(name, num_classes=3, **TINY).eval()
+    dc5 = build_detr(name, num_classes=3, dilation=True, **TINY).eval()
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in dc5.state_dict().items()}
+    images = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        assert plain.backbone[0](images).shape[-2:] == (3, 4)
+        assert dc5.backbone[0](images).shape[-2:] == (6, 8)

@@ -55,21 +55,24 @@ def _norm_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
 
 
-# (name, optimizer steps, AdamW learning rate, required loss ratio last/first).
-# One model per family halves its loss (30 steps; Faster R-CNN 20) and then
-# finds the boxes; the others take a few steps only, to keep the suite fast.
+# (name, AdamW learning rate, seed, boxes). Every model halves its training loss
+# within 30 optimizer steps on one image (it stops at the step that does, to keep
+# the suite fast); one model per family (boxes=True) runs all 30 steps and must
+# then find the boxes. fcos_r50_fpn uses seed 1: with seed 0 its from-scratch
+# box-regression ReLUs start dead (GIoU loss stays at 1.0), a known property of
+# torchvision's FCOS head without pretrained weights, not of detlab.
 SCHEDULE = [
-    ("fcos_r18_fpn", 30, 5e-4, 0.5),
-    ("faster_rcnn_r18_fpn", 20, 1e-4, 0.5),
-    ("ssdlite_effl0", 30, 3e-3, 0.5),
-    ("fcos_effl0_fpn", 10, 1e-3, 0.8),
-    ("faster_rcnn_effl0_fpn", 6, 1e-4, 0.9),
-    ("fcos_r34_fpn", 4, 5e-4, 0.95),
-    ("fcos_r50_fpn", 3, 5e-4, 0.95),
-    ("fcos_r101_fpn", 3, 5e-4, 0.95),
-    ("faster_rcnn_r50_fpn", 3, 1e-4, 0.95),
-    ("retinanet_r50_fpn", 5, 3e-4, 0.95),
-    ("ssd300_vgg16", 3, 1e-4, 0.95),
+    ("fcos_r18_fpn", 5e-4, 0, True),
+    ("faster_rcnn_r18_fpn", 1e-4, 0, True),
+    ("ssdlite_effl0", 3e-3, 0, True),
+    ("fcos_effl0_fpn", 1e-3, 0, False),
+    ("faster_rcnn_effl0_fpn", 3e-4, 0, False),
+    ("fcos_r34_fpn", 5e-4, 0, False),
+    ("fcos_r50_fpn", 5e-4, 1, False),
+    ("fcos_r101_fpn", 5e-4, 0, False),
+    ("faster_rcnn_r50_fpn", 1e-4, 0, False),
+    ("retinanet_r50_fpn", 3e-4, 0, False),
+    ("ssd300_vgg16", 1e-4, 0, False),
 ]
 
 
@@ -109,9 +112,9 @@ def _check_contract(model: nn.Module, name: str) -> None:
         assert k == 0 or (float(det["boxes"][:, 2].max()) <= width + 1e-3 and float(det["boxes"][:, 3].max()) <= height + 1e-3)
 
 
-@pytest.mark.parametrize("name, steps, lr, ratio", SCHEDULE)
-def test_contract_then_loss_goes_down_and_boxes_come_back_in_the_image_frame(name, steps, lr, ratio):
-    torch.manual_seed(0)
+@pytest.mark.parametrize("name, lr, seed, boxes", SCHEDULE)
+def test_contract_then_loss_halves_in_30_steps_and_boxes_come_back_in_the_image_frame(name, lr, seed, boxes):
+    torch.manual_seed(seed)
     model = build_model(name, NUM_CLASSES, **TINY[name])
     _check_contract(model, name)
     image, target = _scene()
@@ -119,14 +122,16 @@ def test_contract_then_loss_goes_down_and_boxes_come_back_in_the_image_frame(nam
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     history = []
-    for _ in range(steps):
+    for _ in range(30):
         loss = sum(model(images, targets).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         history.append(loss.item())
-    assert history[-1] < ratio * history[0], history
-    if ratio <= 0.5:  # overfit enough to find the boxes, which must be in the 48x64 image's frame
+        if not boxes and history[-1] < 0.5 * history[0]:
+            break
+    assert history[-1] < 0.5 * history[0], history
+    if boxes:  # overfit enough to find the boxes, which must be in the 48x64 image's frame
         model.eval()
         with torch.no_grad():
             det = model([image])[0]

@@ -124,6 +124,7 @@ def efficientnet_lite0_features(
     pretrained: bool,
     out_indices: Sequence[int] = (1, 2, 3, 4),
     frozen_bn: bool = False,
+    output_stride: int = 32,
 ) -> nn.Module:
     """timm's EfficientNet-Lite0 as a ``features_only`` backbone.
 
@@ -133,13 +134,17 @@ def efficientnet_lite0_features(
             and channels ``(16, 24, 40, 112, 320)[i]``.
         frozen_bn: replace BatchNorm by timm's frozen BatchNorm (no running
             stat updates, no affine gradients), as detection fine-tuning does.
+        output_stride: 16 dilates the last stride-32 stages instead of striding them
+            (DETR's DC5), so stage 4 keeps stride 16; the weights are the same.
 
     Returns:
         A module mapping images ``[B, 3, H, W]`` (ImageNet-normalised) to a list
         of feature maps ``[B, C_i, H/s_i, W/s_i]``; ``.feature_info.channels()``
         and ``.feature_info.reduction()`` give ``C_i`` and ``s_i``.
     """
-    model = timm.create_model(EFFL0_TIMM_NAME, pretrained=False, features_only=True, out_indices=tuple(out_indices))
+    model = timm.create_model(
+        EFFL0_TIMM_NAME, pretrained=False, features_only=True, out_indices=tuple(out_indices), output_stride=output_stride
+    )
     if pretrained:
         load_effl0_imagenet(model)
     if frozen_bn:

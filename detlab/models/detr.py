@@ -88,7 +88,7 @@ class DetrKnobs:
     dim_feedforward: int = 2048  # FFN width inside each layer
     dropout: float = 0.1  # dropout inside the transformer
     aux_loss: bool = True  # losses on every decoder layer, not only the last
-    dilation: bool = False  # DC5: dilate ResNet layer4 instead of striding it
+    dilation: bool = False  # DC5: dilate the last stage (ResNet layer4, EfficientNet stages 5-6): stride 16
     train_backbone: bool = True  # False freezes the whole backbone (stem and first stage are always frozen)
     eos_coef: float = 0.1  # CE weight of the no-object class
     cost_class: float = 1.0  # matcher weight of -p(class)
@@ -126,6 +126,10 @@ class Backbone(nn.Module):
 
 
 def _resnet_backbone(depth: int, k: DetrKnobs, imagenet: bool) -> Backbone:
+    if k.dilation and depth < 50:
+        raise ConfigError(
+            f"dilation=true: detr_r{depth}'s basic blocks cannot be dilated (torchvision); use detr_r50 or detr_effl0"
+        )
     resnet = getattr(torchvision.models, f"resnet{depth}")(
         weights=None, replace_stride_with_dilation=[False, False, k.dilation], norm_layer=FrozenBatchNorm2d
     )
@@ -137,7 +141,7 @@ def _resnet_backbone(depth: int, k: DetrKnobs, imagenet: bool) -> Backbone:
 
 
 def _effl0_backbone(k: DetrKnobs, imagenet: bool) -> Backbone:
-    body = efficientnet_lite0_features(imagenet, out_indices=(4,), frozen_bn=True)
+    body = efficientnet_lite0_features(imagenet, out_indices=(4,), frozen_bn=True, output_stride=16 if k.dilation else 32)
     # Stem and the first two stages (stride <= 4) stay frozen, as conv1 + layer1 of ResNet.
     trainable = [f"blocks.{i}" for i in range(2, 7)] if k.train_backbone else []
     return Backbone(body, body.feature_info.channels()[-1], trainable)
