@@ -119,6 +119,18 @@ def coco_ap(model, items: list, cached: list | None, class_names: list[str]) -> 
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
 
 
+def query_spread(model, items: list, cached: list | None, n: int = 8) -> float:
+    """How much each query's box (cx, cy, w, h, normalised) moves between the first ``n`` images.
+
+    Near 0 means the decoder ignores the image and predicts fixed prior boxes (collapse):
+    AP then stays at chance level whatever the schedule.
+    """
+    model.eval()
+    with torch.no_grad():
+        boxes = torch.stack([run_batch(model, items, cached, [i], [False])["pred_boxes"][0] for i in range(min(n, len(items)))])
+    return float(boxes.std(0).mean())  # boxes: [n, Q, 4]
+
+
 def main() -> None:
     r = DETR_SMALL_DATA_RECIPE
     k = r["model_knobs"]
@@ -126,6 +138,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=r["epochs"])
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs")
+    p.add_argument("--eval-train", action="store_true",
+                   help="at those evaluations, also score the training images (underfit or overfit?)")
     p.add_argument("--cache", type=Path, default=None,
                    help="file keeping the frozen backbone's features between runs of the same size")
     p.add_argument("--size", type=int, default=k["min_size"])
@@ -174,13 +188,17 @@ def main() -> None:
         scheduler.step()
         print(f"epoch {epoch + 1}: loss {loss:.3f}  {time.time() - start:.0f}s", flush=True)
         if args.eval_every and (epoch + 1) % args.eval_every == 0:
-            print(f"  val AP50 {coco_ap(model, val, val_cache, class_names)['AP50']:.4f}", flush=True)
+            line = f"  val AP50 {coco_ap(model, val, val_cache, class_names)['AP50']:.4f}"
+            line += f"  spread {query_spread(model, val, val_cache):.4f}"
+            if args.eval_train:
+                line += f"  train AP50 {coco_ap(model, train, train_cache, class_names)['AP50']:.4f}"
+            print(line, flush=True)
         if args.minutes is not None and time.time() - start > args.minutes * 60:
             break
     train_s = time.time() - start
     metrics = coco_ap(model, val, val_cache, class_names)
     print(f"bccd val: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
-          f"(train {train_s:.0f}s wall, {time.process_time():.0f}s CPU in all, {epoch + 1} epochs, {args.threads} threads)")
+          f"spread {query_spread(model, val, val_cache):.4f}  (train {train_s:.0f}s wall, {time.process_time():.0f}s CPU in all, {epoch + 1} epochs, {args.threads} threads)")
 
 
 if __name__ == "__main__":
