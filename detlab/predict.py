@@ -260,8 +260,9 @@ class Detector:
         self.skipped = []
         return [det for det, _ in self.iter_predict(expand_sources(sources), score, batch_size, progress)]
 
-    def category_id(self, label: int) -> int:
-        """The COCO ``category_id`` written for class index ``label`` (see :func:`default_category_ids`)."""
+    def category_id(self, label: int) -> int | None:
+        """The COCO ``category_id`` written for class index ``label`` (see :func:`default_category_ids`);
+        ``None`` for a class that the ``--data`` dataset does not have (see :func:`align_to_dataset`)."""
         return self.category_ids[label]
 
 
@@ -326,6 +327,8 @@ def coco_results(detector: Detector, det: dict, image_id: int) -> list[dict]:
     """One image's detections as COCO results entries (``bbox`` is ``[x, y, w, h]`` absolute pixels)."""
     rows = []
     for (x1, y1, x2, y2), s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        if detector.category_id(int(c)) is None:  # a class the --data dataset lacks: counted by the caller
+            continue
         rows.append({"image_id": image_id, "category_id": detector.category_id(int(c)),
                      "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                      "score": round(float(s), 5)})
@@ -353,7 +356,9 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
     :func:`align_to_dataset`) replaces the positional ids.
 
     Returns:
-        ``{"images": n_read, "detections": n_boxes, "skipped": n_unreadable}``.
+        ``{"images": n_read, "detections": n_boxes, "skipped": n_unreadable, "left_out": n}``:
+        ``left_out`` counts detections of classes the ``--data`` dataset lacks, kept in the
+        drawn images and per-image JSON but not in ``detections.json``.
     """
     (out / "drawn").mkdir(parents=True, exist_ok=True)
     (out / "json").mkdir(parents=True, exist_ok=True)
@@ -361,6 +366,7 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
     results: list[dict] = []
     images: list[dict] = []
     used: set[str] = set()
+    left_out = 0
     detector.skipped = []
     for det, image in detector.iter_predict(files, score, batch_size, progress):
         image_id, src = ids[det["file"]], Path(det["file"])
@@ -369,11 +375,14 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
         _save_drawn(detector, det, image, out / "drawn" / f"{stem}{suffix}")
         (out / "json" / f"{stem}.json").write_text(json.dumps(_image_json(detector, det, image_id), indent=1))
         images.append({"id": image_id, "file_name": det["file"], "width": det["width"], "height": det["height"]})
-        results.extend(coco_results(detector, det, image_id))
+        rows = coco_results(detector, det, image_id)
+        left_out += len(det["labels"]) - len(rows)
+        results.extend(rows)
     (out / "detections.json").write_text(json.dumps(results))
-    categories = [{"id": detector.category_id(i), "name": n} for i, n in enumerate(detector.class_names)]
+    categories = [{"id": detector.category_id(i), "name": n} for i, n in enumerate(detector.class_names)
+                  if detector.category_id(i) is not None]
     (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
-    return {"images": len(images), "detections": len(results), "skipped": len(detector.skipped)}
+    return {"images": len(images), "detections": len(results), "skipped": len(detector.skipped), "left_out": left_out}
 
 
 def align_to_dataset(detector: Detector, files: Sequence[Path], data: str) -> tuple[list[Path], dict[str, int]]:
@@ -384,9 +393,15 @@ def align_to_dataset(detector: Detector, files: Sequence[Path], data: str) -> tu
         files: images to predict on; empty means every image of ``data``.
         data: a dataset path (``DATA`` or ``DATA:split``).
 
+    A model class the dataset lacks (e.g. one with boxes in the training split only) gets
+    no category id: its detections stay out of the results file, counted and reported.
+
     Returns:
         ``(files, image_ids)``: ``image_ids`` maps ``str(file)`` to the dataset's
         image id; files outside the dataset get new ids after the largest one (counted, reported).
+
+    Raises:
+        DataError: no model class is in the dataset (not the data the run was trained for).
     """
     from detlab.data.dataset import load_dataset
     from detlab.evaluation.coco import category_ids
@@ -394,10 +409,13 @@ def align_to_dataset(detector: Detector, files: Sequence[Path], data: str) -> tu
     records = load_dataset(data).records
     by_name = dict(zip(records.class_names, category_ids(records)))
     missing = [n for n in detector.class_names if n not in by_name]
-    if missing:
-        raise DataError(f"{data}: classes {', '.join(missing)} of the model are not in this dataset's classes "
+    if len(missing) == len(detector.class_names):
+        raise DataError(f"{data}: none of the model's classes ({', '.join(missing)}) is in this dataset's classes "
                         f"({', '.join(records.class_names)}) — use the dataset the run was trained on")
-    detector.category_ids = [by_name[n] for n in detector.class_names]
+    if missing:
+        print(f"note: model classes {', '.join(missing)} are not in {data}'s classes; their detections are "
+              f"left out of detections.json (counted below)", file=sys.stderr)
+    detector.category_ids = [by_name.get(n) for n in detector.class_names]
     files = list(files) or [Path(r.file) for r in records.images]
     known = {Path(r.file).resolve(): int(r.image_id) for r in records.images}
     next_id = max(known.values(), default=0) + 1
@@ -428,6 +446,7 @@ def predict_command(args) -> int:
         files, image_ids = align_to_dataset(detector, files, data)
     out = Path(args.out)
     counts = write_predictions(detector, files, out, score=args.score, batch_size=args.batch, image_ids=image_ids)
+    left_out = f"; {counts['left_out']} detections of classes not in {data} left out" if counts["left_out"] else ""
     print(f"predicted {counts['images']} images, {counts['detections']} detections at score >= {args.score}"
-          f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable → {out}")
+          f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable{left_out} → {out}")
     return 0 if counts["images"] else 1

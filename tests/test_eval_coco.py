@@ -237,3 +237,24 @@ def test_results_file_not_a_list(tmp_path):
 
 
 
+
+
+def test_chess_parity_on_a_trained_models_detections(chess):
+    """A real model's output, scored the way `detlab eval --gt --dets` scores it, equals pycocotools.
+
+    ``tests/data/chess_test_fcos_effl0_dets.json``: ``fcos_effl0_fpn`` (ImageNet backbone) trained
+    3 epochs on chess train, then ``detlab predict RUN --data chess/test --score 0.05`` (COCO
+    results format, the dataset's own image and category ids).
+    """
+    from detlab.data.formats import read_records
+
+    path = Path(__file__).parent / "data" / "chess_test_fcos_effl0_dets.json"
+    records = read_records(chess / "test")
+    result, problems = score_results_file(records, path, ("coco",))
+    assert not problems
+    original = json.loads((chess / "test" / "_annotations.coco.json").read_text())
+    for a in original["annotations"]:  # ids from 1, as in test_chess_parity_with_pycocotools
+        a["id"] += 1
+    np.testing.assert_allclose(ours(result), theirs(pycoco_stats(original, json.loads(path.read_text()))),
+                               atol=1e-6, equal_nan=True)
+    assert result["coco"]["AP50"] > 0.1  # a model that learned something, not noise

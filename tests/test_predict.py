@@ -10,6 +10,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from detlab.errors import DataError
+
 from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -200,3 +202,27 @@ def test_onnx_backend_uses_run_model_onnx(run, tmp_path, monkeypatch):
     assert seen["path"] == run / "model.onnx"
     results = json.loads((tmp_path / "o" / "detections.json").read_text())
     assert results == [{"image_id": 1, "category_id": 11, "bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.9}]
+
+
+def test_model_classes_missing_from_the_data_are_left_out_and_counted(tmp_path, chess, capsys):
+    """A model trained where a class has boxes (chess train's `bishop`) predicts on a split without it."""
+    from detlab.data.dataset import load_dataset
+    from detlab.predict import Detector, align_to_dataset, write_predictions
+
+    data = str(chess / "valid")
+    ds = load_dataset(data)
+    rec = ds.records.images[0]
+    names = [*ds.class_names, "unicorn"]
+    output = {"boxes": torch.tensor([[5.0, 5, 60, 60], [10, 10, 50, 50]]), "labels": torch.tensor([0, len(names) - 1]),
+              "scores": torch.tensor([0.9, 0.8])}
+    det = Detector(lambda images: [output for _ in images], names, device="cpu")
+    files, ids = align_to_dataset(det, [rec.file], data)
+    assert "model classes unicorn are not in" in capsys.readouterr().err
+    counts = write_predictions(det, files, tmp_path / "pred", score=0.0, progress=False, image_ids=ids)
+    rows = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert counts["left_out"] == 1 and counts["detections"] == 1
+    assert [r["category_id"] for r in rows] == [ds.source_ids[0]]
+    categories = json.loads((tmp_path / "pred" / "images.json").read_text())["categories"]
+    assert "unicorn" not in {c["name"] for c in categories}
+    with pytest.raises(DataError, match="none of the model's classes"):
+        align_to_dataset(Detector(lambda images: [], ["unicorn"], device="cpu"), [rec.file], data)
