@@ -60,7 +60,7 @@ def peer_targets(model: nn.Module, targets: list[dict]) -> list[dict]:
         return model.targets_to_detr(images_cache, targets)
     from detlab.models.contract import loss_targets
 
-    return loss_targets(targets, label_offset=int(model.family in ("faster_rcnn", "ssd")))
+    return loss_targets(targets, model.label_offset)
 
 
 images_cache: list[torch.Tensor] = []

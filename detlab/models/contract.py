@@ -49,6 +49,8 @@ class ValLossesByFlag:
 
     #: names of submodules that also branch on their own ``training`` flag for losses
     loss_flag_modules: tuple[str, ...] = ()
+    #: added to contract labels for torchvision's losses: 1 where class 0 is background
+    label_offset: int = 0
 
     def val_losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The training losses, computed in eval mode (see the module docstring); flags restored after."""

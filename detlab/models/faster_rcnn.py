@@ -50,6 +50,7 @@ class FasterRCNNDetector(ValLossesByFlag, FasterRCNN):
     # torchvision branches on these flags for losses and proposal sampling; the RoI
     # heads sample proposals at random as in training, so two val-loss calls differ slightly.
     loss_flag_modules = ("rpn", "roi_heads")
+    label_offset = 1  # torchvision's Faster R-CNN keeps class 0 for background
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Losses (train mode) or detections (eval mode); see the class docstring.
@@ -61,12 +62,12 @@ class FasterRCNNDetector(ValLossesByFlag, FasterRCNN):
                 flagged, are left out of the loss.
         """
         if targets is not None:
-            targets = loss_targets(targets, label_offset=1)
+            targets = loss_targets(targets, self.label_offset)
         out = super().forward(images, targets)
         if self.training:
             return out  # torchvision's keys already start with "loss_"
         for det in out:
-            det["labels"] = det["labels"] - 1  # [K], background 0 never comes out
+            det["labels"] = det["labels"] - self.label_offset  # [K], background 0 never comes out
         return out
 
 

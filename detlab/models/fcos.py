@@ -57,7 +57,7 @@ class FCOSDetector(ValLossesByFlag, FCOS):
                 flagged, are left out of the loss.
         """
         if targets is not None:
-            targets = loss_targets(targets, label_offset=0)
+            targets = loss_targets(targets, self.label_offset)
         out = super().forward(images, targets)
         if self.training:
             return {f"loss_{k}": v for k, v in out.items()}

@@ -49,7 +49,7 @@ class RetinaNetDetector(ValLossesByFlag, RetinaNet):
                 flagged, are left out of the loss.
         """
         if targets is not None:
-            targets = loss_targets(targets, label_offset=0)
+            targets = loss_targets(targets, self.label_offset)
         out = super().forward(images, targets)
         if self.training:
             return {f"loss_{k}": v for k, v in out.items()}

@@ -54,6 +54,7 @@ class SSDDetector(ValLossesByFlag, SSD):
 
     family = "ssd"
     transform_recipe = "ssd"
+    label_offset = 1  # torchvision's SSD keeps class 0 for background
     # SSDLite's BatchNorm sees 1x1 maps at its last levels: one image gives one
     # value per channel, which BatchNorm cannot normalise in train mode.
     min_train_batch = 1
@@ -73,12 +74,12 @@ class SSDDetector(ValLossesByFlag, SSD):
                 "(its BatchNorm layers see 1x1 maps); set batch_size >= 2"
             )
         if targets is not None:
-            targets = loss_targets(targets, label_offset=1)
+            targets = loss_targets(targets, self.label_offset)
         out = super().forward(images, targets)
         if self.training:
             return {f"loss_{k}": v for k, v in out.items()}
         for det in out:
-            det["labels"] = det["labels"] - 1  # [K], background 0 never comes out
+            det["labels"] = det["labels"] - self.label_offset  # [K], background 0 never comes out
         return out
 
 
