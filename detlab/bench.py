@@ -224,15 +224,18 @@ def _summary(rec: dict, batch: int) -> dict:
 
 def bench_eager(model: nn.Module, images: list[Tensor], iters: int, warmup: int, device: torch.device,
                 amp: bool = False) -> dict:
-    """Time ``model(images)`` (eval, ``inference_mode``; fp16 autocast with ``amp`` on CUDA) and its stages."""
+    """Time ``model(images)`` (eval, ``inference_mode``; with ``amp`` the network in bf16 on CPU,
+    fp16 on CUDA, decoding in float32 — :mod:`detlab.models.precision`) and its stages."""
+    from detlab.models.precision import amp_dtype, autocast_network
+
     model = model.to(device).eval()
     images = [im.to(device) for im in images]
     cuda = device.type == "cuda"
     sync = _sync_fn(device)
+    dtype = amp_dtype("amp", device) if amp else None
 
     def call():
-        autocast = torch.autocast("cuda", dtype=torch.float16) if amp and cuda else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast_network(model, dtype, device.type):
             return model(images)
 
     clock = StageClock(sync)
@@ -291,7 +294,8 @@ def run_bench(model: nn.Module, size: int | tuple[int, int] | None = None, batch
         threads: torch / ONNX Runtime intra-op threads (default: torch's current setting).
         iters, warmup: timed and untimed calls.
         device: ``cpu`` | ``cuda`` (default: CUDA when available).
-        amp: fp16 autocast on CUDA (no effect on CPU).
+        amp: mixed-precision network (bf16 on CPU — needs native bf16 —, fp16 on CUDA);
+            decoding, NMS and boxes stay float32.
         onnx: also export to a temporary file and time ONNX Runtime (CPU).
         images: real ``float [3, H, W]`` images to run instead of noise (cycled to ``batch``).
 
@@ -322,7 +326,8 @@ def run_bench(model: nn.Module, size: int | tuple[int, int] | None = None, batch
         torch.set_num_threads(old_threads)
     return {
         "model": getattr(model, "name", type(model).__name__), "family": getattr(model, "family", "?"),
-        "device": dev.type, "threads": int(threads or old_threads), "amp": bool(amp and dev.type == "cuda"),
+        "device": dev.type, "threads": int(threads or old_threads),
+        "amp": ("fp16" if dev.type == "cuda" else "bf16") if amp else None,
         "size": list(inputs[0].shape[-2:]), "batch": batch, "iters": iters, "warmup": warmup,
         "eager": eager, "onnx": result_onnx,
         "onnx_speedup": eager["latency_ms"]["median"] / result_onnx["latency_ms"]["median"] if onnx else None,
@@ -346,7 +351,7 @@ def load_bench_model(spec: str, num_classes: int = 20, checkpoint: str = "best")
 def format_report(result: dict) -> str:
     """The human-readable table ``detlab bench`` prints."""
     lines = [f"{result['model']} ({result['family']}): batch {result['batch']} × [3, {result['size'][0]}, "
-             f"{result['size'][1]}], {result['device']}{' +amp' if result['amp'] else ''}, {result['threads']} threads, "
+             f"{result['size'][1]}], {result['device']}{' +amp ' + result['amp'] if result['amp'] else ''}, {result['threads']} threads, "
              f"{result['iters']} timed calls after {result['warmup']} warm-up",
              f"{'backend':<8} {'ms/img':>8} {'p10–p90 ms/call':>17} {'img/s':>7} {'peak MiB':>9} {'dets/img':>8}"]
     for name in ("eager", "onnx"):

@@ -129,6 +129,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--no-analysis", action="store_true", help="skip PR curves, confusion matrix and error breakdown")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available), with RUN")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass, with RUN")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "amp"],
+                   help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32; with RUN")
     _add_data_args(p)
 
 
@@ -146,6 +148,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--score", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "amp"],
+                   help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--data", default=None, help="dataset (DATA or DATA:split) whose image and category ids the "
                    "results use, so `detlab eval --gt DATA --dets OUT/detections.json` scores them")
@@ -193,7 +197,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision network: bf16 on CPU (needs native bf16), fp16 on CUDA; boxes stay float32")
     p.add_argument("--onnx", action="store_true", help="also export and time ONNX Runtime")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument("--num-classes", type=int, default=20, help="classes of a catalogue model (random init)")

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from detlab.data.records import Problem
-from detlab.errors import DataError
+from detlab.errors import ConfigError, DataError
+from detlab.models.precision import amp_dtype, autocast_network
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -143,14 +144,20 @@ class Detector:
         config: the run's resolved config (plain dict).
         model_name: catalogue name.
         device: where images are sent before the model runs.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` / ``amp`` for a mixed-precision
+            network with float32 decoding (:mod:`detlab.models.precision`).
         skipped: problems for images that could not be read by the last
             :meth:`predict` call (counted, reported, never silently dropped).
     """
 
     def __init__(self, model: Any, class_names: Sequence[str], source_ids: Sequence | None = None,
                  config: dict | None = None, model_name: str = "", device: str | torch.device | None = None,
-                 source_format: str | None = None):
+                 source_format: str | None = None, precision: str = "fp32"):
         self.device = _pick_device(device)
+        self.precision = precision
+        self.amp_dtype = amp_dtype(precision, self.device)
+        if self.amp_dtype is not None and not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"precision {precision}: only the torch backend runs mixed precision — use fp32")
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         self.model = model
@@ -163,7 +170,7 @@ class Detector:
 
     @classmethod
     def from_run(cls, run_or_checkpoint: str | Path, checkpoint: str = "best",
-                 device: str | torch.device | None = None) -> Detector:
+                 device: str | torch.device | None = None, precision: str = "fp32") -> Detector:
         """Rebuild the model of a run (or of one checkpoint file) through the catalogue.
 
         Args:
@@ -171,6 +178,7 @@ class Detector:
             checkpoint: ``best`` (falls back to ``last`` with a note when the run
                 has no best yet), ``last``, or a path.
             device: ``cpu``, ``cuda``, … (default: CUDA when available).
+            precision: see the class attributes.
 
         Returns:
             A :class:`Detector` in eval mode on ``device``.
@@ -185,7 +193,7 @@ class Detector:
         model.load_state_dict(ckpt["model"])
         names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
         return cls(model, names, ckpt.get("source_ids"), ckpt.get("config"), ckpt["model_name"], device,
-                   ckpt.get("source_format"))
+                   ckpt.get("source_format"), precision)
 
     @torch.no_grad()
     def detect(self, images: Sequence[torch.Tensor], score: float = 0.5) -> list[dict[str, np.ndarray]]:
@@ -196,7 +204,8 @@ class Detector:
             "scores": float32 [K], "labels": int64 [K]}`` with ``scores >= score``,
             highest score first.
         """
-        outputs = self.model([im.to(self.device) for im in images])
+        with autocast_network(self.model, self.amp_dtype, self.device.type):
+            outputs = self.model([im.to(self.device) for im in images])
         dets = []
         for out in outputs:
             boxes = torch.as_tensor(out["boxes"]).detach().float().cpu().reshape(-1, 4)  # [K, 4]
@@ -437,10 +446,13 @@ def predict_command(args) -> int:
     if not args.sources and not data:
         raise DataError("predict: nothing to predict on — give image files, folders or globs, or --data DATA")
     files = expand_sources(args.sources) if args.sources else []
+    precision = getattr(args, "precision", "fp32")
     if args.backend == "onnx":
+        if precision != "fp32":
+            raise ConfigError(f"--precision {precision}: only --backend torch runs mixed precision — use fp32")
         detector = onnx_detector(args.run, args.checkpoint)
     else:
-        detector = Detector.from_run(args.run, checkpoint=args.checkpoint)
+        detector = Detector.from_run(args.run, checkpoint=args.checkpoint, precision=precision)
     image_ids = None
     if data:
         files, image_ids = align_to_dataset(detector, files, data)

@@ -159,18 +159,21 @@ def test_run_mode_uses_detector_and_run_config(tmp_path, monkeypatch, capsys):
         class_names = ["cat", "dog", "bird"]
         config = {"val": "somewhere:val"}
         device = torch.device("cpu")
+        precision = "fp32"
 
         def __init__(self):
             self.model = Oracle(ds)
 
     seen = {}
-    monkeypatch.setattr(predict_module.Detector, "from_run", classmethod(lambda cls, run, checkpoint, device: FakeDetector()))
+    monkeypatch.setattr(predict_module.Detector, "from_run",
+                        classmethod(lambda cls, run, checkpoint, device, precision: FakeDetector()))
     monkeypatch.setattr(dataset_module, "load_dataset", lambda spec, **kw: seen.update(spec=spec, **kw) or ds)
     run = tmp_path / "run"
     assert main(["eval", str(run), "--protocol", "voc12", "--no-analysis"]) == 0
     assert seen["spec"] == "somewhere:val" and seen["classes"] == ["cat", "dog", "bird"]
     meta = json.loads((run / "eval" / "metrics.json").read_text())
     assert meta["checkpoint"] == f"{run} (best)" and meta["results"]["voc12"]["mAP"] == pytest.approx(1.0)
+    assert meta["precision"] == "fp32"
 
 
 def test_training_curves_from_metrics_jsonl(tmp_path, capsys):

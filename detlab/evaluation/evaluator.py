@@ -280,7 +280,7 @@ def _to_original_frame(det: Mapping, image: torch.Tensor, target: Mapping) -> di
 
 def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = PROTOCOLS, batch_size: int = 4,
              device: str | torch.device = "cpu", with_loss: bool = False, progress: bool = True,
-             num_workers: int = 0, **opts) -> dict:
+             num_workers: int = 0, precision: str = "fp32", **opts) -> dict:
     """Run ``model`` over ``dataset`` and evaluate.
 
     Args:
@@ -294,13 +294,15 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
         with_loss: also average ``model.val_losses`` over the images → ``result["val_loss"]``.
         progress: show a tqdm bar.
         num_workers: DataLoader workers.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` / ``amp`` for a mixed-precision network with
+            float32 decoding (:mod:`detlab.models.precision`); validation losses stay float32.
         **opts: ``iou``, ``max_dets``, ``area_ranges`` (see :class:`DetectionEvaluator`).
 
     Returns:
         The result dict described in the module docstring.
     """
     ev = DetectionEvaluator(dataset.records, protocols, **opts)
-    losses = _predict(model, dataset, ev, batch_size, device, with_loss, progress, num_workers)
+    losses = _predict(model, dataset, ev, batch_size, device, with_loss, progress, num_workers, precision)
     result = ev.evaluate()
     for p in ev.problems:
         print(p.line(), file=sys.stderr)
@@ -310,7 +312,7 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
 
 
 def _predict(model: torch.nn.Module, dataset, ev: DetectionEvaluator, batch_size: int, device, with_loss: bool,
-             progress: bool, num_workers: int = 0) -> dict[str, float]:
+             progress: bool, num_workers: int = 0, precision: str = "fp32") -> dict[str, float]:
     """Feed every image of ``dataset`` to ``model`` (eval mode, inference mode) into ``ev``.
 
     Returns:
@@ -320,18 +322,21 @@ def _predict(model: torch.nn.Module, dataset, ev: DetectionEvaluator, batch_size
     from tqdm import tqdm
 
     from detlab.data.dataset import collate
+    from detlab.models.precision import amp_dtype, autocast_network
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate)
     was_training = model.training
     model.eval()
     device = torch.device(device)
+    dtype = amp_dtype(precision, device)
     sums: dict[str, float] = {}
     seen = 0
     with torch.inference_mode():
         for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, dynamic_ncols=True):
             images = [im.to(device) for im in images]
-            outputs = model(images)
+            with autocast_network(model, dtype, device.type):
+                outputs = model(images)
             ev.process([int(t["image_id"]) for t in targets],
                        [_to_original_frame(o, im, t) for o, im, t in zip(outputs, images, targets)])
             if with_loss:
@@ -426,7 +431,8 @@ def _run_model_eval(args, protocols, opts):
     from detlab.errors import DataError
     from detlab.predict import Detector
 
-    det = Detector.from_run(args.run, checkpoint=args.checkpoint, device=args.device)
+    det = Detector.from_run(args.run, checkpoint=args.checkpoint, device=args.device,
+                            precision=getattr(args, "precision", "fp32"))
     spec = args.data or det.config.get("val")
     if not spec:
         raise ConfigError(f"{args.run}: the run's config names no validation data — pass --data DATA")
@@ -435,12 +441,14 @@ def _run_model_eval(args, protocols, opts):
         raise DataError(f"{spec}: classes {dataset.class_names} differ from the model's {det.class_names} "
                         "— evaluate on data with the run's classes")
     ev = DetectionEvaluator(dataset.records, protocols, **opts)
-    losses = _predict(det.model, dataset, ev, args.batch, det.device, with_loss=False, progress=True)
+    losses = _predict(det.model, dataset, ev, args.batch, det.device, with_loss=False, progress=True,
+                      precision=det.precision)
     dets = ev.arrays()
     result = evaluate_arrays(dataset.records, dets, ev.protocols, ev.gt, **{**opts, "max_dets": ev.max_dets})
     if losses:
         result["val_loss"] = losses
-    stamp = {"checkpoint": f"{args.run} ({args.checkpoint})", "model": det.model_name, "detections": None}
+    stamp = {"checkpoint": f"{args.run} ({args.checkpoint})", "model": det.model_name, "detections": None,
+             "precision": det.precision}
     return dataset.records, dets, ev.problems, result, stamp
 
 

@@ -37,6 +37,7 @@ from torchvision.ops import FrozenBatchNorm2d, box_convert
 from detlab.errors import ConfigError, WeightsError
 from detlab.models.backbones import efficientnet_lite0_features, resnet_imagenet_state_dict
 from detlab.models.detr_matcher import HungarianMatcher, SetCriterion
+from detlab.models.detr_query_selection import QuerySelection, inverse_sigmoid
 from detlab.models.weights import filename_from_url, load_with_head_surgery, parse_weights_spec, read_weights_file, resolve_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,6 +104,9 @@ class DetrKnobs:
     loss_bbox: float = 5.0  # loss weight of L1
     loss_giou: float = 2.0  # loss weight of 1-GIoU
     reset_class_head: bool | None = None  # re-initialise class_embed on load; None: when class counts differ
+    # decoder queries from the top encoder tokens, boxes refined from theirs (detr_query_selection.py);
+    # adds query_selection.* weights and *_enc losses — off in the published architecture
+    query_selection: bool = False
 
 
 # --- backbone and positional encoding ----------------------------------------------
@@ -283,13 +287,18 @@ class Transformer(nn.Module):
 
     def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor) -> Tensor:
         """``src``/``pos`` ``[B, D, h, w]``, ``mask`` ``[B, h, w]``, ``query_embed`` ``[Q, D]`` → ``[L, B, Q, D]``."""
-        bs = src.shape[0]
-        src = src.flatten(2).permute(2, 0, 1)  # [h*w, B, D]
-        pos = pos.flatten(2).permute(2, 0, 1)  # [h*w, B, D]
-        query_pos = query_embed.unsqueeze(1).repeat(1, bs, 1)  # [Q, B, D]
-        mask = mask.flatten(1)  # [B, h*w]
-        memory = self.encoder(src, mask, pos)
-        hs = self.decoder(torch.zeros_like(query_pos), memory, mask, pos, query_pos)  # [L, Q, B, D]
+        memory = self.encode(src, mask, pos)
+        query_pos = query_embed.unsqueeze(1).repeat(1, src.shape[0], 1)  # [Q, B, D]
+        return self.decode(memory, mask, pos, torch.zeros_like(query_pos), query_pos)
+
+    def encode(self, src: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+        """Encoder memory ``[h*w, B, D]`` of ``src``/``pos`` ``[B, D, h, w]`` with ``mask`` ``[B, h, w]``."""
+        return self.encoder(src.flatten(2).permute(2, 0, 1), mask.flatten(1), pos.flatten(2).permute(2, 0, 1))
+
+    def decode(self, memory: Tensor, mask: Tensor, pos: Tensor, tgt: Tensor, query_pos: Tensor) -> Tensor:
+        """Decoder over content queries ``tgt`` and positional queries ``query_pos`` ``[Q, B, D]``
+        → every layer's output ``[L, B, Q, D]``."""
+        hs = self.decoder(tgt, memory, mask.flatten(1), pos.flatten(2).permute(2, 0, 1), query_pos)  # [L, Q, B, D]
         return hs.transpose(1, 2)
 
 
@@ -323,6 +332,8 @@ class DETR(nn.Module):
     family = "detr"
     transform_recipe = "detr"
     backbone_prefixes = ("backbone.",)
+    # what autocast covers in mixed-precision inference (detlab.models.precision); decoding stays float32
+    network_modules = ("backbone", "input_proj", "transformer", "class_embed", "bbox_embed")
 
     def __init__(self, name: str, num_classes: int, backbone: Backbone, knobs: DetrKnobs):
         super().__init__()
@@ -335,8 +346,11 @@ class DETR(nn.Module):
         self.transformer = Transformer(knobs)
         self.class_embed = nn.Linear(d, num_classes + 1)
         self.bbox_embed = MLP(d, d, 4, 3)
-        self.query_embed = nn.Embedding(knobs.num_queries, d)
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
+        # Learned queries, or (query_selection) queries taken from the encoder's tokens; never both,
+        # so that every parameter gets a gradient (DDP requires it).
+        self.query_embed = None if knobs.query_selection else nn.Embedding(knobs.num_queries, d)
+        self.query_selection = QuerySelection(d, num_classes, knobs.num_queries) if knobs.query_selection else None
         matcher = HungarianMatcher(knobs.cost_class, knobs.cost_bbox, knobs.cost_giou)
         self.criterion = SetCriterion(
             num_classes, matcher, knobs.eos_coef, knobs.loss_ce, knobs.loss_bbox, knobs.loss_giou
@@ -402,10 +416,18 @@ class DETR(nn.Module):
 
     def decode(self, feature: Tensor, mask: Tensor, pos: Tensor) -> dict:
         """Transformer and heads on :meth:`encode`'s outputs; returns what :meth:`forward_raw` does."""
-        hs = self.transformer(self.input_proj(feature), mask, self.query_embed.weight, pos)  # [L, B, Q, D]
+        src = self.input_proj(feature)  # [B, D, h, w]
+        out = {}
+        if self.query_selection is None:
+            hs = self.transformer(src, mask, self.query_embed.weight, pos)  # [L, B, Q, D]
+            boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
+        else:
+            memory = self.transformer.encode(src, mask, pos)  # [h*w, B, D]
+            out["enc_outputs"], content, query_pos, ref = self.query_selection(memory, mask)
+            hs = self.transformer.decode(memory, mask, pos, content, query_pos)  # [L, B, Q, D]
+            boxes = (self.bbox_embed(hs) + inverse_sigmoid(ref)).sigmoid()  # [L, B, Q, 4] refined references
         logits = self.class_embed(hs)  # [L, B, Q, C+1]
-        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
-        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        out.update(pred_logits=logits[-1], pred_boxes=boxes[-1])
         if self.knobs.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         return out
@@ -583,7 +605,7 @@ def load_detr_state_dict(
                 f"weights: {source}: class_embed re-initialised: dropped the checkpoint's {ckpt_w.shape[0] - 1} "
                 f"class rows, {model.num_classes} new ones, no-object row kept"
             )
-    queries = state.get("query_embed.weight")
+    queries = state.get("query_embed.weight") if model.query_embed is not None else None
     if queries is not None and queries.dim() == 2 and queries.shape[0] != model.knobs.num_queries:
         _fit_in_place(state, own, ("query_embed.weight",))
         kept = min(queries.shape[0], model.knobs.num_queries)

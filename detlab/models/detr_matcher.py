@@ -180,7 +180,8 @@ class SetCriterion(nn.Module):
         Args:
             outputs: ``pred_logits`` ``[B, Q, C+1]``, ``pred_boxes`` ``[B, Q, 4]``
                 cxcywh normalised, and optionally ``aux_outputs``: a list of dicts of
-                the same two keys, one per earlier decoder layer.
+                the same two keys, one per earlier decoder layer, and ``enc_outputs``
+                (per-token predictions of query selection; losses ``*_enc``).
             targets: per image, ``labels`` int64 ``[N]`` and ``boxes`` ``[N, 4]``
                 cxcywh normalised; ``N`` may be 0.
 
@@ -194,9 +195,12 @@ class SetCriterion(nn.Module):
         losses = self.loss_labels(outputs, targets, indices)
         losses.update(self.loss_cardinality(outputs, targets))
         losses.update(self.loss_boxes(outputs, targets, indices, num_boxes))
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+        extra = list(enumerate(outputs.get("aux_outputs", [])))
+        if "enc_outputs" in outputs:
+            extra.append(("enc", outputs["enc_outputs"]))
+        for suffix, aux in extra:
             aux_indices = self.matcher(aux, targets)
             aux_losses = {"loss_ce": self.loss_labels(aux, targets, aux_indices)["loss_ce"]}
             aux_losses.update(self.loss_boxes(aux, targets, aux_indices, num_boxes))
-            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+            losses.update({f"{k}_{suffix}": v for k, v in aux_losses.items()})
         return losses

@@ -51,6 +51,8 @@ class FasterRCNNDetector(ValLossesByFlag, FasterRCNN):
     # heads sample proposals at random as in training, so two val-loss calls differ slightly.
     loss_flag_modules = ("rpn", "roi_heads")
     label_offset = 1  # torchvision's Faster R-CNN keeps class 0 for background
+    # what autocast covers in mixed-precision inference (detlab.models.precision); decoding stays float32
+    network_modules = ("backbone", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Losses (train mode) or detections (eval mode); see the class docstring.

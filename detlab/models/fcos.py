@@ -46,6 +46,8 @@ class FCOSDetector(ValLossesByFlag, FCOS):
     family = "fcos"
     transform_recipe = "fcos"
     backbone_prefixes = ("backbone.body.",)
+    # what autocast covers in mixed-precision inference (detlab.models.precision); decoding stays float32
+    network_modules = ("backbone", "head")
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """Losses (train mode) or detections (eval mode); see the class docstring.

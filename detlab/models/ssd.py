@@ -55,6 +55,8 @@ class SSDDetector(ValLossesByFlag, SSD):
     family = "ssd"
     transform_recipe = "ssd"
     label_offset = 1  # torchvision's SSD keeps class 0 for background
+    # what autocast covers in mixed-precision inference (detlab.models.precision); decoding stays float32
+    network_modules = ("backbone", "head")
     # SSDLite's BatchNorm sees 1x1 maps at its last levels: one image gives one
     # value per channel, which BatchNorm cannot normalise in train mode.
     min_train_batch = 1

@@ -1,0 +1,90 @@
+"""Mixed-precision inference that keeps boxes in float32.
+
+``torch.autocast`` around a whole detector call also runs the decode in half
+precision: the head's bf16 outputs turn into bf16 boxes, which step by 2 px
+between 256 and 512 px and by 4 px above (fp16: 0.25 px and 0.5 px). So
+:func:`autocast_network` autocasts only the modules that do the network's math —
+each family names them in ``network_modules`` — and casts what they return back
+to float32; resizing, anchor/box decoding, top-k, NMS and the mapping back to
+image pixels run in float32 as in a float32 call.
+
+On CPUs with native bf16 (AVX512-BF16 / AMX), bf16 convolutions and matmuls run
+through oneDNN; that is detlab's fastest eager CPU path for the convolutional
+families (figures: ``benchmarks/bench_models.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from detlab.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (``fp32`` | ``bf16`` | ``fp16`` | ``amp``) on ``device``.
+
+    ``amp`` picks bf16 on CPU and fp16 on CUDA. ``fp32`` gives ``None`` (no autocast).
+    Raises :class:`ConfigError` for fp16 on CPU (no fast kernels) and for bf16 on a CPU
+    without native bf16 (it would run several times slower than float32).
+    """
+    if precision == "amp":
+        precision = "fp16" if device.type == "cuda" else "bf16"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)} or amp")
+    if precision == "fp32":
+        return None
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ConfigError("precision fp16 on CPU: PyTorch has no fast fp16 CPU kernels — use bf16 or fp32")
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise ConfigError("precision bf16 on CPU: this CPU has no native bf16 (AVX512-BF16 / AMX), "
+                              "so it would be slower than float32 — use fp32")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _to_float32(tree):
+    return tree_map(lambda t: t.float() if isinstance(t, Tensor) and t.is_floating_point() else t, tree)
+
+
+def _autocast_forward(forward, device_type: str, dtype: torch.dtype):
+    def run(*args, **kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            out = forward(*args, **kwargs)
+        return _to_float32(out)
+
+    return run
+
+
+@contextlib.contextmanager
+def autocast_network(model: nn.Module, dtype: torch.dtype | None, device_type: str = "cpu") -> Iterator[None]:
+    """Inside the block, ``model``'s ``network_modules`` run under autocast and return float32.
+
+    Args:
+        model: a catalogue detector (it lists its network submodules, dotted names, in
+            ``network_modules``); a model without the list is autocast whole.
+        dtype: ``torch.bfloat16`` / ``torch.float16``; ``None`` leaves the model as it is.
+        device_type: ``cpu`` or ``cuda``.
+    """
+    if dtype is None:
+        yield
+        return
+    names = getattr(model, "network_modules", None)
+    if not names:
+        with torch.autocast(device_type, dtype=dtype):
+            yield
+        return
+    modules = [model.get_submodule(name) for name in names]
+    for m in modules:
+        m.forward = _autocast_forward(m.forward, device_type, dtype)  # instance attribute shadows the method
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
