@@ -5,7 +5,8 @@ measurement behind ``detlab.models.detr.DETR_SMALL_DATA_RECIPE``: it trains the
 recipe (or a variant given on the command line) on CPU and prints the COCO
 metrics (faster-coco-eval, pycocotools-identical) of the validation split.
 
-    .venv/bin/python benchmarks/detr_small_data.py --threads 1 --cache /tmp/bccd256.pt
+    .venv/bin/python benchmarks/detr_small_data.py --threads 1 --eval-every 10 --cache /tmp/bccd384.pt
+    .venv/bin/python benchmarks/detr_small_data.py --threads 1 --cache /tmp/bccd384.pt --knob query_selection=false
     .venv/bin/python benchmarks/detr_small_data.py --epochs 24 --lr-drop 8 --knob dropout=0.1
 
 It reads the data with detlab's VOC reader and keeps the training loop minimal

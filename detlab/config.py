@@ -294,6 +294,10 @@ def validate(cfg: TrainConfig) -> None:
         cfg.protocols = [p.strip() for p in cfg.protocols.split(",") if p.strip()]
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"config key 'ema_decay': {cfg.ema_decay!r} must be in [0, 1)")
+    if cfg.weights == "none" and cfg.model_kwargs.get("train_backbone") is False:
+        raise ConfigError("config: weights=none with model_kwargs.train_backbone=false (DETR's small-data recipe) "
+                          "would train on a frozen random backbone — use --weights imagenet (offline for "
+                          "detr_effl0) or --set model_kwargs.train_backbone=true")
     _validate_metric(cfg.metric)
 
 

@@ -74,7 +74,7 @@ def test_family_recipes_and_lr_scaling():
     fcos = resolve({"model": "fcos_r18_fpn", "batch_size": 4, "accumulate": 2})
     assert effective_lr(fcos) == pytest.approx(0.01 * 8 / 16) and fcos.clip_grad_norm > 0
     assert resolve({"model": "fcos_r18_fpn", "lr": 0.003}).lr == 0.003
-    detr = resolve({"model": "detr_r18"})
+    detr = resolve({"model": "detr_effl0", "weights": "imagenet"})
     assert (detr.optimizer, detr.backbone_lr_mult, detr.clip_grad_norm) == ("adamw", 0.1, 0.1)
     assert effective_lr(detr, world_size=8) == pytest.approx(detr.base_lr)  # AdamW lr is not scaled
     try:
@@ -84,7 +84,11 @@ def test_family_recipes_and_lr_scaling():
     else:  # the DETR module's published recipe is the default
         assert detr.base_lr == DETR_SMALL_DATA_RECIPE["lr"] and detr.epochs == DETR_SMALL_DATA_RECIPE["epochs"]
         assert detr.model_kwargs == DETR_SMALL_DATA_RECIPE["model_knobs"]
-    assert detr.model == "detr_r18"  # a published recipe never overrides the user's model choice
+    assert resolve({"model": "detr_r18", "weights": "imagenet"}).model == "detr_r18"  # never the recipe's model
+    # the recipe freezes the backbone because it is pretrained: a random frozen one is refused
+    with pytest.raises(ConfigError, match="train_backbone=false.*--weights imagenet"):
+        resolve({"model": "detr_effl0"})
+    assert resolve({"model": "detr_effl0", "model_kwargs.train_backbone": True}).weights == "none"
     ssd = resolve({"model": "ssdlite_effl0"})
     assert ssd.schedule == "cosine" and ssd.weight_decay == 4e-5
 

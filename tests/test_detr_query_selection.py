@@ -7,7 +7,7 @@ import torch
 from detlab.models.detr import build_detr
 from detlab.models.detr_query_selection import QuerySelection, inverse_sigmoid, sine_box_embedding, token_anchors
 
-from test_detr import TINY, _target
+from test_detr import TINY, _target, train_30_steps_on_one_image
 
 
 def test_token_anchors_hand_computed_with_padding():
@@ -33,9 +33,9 @@ def test_selection_takes_the_top_scoring_valid_tokens_without_gradient():
     mask = torch.zeros(2, 3, 4, dtype=torch.bool)
     mask[1, 2:, :] = True  # image 1: last row padded
     memory = torch.randn(12, 2, 16, requires_grad=True)  # [T, B, D]
-    enc, content, query_pos, ref = select(memory, mask)
+    enc, content, ref = select(memory, mask)
     assert enc["pred_logits"].shape == (2, 12, 4) and enc["pred_boxes"].shape == (2, 12, 4)
-    assert content.shape == query_pos.shape == (5, 2, 16) and ref.shape == (2, 5, 4)
+    assert content.shape == (5, 2, 16) and ref.shape == (2, 5, 4)
     objectness = enc["pred_logits"].softmax(-1)[..., :-1].amax(-1)  # [B, T]
     objectness[1, 8:] = -1  # padding never competes
     top = objectness.topk(5, dim=1).indices
@@ -43,7 +43,7 @@ def test_selection_takes_the_top_scoring_valid_tokens_without_gradient():
         torch.testing.assert_close(ref[b], enc["pred_boxes"][b, top[b]].detach())
     assert (top[1] < 8).all()
     assert not ref.requires_grad and not content.requires_grad  # the selection passes no gradient back
-    assert enc["pred_boxes"].requires_grad and query_pos.requires_grad
+    assert enc["pred_boxes"].requires_grad and select.query_pos(ref).shape == (2, 5, 16)
 
 
 def test_untrained_token_boxes_are_the_anchors():
@@ -89,21 +89,7 @@ def test_loss_halves_in_30_steps_with_query_selection():
     model = build_detr("detr_r18", num_classes=2, min_size=128, max_size=128, num_queries=10, enc_layers=1,
                        dec_layers=2, dim_feedforward=256, hidden_dim=64, nheads=4, dropout=0.0, train_backbone=False,
                        query_selection=True)
-    image = torch.rand(3, 128, 128)
-    image[:, 20:70, 30:90] = torch.tensor([1.0, 0.2, 0.2])[:, None, None]
-    target = _target([[30, 20, 90, 70], [80, 90, 120, 120]], [0, 1])
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-4)
-    model.train()
-    history = []
-    for _ in range(30):
-        losses = model([image], [target])
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.1)
-        optimizer.step()
-        history.append(loss.item())
+    history, image = train_30_steps_on_one_image(model)
     assert history[-1] < 0.5 * history[0], history
     model.eval()
     with torch.no_grad():
@@ -118,3 +104,20 @@ def test_more_queries_than_tokens_selects_every_token():
     with torch.no_grad():
         det = model([torch.rand(3, 96, 96)])[0]  # 96 px at stride 32: 9 tokens
     assert det["boxes"].shape == (9, 4)
+
+
+def test_each_decoder_layer_refines_the_previous_layers_boxes():
+    torch.manual_seed(0)
+    model = build_detr("detr_r18", num_classes=2, query_selection=True, **TINY).eval()
+    seen = []  # the positional query each decoder layer receives
+    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[4].clone()))
+             for layer in model.transformer.decoder.layers]
+    with torch.no_grad():
+        raw = model.forward_raw([torch.rand(3, 96, 128)])
+    for h in hooks:
+        h.remove()
+    layer_boxes = [a["pred_boxes"] for a in raw["aux_outputs"]] + [raw["pred_boxes"]]  # [B, Q, 4] per layer
+    # layer i+1 is positioned by layer i's boxes
+    for i in range(1, len(model.transformer.decoder.layers)):
+        expected = model.query_selection.query_pos(layer_boxes[i - 1]).transpose(0, 1)
+        torch.testing.assert_close(seen[i], expected)

@@ -71,7 +71,16 @@ def bccd_images(bccd) -> list[torch.Tensor]:
     return [pil_to_tensor(Image.open(f).convert("RGB")).float() / 255 for f in files]  # [3, 480, 640]
 
 
-@pytest.mark.parametrize("build", [tiny_fcos, tiny_faster_rcnn, tiny_detr], ids=["fcos", "faster_rcnn", "detr"])
+def tiny_detr_query_selection() -> nn.Module:
+    from detlab.models.detr import build_detr
+
+    torch.manual_seed(0)
+    return build_detr("detr_r18", 3, min_size=96, max_size=128, enc_layers=1, dec_layers=2, num_queries=10,
+                      hidden_dim=32, dim_feedforward=64, nheads=2, query_selection=True).eval()
+
+
+@pytest.mark.parametrize("build", [tiny_fcos, tiny_faster_rcnn, tiny_detr, tiny_detr_query_selection],
+                         ids=["fcos", "faster_rcnn", "detr", "detr_query_selection"])
 def test_onnx_matches_eager_on_real_images(build, bccd_images, tmp_path):
     model = build()
     path = export_onnx(model, tmp_path / "m.onnx", size=(480, 640))

@@ -38,11 +38,12 @@ def test_amp_dtype_choices_and_errors():
 
 
 @needs_bf16
-@pytest.mark.parametrize("name", ["fcos_r18_fpn", "faster_rcnn_effl0_fpn", "ssdlite_effl0", "detr_r18"])
-def test_network_runs_bf16_and_decoding_stays_float32(name):
+@pytest.mark.parametrize("name,knobs", [("fcos_r18_fpn", {}), ("faster_rcnn_effl0_fpn", {}), ("ssdlite_effl0", {}),
+                                         ("detr_r18", {}), ("detr_r18", {"query_selection": True})])
+def test_network_runs_bf16_and_decoding_stays_float32(name, knobs):
     torch.manual_seed(0)
     size = {"size": 128} if name.startswith("ssd") else {"min_size": 96, "max_size": 128}
-    model = build_model(name, 3, weights="none", **size).eval()
+    model = build_model(name, 3, weights="none", **size, **knobs).eval()
     image = _image()
     network = [model.get_submodule(n) for n in model.network_modules]
     seen = []  # dtypes of the conv / linear outputs inside the network (a listed module itself returns float32)

@@ -5,8 +5,8 @@ On small data, DETR's learned queries collapse to image-independent prior boxes
 Deformable DETR / DINO avoids that: every encoder token predicts a class and a
 box relative to its own grid cell (an extra set-prediction loss, ``*_enc``), the
 ``Q`` tokens with the highest object score become the decoder's queries — their
-content and a positional query made from their box — and the decoder predicts
-boxes as refinements of those reference boxes. The queries are image-dependent
+content and a positional query made from their box — and each decoder layer
+refines the previous layer's boxes. The queries are image-dependent
 from the first iteration, and the dense token loss gives the encoder a direct,
 per-location signal.
 
@@ -86,7 +86,36 @@ class QuerySelection(nn.Module):
         """Positional query ``[B, Q, D]`` of reference boxes ``[B, Q, 4]`` cxcywh in 0..1."""
         return self.pos_head(sine_box_embedding(ref, self.memory_proj.in_features // 2))
 
-    def forward(self, memory: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    def refine(self, decoder: nn.Module, bbox_embed: nn.Module, memory: Tensor, mask: Tensor, pos: Tensor,
+               content: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+        """Run ``decoder``'s layers one by one, each refining the previous layer's boxes.
+
+        Each layer's positional query is made from the current reference boxes, and its
+        boxes are ``sigmoid(bbox_embed(output) + logit(reference))``; the next layer's
+        reference is that box without gradient (Deformable DETR's box refinement, one
+        box head shared by all layers as DETR's is).
+
+        Args:
+            decoder: DETR's ``TransformerDecoder`` (its ``layers`` and final ``norm``).
+            bbox_embed: DETR's box MLP.
+            memory: encoder output ``[T, B, D]``; ``mask`` ``[B, h, w]``; ``pos`` ``[B, D, h, w]``.
+            content: content queries ``[Q, B, D]``; ``ref``: reference boxes ``[B, Q, 4]``.
+
+        Returns:
+            Every layer's normed output ``[L, B, Q, D]`` and boxes ``[L, B, Q, 4]`` cxcywh in 0..1.
+        """
+        memory_mask, pos = mask.flatten(1), pos.flatten(2).permute(2, 0, 1)  # [B, T], [T, B, D]
+        tgt, outputs, boxes = content, [], []
+        for layer in decoder.layers:
+            tgt = layer(tgt, memory, memory_mask, pos, self.query_pos(ref).transpose(0, 1))  # [Q, B, D]
+            h = decoder.norm(tgt).transpose(0, 1)  # [B, Q, D]
+            box = (bbox_embed(h) + inverse_sigmoid(ref)).sigmoid()  # [B, Q, 4]
+            outputs.append(h)
+            boxes.append(box)
+            ref = box.detach()
+        return torch.stack(outputs), torch.stack(boxes)
+
+    def forward(self, memory: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Token predictions and the selected queries.
 
         Args:
@@ -96,8 +125,8 @@ class QuerySelection(nn.Module):
         Returns:
             ``enc_outputs`` (``pred_logits`` ``[B, T, C+1]``, ``pred_boxes`` ``[B, T, 4]``
             cxcywh normalised, for the ``*_enc`` losses), the decoder's content queries
-            ``[Q, B, D]`` and positional queries ``[Q, B, D]``, and the reference boxes
-            ``[B, Q, 4]`` (no gradient flows back through the selection).
+            ``[Q, B, D]`` and their reference boxes ``[B, Q, 4]`` (no gradient flows back
+            through the selection).
         """
         pad = mask.flatten(1)  # [B, T]
         tokens = self.memory_norm(self.memory_proj(memory.transpose(0, 1)))  # [B, T, D]
@@ -111,6 +140,5 @@ class QuerySelection(nn.Module):
             top = objectness.topk(k, dim=1).indices  # [B, Q]
         ref = boxes.detach().gather(1, top[..., None].expand(-1, -1, 4))  # [B, Q, 4]
         content = tokens.detach().gather(1, top[..., None].expand(-1, -1, tokens.shape[-1]))  # [B, Q, D]
-        query_pos = self.query_pos(ref)  # [B, Q, D]
         enc_outputs = {"pred_logits": logits, "pred_boxes": boxes}
-        return enc_outputs, content.transpose(0, 1), query_pos.transpose(0, 1), ref
+        return enc_outputs, content.transpose(0, 1), ref
