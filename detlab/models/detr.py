@@ -5,7 +5,9 @@ module names so the official checkpoints (``detr-r50-e632da11.pth``) load
 unchanged: a CNN backbone with frozen BatchNorm, sine positional encoding, a
 post-norm encoder/decoder transformer, learned object queries, a class head
 with a trailing no-object slot and a 3-layer box MLP. Losses live in
-``detr_matcher.py``.
+``detr_matcher.py``, checkpoint loading in ``detr_weights.py``, and the
+optional query selection (off in the published architecture; on in the
+small-data recipe) in ``detr_query_selection.py``.
 
 Stages, visible in :meth:`DETR.forward`: ``forward_raw`` = ``encode`` (normalise,
 resize, pad with a mask, backbone) then ``decode`` (transformer, heads) →
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +35,12 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d, box_convert
 
-from detlab.errors import ConfigError, WeightsError
+from detlab.errors import ConfigError
 from detlab.models.backbones import efficientnet_lite0_features, resnet_imagenet_state_dict
 from detlab.models.detr_matcher import HungarianMatcher, SetCriterion
 from detlab.models.detr_query_selection import QuerySelection
-from detlab.models.weights import filename_from_url, load_with_head_surgery, parse_weights_spec, read_weights_file, resolve_weights_file
+from detlab.models.detr_weights import load_detr_weights
+from detlab.models.weights import parse_weights_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -549,93 +551,3 @@ def build_detr(name: str, num_classes: int, weights: str = "none", **knobs) -> D
     if weights not in ("none", "imagenet"):
         load_detr_weights(model, weights, reset_class_head=k.reset_class_head)
     return model
-
-
-
-# --- weights -------------------------------------------------------------------------
-
-#: Official DETR checkpoints (``{"model": state_dict}``, 91 COCO classes, 100 queries).
-DETR_COCO_URLS = {"detr_r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"}
-
-
-def _adapt_head(key: str, src: Tensor, dst: Tensor) -> Tensor | None:
-    """Fit a checkpoint's class head or queries to this model; ``None`` when the widths differ.
-
-    ``class_embed``: this model's fresh class rows with the checkpoint's no-object row
-    (the last one). ``query_embed``: the checkpoint's first queries, fresh ones after.
-    """
-    if src.dim() != dst.dim() or src.shape[1:] != dst.shape[1:]:
-        return None
-    out = dst.clone()
-    if key.startswith("class_embed."):
-        out[-1] = src[-1]
-    else:
-        n = min(src.shape[0], dst.shape[0])
-        out[:n] = src[:n]
-    return out
-
-
-def load_detr_state_dict(
-    model: DETR, state: dict[str, Tensor], reset_class_head: bool | None = None, source: str = "state dict"
-) -> list[str]:
-    """Load a DETR state dict (published key names), adapting the class head and the queries.
-
-    Args:
-        model: the model to fill (its current values serve as the fresh init).
-        state: tensors by key; a ``module.`` prefix (DDP) is removed.
-        reset_class_head: re-initialise ``class_embed``'s class rows, keeping the
-            no-object row; ``None`` does so exactly when the class counts differ.
-        source: where ``state`` came from, for messages.
-
-    Returns:
-        The keys left at their fresh initialisation (none: any other mismatch is an error).
-
-    Raises:
-        WeightsError: a tensor outside the class head and queries has another shape,
-            or the class counts differ while ``reset_class_head=False``.
-    """
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    ckpt_w = state.get("class_embed.weight")
-    if ckpt_w is not None and ckpt_w.dim() == 2:
-        differs = ckpt_w.shape != own["class_embed.weight"].shape
-        if differs and reset_class_head is False:
-            raise WeightsError(
-                f"{source}: class_embed has {ckpt_w.shape[0]} outputs, {model.name} has {model.num_classes + 1} "
-                "— set reset_class_head to true (or leave it unset) to fine-tune to this class count"
-            )
-        if reset_class_head or (reset_class_head is None and differs):
-            _fit_in_place(state, own, ("class_embed.weight", "class_embed.bias"))
-            print(
-                f"weights: {source}: class_embed re-initialised: dropped the checkpoint's {ckpt_w.shape[0] - 1} "
-                f"class rows, {model.num_classes} new ones, no-object row kept"
-            )
-    queries = state.get("query_embed.weight") if model.query_embed is not None else None
-    if queries is not None and queries.dim() == 2 and queries.shape[0] != model.knobs.num_queries:
-        _fit_in_place(state, own, ("query_embed.weight",))
-        kept = min(queries.shape[0], model.knobs.num_queries)
-        print(f"weights: {source}: took the first {kept} of the checkpoint's {queries.shape[0]} queries")
-    return load_with_head_surgery(model, state, (), source=source)
-
-
-def _fit_in_place(state: dict[str, Tensor], own: dict[str, Tensor], keys: tuple[str, ...]) -> None:
-    for key in keys:
-        fitted = _adapt_head(key, state[key], own[key]) if key in state else None
-        if fitted is not None:
-            state[key] = fitted
-
-
-def load_detr_weights(model: DETR, weights: str, reset_class_head: bool | None = None) -> list[str]:
-    """Fill ``model`` from ``coco`` (official checkpoint) or a file path; see :func:`build_detr`."""
-    if weights == "coco":
-        if model.name not in DETR_COCO_URLS:
-            raise WeightsError(
-                f"{model.name}: there is no official DETR COCO checkpoint for this backbone (only detr_r50 has one, "
-                "detr-r50-e632da11.pth) — use weights=imagenet, a checkpoint path, or none"
-            )
-        url = DETR_COCO_URLS[model.name]
-        path = resolve_weights_file(filename_from_url(url), url)
-    else:
-        path = Path(weights).expanduser()
-    state, _ = read_weights_file(path)
-    return load_detr_state_dict(model, state, reset_class_head, source=str(path))
