@@ -27,10 +27,15 @@ def _on_bf16_grid(x: torch.Tensor) -> bool:
     return bool((x == x.bfloat16().float()).all())
 
 
-def test_amp_dtype_choices_and_errors():
+def test_amp_dtype_choices_and_errors(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_dtype("fp32", cpu) is None
-    assert amp_dtype("amp", cuda) is torch.float16 and amp_dtype("bf16", cuda) is torch.bfloat16
+    assert amp_dtype("amp", cuda) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100 / T4
+    with pytest.raises(ConfigError, match="this GPU has no bf16"):
+        amp_dtype("bf16", cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert amp_dtype("bf16", cuda) is torch.bfloat16
     with pytest.raises(ConfigError, match="fp16 on CPU"):
         amp_dtype("fp16", cpu)
     with pytest.raises(ConfigError, match="use one of fp32, bf16, fp16"):

@@ -31,8 +31,9 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (``fp32`` | ``bf16`` | ``fp16`` | ``amp``) on ``device``.
 
     ``amp`` picks bf16 on CPU and fp16 on CUDA. ``fp32`` gives ``None`` (no autocast).
-    Raises :class:`ConfigError` for fp16 on CPU (no fast kernels) and for bf16 on a CPU
-    without native bf16 (it would run several times slower than float32).
+    Raises :class:`ConfigError` for fp16 on CPU (no fast kernels), for bf16 on a CPU
+    without native bf16 (it would run several times slower than float32) and for bf16 on
+    a GPU without it.
     """
     if precision == "amp":
         precision = "fp16" if device.type == "cuda" else "bf16"
@@ -46,6 +47,8 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             raise ConfigError("precision bf16 on CPU: this CPU has no native bf16 (AVX512-BF16 / AMX), "
                               "so it would be slower than float32 — use fp32")
+    elif precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision bf16: this GPU has no bf16 support — use fp16 (or amp) on CUDA")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
