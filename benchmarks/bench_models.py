@@ -24,7 +24,7 @@ from detlab.bench import interleaved, round_ratio, run_bench
 from detlab.data.dataset import load_dataset
 from detlab.export import OnnxModel, check_export, temporary_onnx
 from detlab.models.catalogue import build_model
-from detlab.models.precision import autocast_network
+from detlab.models.precision import autocast_network, cpu_has_native_bf16
 
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "BCCD"
 MODELS = ["ssdlite_effl0", "fcos_r18_fpn", "fcos_effl0_fpn", "faster_rcnn_effl0_fpn", "retinanet_r50_fpn", "detr_r18"]
@@ -48,7 +48,7 @@ def measure(name: str, image: torch.Tensor, iters: int, threads: int) -> dict:
                 model([image])
 
         calls = {"eager": eager, "onnx": lambda: onnx_model([image])}
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if cpu_has_native_bf16():
             calls["bf16"] = lambda: eager(torch.bfloat16)
         times = interleaved(calls, iters, warmup=1)
     finally:

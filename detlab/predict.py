@@ -336,9 +336,10 @@ def coco_results(detector: Detector, det: dict, image_id: int) -> list[dict]:
     """One image's detections as COCO results entries (``bbox`` is ``[x, y, w, h]`` absolute pixels)."""
     rows = []
     for (x1, y1, x2, y2), s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        if detector.category_id(int(c)) is None:  # a class the --data dataset lacks: counted by the caller
+        category = detector.category_id(int(c))
+        if category is None:  # a class the --data dataset lacks: counted by the caller
             continue
-        rows.append({"image_id": image_id, "category_id": detector.category_id(int(c)),
+        rows.append({"image_id": image_id, "category_id": category,
                      "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                      "score": round(float(s), 5)})
     return rows

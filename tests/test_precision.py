@@ -7,12 +7,12 @@ import torch
 
 from detlab.errors import ConfigError
 from detlab.models.catalogue import build_model
-from detlab.models.precision import amp_dtype, autocast_network
+from detlab.models.precision import amp_dtype, autocast_network, cpu_has_native_bf16
 
 from test_predict import _noise_image, run  # noqa: F401  (module fixture)
 from test_report_runfolder import one_thread  # noqa: F401  (autouse fixture)
 
-needs_bf16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(),
                                 reason="this CPU has no native bf16")
 
 

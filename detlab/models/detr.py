@@ -37,6 +37,7 @@ from torchvision.ops import FrozenBatchNorm2d, box_convert
 
 from detlab.errors import ConfigError
 from detlab.models.backbones import efficientnet_lite0_features, resnet_imagenet_state_dict
+from detlab.models.detr_layers import MLP, sine_encoding
 from detlab.models.detr_matcher import HungarianMatcher, SetCriterion
 from detlab.models.detr_query_selection import QuerySelection
 from detlab.models.detr_weights import load_detr_weights
@@ -178,12 +179,8 @@ class PositionEmbeddingSine(nn.Module):
         eps = 1e-6
         y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
         x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
-        pos_x = x_embed[:, :, :, None] / dim_t  # [B, H, W, F]
-        pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        pos_x = sine_encoding(x_embed, self.num_pos_feats, self.temperature)  # [B, H, W, F]
+        pos_y = sine_encoding(y_embed, self.num_pos_feats, self.temperature)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)  # [B, 2F, H, W]
 
 
@@ -301,20 +298,6 @@ class Transformer(nn.Module):
     def encode(self, src: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
         """Encoder memory ``[h*w, B, D]`` of ``src``/``pos`` ``[B, D, h, w]`` with ``mask`` ``[B, h, w]``."""
         return self.encoder(src.flatten(2).permute(2, 0, 1), mask.flatten(1), pos.flatten(2).permute(2, 0, 1))
-
-
-class MLP(nn.Module):
-    """Plain feed-forward network (ReLU between layers), the published box head."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < len(self.layers) - 1 else layer(x)
-        return x
 
 
 # --- the model -----------------------------------------------------------------------

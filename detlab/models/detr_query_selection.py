@@ -21,6 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from detlab.models.detr_layers import MLP, sine_encoding
+
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     x = x.clamp(eps, 1 - eps)
@@ -53,11 +55,7 @@ def token_anchors(mask: Tensor, cells: float = 2.0) -> Tensor:
 
 def sine_box_embedding(boxes: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
     """``boxes`` ``[..., 4]`` in 0..1 → ``[..., 4 * num_feats]``, DETR's sine encoding per coordinate."""
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-    pos = boxes.float()[..., None] * (2 * math.pi) / dim_t  # [..., 4, F]
-    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)  # [..., 4, F]
-    return pos.flatten(-2)
+    return sine_encoding(boxes.float() * (2 * math.pi), num_feats, temperature).flatten(-2)  # [..., 4*F]
 
 
 class QuerySelection(nn.Module):
@@ -71,8 +69,6 @@ class QuerySelection(nn.Module):
 
     def __init__(self, hidden_dim: int, num_classes: int, num_queries: int):
         super().__init__()
-        from detlab.models.detr import MLP
-
         self.num_queries = num_queries
         self.memory_proj = nn.Linear(hidden_dim, hidden_dim)
         self.memory_norm = nn.LayerNorm(hidden_dim)

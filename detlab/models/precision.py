@@ -27,6 +27,11 @@ from detlab.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions and matmuls natively (oneDNN: AVX512-BF16 / AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (``fp32`` | ``bf16`` | ``fp16`` | ``amp``) on ``device``.
 
@@ -44,7 +49,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu":
         if precision == "fp16":
             raise ConfigError("precision fp16 on CPU: PyTorch has no fast fp16 CPU kernels — use bf16 or fp32")
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if not cpu_has_native_bf16():
             raise ConfigError("precision bf16 on CPU: this CPU has no native bf16 (AVX512-BF16 / AMX), "
                               "so it would be slower than float32 — use fp32")
     elif precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
