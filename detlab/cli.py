@@ -145,7 +145,9 @@ def _add_predict(sub) -> None:
     p.add_argument("run", help="run folder or checkpoint")
     p.add_argument("sources", nargs="*", help="images, folders or globs (default with --data: its images)")
     p.add_argument("--out", required=True)
-    p.add_argument("--score", type=float, default=0.5)
+    p.add_argument("--score", type=float, default=None,
+                   help="keep detections scoring at least this (default 0.5; with --data every detection is "
+                   "written to detections.json, as evaluation scores them, and 0.5 is what is drawn)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "amp"],

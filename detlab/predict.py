@@ -24,9 +24,12 @@ import torch
 
 from detlab.data.records import Problem
 from detlab.errors import ConfigError, DataError
+from detlab.evaluation.evaluator import THRESHOLDED_SCORE
 from detlab.models.precision import amp_dtype, autocast_network
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+DRAW_SCORE = 0.5  # default --score: what is drawn, and written when no --data asks for results to score
 
 
 # --- sources ------------------------------------------------------------------
@@ -323,12 +326,14 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
-def _save_drawn(detector: Detector, det: dict, image: torch.Tensor, path: Path) -> None:
+def _save_drawn(detector: Detector, det: dict, image: torch.Tensor, path: Path, score: float) -> None:
     from PIL import Image
 
     from detlab.report.draw import draw_boxes
 
-    drawn = draw_boxes(image, det["boxes"], det["labels"], detector.class_names, scores=det["scores"])  # uint8 [3, H, W]
+    keep = det["scores"] >= score
+    drawn = draw_boxes(image, det["boxes"][keep], det["labels"][keep], detector.class_names,
+                       scores=det["scores"][keep])  # uint8 [3, H, W]
     Image.fromarray(drawn.permute(1, 2, 0).cpu().numpy()).save(path)
 
 
@@ -354,7 +359,8 @@ def _image_json(detector: Detector, det: dict, image_id: int) -> dict:
 
 
 def write_predictions(detector: Detector, files: Sequence[Path], out: Path, score: float = 0.5,
-                      batch_size: int = 4, progress: bool = True, image_ids: dict[str, int] | None = None) -> dict:
+                      batch_size: int = 4, progress: bool = True, image_ids: dict[str, int] | None = None,
+                      draw_score: float | None = None) -> dict:
     """Run ``detector`` on ``files`` and write everything ``detlab predict`` promises under ``out``.
 
     Writes ``detections.json`` (COCO results: ``image_id``, ``category_id`` in
@@ -363,7 +369,9 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
     ``files``, so the same sources give the same ids — and ``categories``),
     ``drawn/<name>`` (boxes, class and score drawn) and ``json/<name>.json``
     (one image's detections, xyxy). ``image_ids`` (``str(file) -> id``, from
-    :func:`align_to_dataset`) replaces the positional ids.
+    :func:`align_to_dataset`) replaces the positional ids. ``score`` filters what is
+    written; ``draw_score`` (default ``score``) what is drawn, so a results file kept
+    for scoring can hold every detection while the pictures stay readable.
 
     Returns:
         ``{"images": n_read, "detections": n_boxes, "skipped": n_unreadable, "left_out": n}``:
@@ -382,7 +390,7 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
         image_id, src = ids[det["file"]], Path(det["file"])
         stem = _unique_stem(src, used)
         suffix = src.suffix.lower() if src.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
-        _save_drawn(detector, det, image, out / "drawn" / f"{stem}{suffix}")
+        _save_drawn(detector, det, image, out / "drawn" / f"{stem}{suffix}", score if draw_score is None else draw_score)
         (out / "json" / f"{stem}.json").write_text(json.dumps(_image_json(detector, det, image_id), indent=1))
         images.append({"id": image_id, "file_name": det["file"], "width": det["width"], "height": det["height"]})
         rows = coco_results(detector, det, image_id)
@@ -457,9 +465,16 @@ def predict_command(args) -> int:
     image_ids = None
     if data:
         files, image_ids = align_to_dataset(detector, files, data)
+    # Results for scoring keep every detection the model returns (its own floor, as `detlab eval RUN`
+    # scores them): a thresholded file cuts the PR curves short and AP/AR become a lower bound.
+    score = args.score if args.score is not None else (0.0 if data else DRAW_SCORE)
+    if data and score > THRESHOLDED_SCORE:
+        print(f"note: --score {score:g} with --data: detections.json holds only detections >= {score:g}, so AP/AR "
+              "scored from it are a lower bound — omit --score to keep every detection", file=sys.stderr)
     out = Path(args.out)
-    counts = write_predictions(detector, files, out, score=args.score, batch_size=args.batch, image_ids=image_ids)
+    counts = write_predictions(detector, files, out, score=score, batch_size=args.batch, image_ids=image_ids,
+                               draw_score=args.score if args.score is not None else DRAW_SCORE)
     left_out = f"; {counts['left_out']} detections of classes not in {data} left out" if counts["left_out"] else ""
-    print(f"predicted {counts['images']} images, {counts['detections']} detections at score >= {args.score}"
+    print(f"predicted {counts['images']} images, {counts['detections']} detections at score >= {score:g}"
           f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable{left_out} → {out}")
     return 0 if counts["images"] else 1

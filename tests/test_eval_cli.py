@@ -168,6 +168,7 @@ def test_run_mode_uses_detector_and_run_config(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(predict_module.Detector, "from_run",
                         classmethod(lambda cls, run, checkpoint, device, precision: FakeDetector()))
     monkeypatch.setattr(dataset_module, "load_dataset", lambda spec, **kw: seen.update(spec=spec, **kw) or ds)
+    monkeypatch.setattr(dataset_module, "load_ground_truth", lambda spec, **kw: records)
     run = tmp_path / "run"
     assert main(["eval", str(run), "--protocol", "voc12", "--no-analysis"]) == 0
     assert seen["spec"] == "somewhere:val" and seen["classes"] == ["cat", "dog", "bird"]

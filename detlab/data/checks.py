@@ -227,6 +227,78 @@ def validate_records(records: Records, decode: bool = False) -> CheckResult:
     return result
 
 
+def validate_annotations(records: Records) -> CheckResult:
+    """The checks for *scoring*: ground truth as annotated, image files only where a size is needed.
+
+    Scoring a results file is a function of the annotations and the detections
+    (DESIGN.md, "Evaluation protocols"), so unlike :func:`validate_records` this never
+    drops an image because its file is missing or unreadable, and never clips or drops a
+    finite box: pycocotools and the VOC devkit score boxes exactly as the file gives them.
+    Only a box with a NaN or infinite coordinate, which no protocol can score, is skipped.
+    An image header is read only when the annotation declares no size; other image files
+    are just looked at (present, non-empty, complete) so that a problem is still reported
+    on one line — with what it means for the score — instead of turning into lost ground truth.
+
+    Args:
+        records: read by a format reader; sizes are filled in place where a header was read,
+            each finding is appended to ``records.problems``.
+
+    Returns:
+        The counts (reader skips included; ``sizes_fixed`` = sizes read from headers).
+    """
+    problems = records.problems
+    reader_skips = [p for p in problems if p.severity == "skipped"]
+    result = CheckResult(images_read=len(records.images), boxes_read=records.num_boxes)
+    result.images_skipped = sum(map(is_image_level, reader_skips))
+    result.boxes_skipped = len(reader_skips) - result.images_skipped
+    result.boxes_read += result.boxes_skipped
+    present = [os.path.isfile(r.file) for r in records.images]
+    if records.images and not any(present):
+        problems.append(Problem(str(records.root), "images", f"none of the {len(present)} image files is here",
+                                "not needed: the annotations are scored as they are", "info"))
+    for rec, here in zip(records.images, present):
+        where = str(rec.ann_file or rec.file)
+        if rec.width <= 0 or rec.height <= 0:
+            facts = probe_image(Path(rec.file), decode=False) if here else None
+            if isinstance(facts, tuple):
+                rec.width, rec.height = facts[0]
+                result.sizes_fixed += 1
+            else:
+                why = facts.message if facts is not None else "its image file is not here"
+                problems.append(Problem(where, "size", f"no size declared and {why}",
+                                        f"its {rec.num_boxes} boxes are scored as annotated", "warning"))
+        elif here and (problem := _file_problem(Path(rec.file))):
+            problems.append(Problem(str(rec.file), "file", problem,
+                                    f"not needed for scoring: its {rec.num_boxes} boxes are scored as annotated", "warning"))
+        elif not here and any(present):
+            problems.append(Problem(str(rec.file), "file", "image file not found",
+                                    f"not needed for scoring: its {rec.num_boxes} boxes are scored as annotated", "warning"))
+        finite = np.isfinite(rec.boxes).all(1)
+        for j in np.flatnonzero(~finite):
+            problems.append(Problem(where, box_field(rec, j), f"NaN or infinite coordinate {rec.boxes[j].tolist()}",
+                                    "fix or delete the box — box skipped", "skipped"))
+        if not finite.all():
+            result.boxes_skipped += int((~finite).sum())
+            _filter_boxes(rec, finite)
+        result.negatives += rec.num_boxes == 0
+    ids = [r.image_id for r in records.images]
+    if len(set(ids)) != len(ids):
+        problems.append(Problem(str(records.root), "image_id", "duplicate image ids after reading", "give every image its own id", "error"))
+    for p in problems:
+        result.severity[p.severity] = result.severity.get(p.severity, 0) + 1
+    return result
+
+
+def _file_problem(path: Path) -> str | None:
+    """What makes a present image file unusable, from its size and its last bytes only (no decode)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "zero-byte image file"
+        return None if _tail_complete(path) else "truncated image file (no end marker)"
+    except OSError as e:
+        return f"unreadable image file ({e.strerror or e})"
+
+
 def print_load_summary(records: Records, result: CheckResult, name: str, file: TextIO = sys.stderr, limit: int = 10) -> None:
     """The load-time report: a few problem lines, then the counts (``detlab check`` lists everything)."""
     shown = [p for p in records.problems if p.severity != "info"]

@@ -1,4 +1,5 @@
-"""``DetectionDataset``: records → (image, target) in the data contract; ``load_dataset``; ``collate``.
+"""``DetectionDataset``: records → (image, target) in the data contract; ``load_dataset``;
+``load_ground_truth`` (annotations only, for scoring); ``collate``.
 
 Legend: ``N`` boxes of one image, ``H, W`` the decoded image's height and width.
 
@@ -209,3 +210,35 @@ def load_dataset(path: str | Path, split: str | None = None, images: str | Path 
     if not records.images:
         raise DataError(f"{path}: no usable images — run `detlab check {path}` to see why")
     return DetectionDataset(records, transforms)
+
+
+def load_ground_truth(path: str | Path, split: str | None = None, images: str | Path | None = None,
+                      classes: str | list[str] | None = None, verbose: bool = True) -> Records:
+    """Read a dataset's annotations as the ground truth a results file is scored against.
+
+    No image is decoded and none is needed where the annotations declare sizes (COCO
+    ``width``/``height``, VOC ``<size>``; YOLO labels need the header for their pixel
+    size). A missing or unreadable image file is reported and its boxes stay in the
+    ground truth; boxes are kept as annotated, not clipped (see
+    :func:`detlab.data.checks.validate_annotations`).
+
+    Args:
+        path, split, images, classes: as :func:`load_dataset`.
+        verbose: print the problems and counts to stderr.
+
+    Returns:
+        Records; boxes xyxy absolute pixels, labels ``0..C-1``.
+
+    Raises:
+        DataError: the path cannot be read, or it holds no image record at all.
+    """
+    from detlab.data.checks import print_load_summary, validate_annotations
+    from detlab.data.formats import read_records
+
+    records = read_records(path, split=split, images=images, classes=classes)
+    result = validate_annotations(records)
+    if verbose:
+        print_load_summary(records, result, str(path), file=sys.stderr)
+    if not records.images:
+        raise DataError(f"{path}: no image records in the annotations — run `detlab check {path}` to see why")
+    return records

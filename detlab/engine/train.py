@@ -364,12 +364,23 @@ class Trainer:
                               f"({', '.join(sorted(flat))}); pick one of them")
         lower_is_better = self.cfg.metric.startswith("val/")
         best = self.progress["best"]
-        improved = best is None or (value < best if lower_is_better else value > best)
+        if math.isnan(value) and not self.progress.get("undefined_noted"):
+            print(f"detlab: note: {self.cfg.metric} is undefined on the validation data (no ground-truth box of "
+                  "the model's classes): best.pt follows the last evaluation until it is defined", file=sys.stderr)
+            self.progress["undefined_noted"] = True
+        # An undefined metric (NaN) neither beats nor is beaten by itself: the newest weights stand in, and
+        # patience only counts evaluations that were measured.
+        if best is None or math.isnan(best):
+            improved = True
+        elif math.isnan(value):
+            improved = False
+        else:
+            improved = value < best if lower_is_better else value > best
         self.progress["metrics"] = flat
         if improved:
             self.progress.update(best=float(value), best_epoch=self.epoch, bad_evals=0, best_metrics=flat)
             self.log.copy_eval("last", "best")
-        else:
+        elif not math.isnan(value):
             self.progress["bad_evals"] += 1
         return improved
 

@@ -119,7 +119,8 @@ def error_breakdown(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarra
         sel = kind == name
         keep, fixed_boxes, fixed_labels = ~sel, boxes.copy(), labels.copy()
         if name in ("localization", "classification"):
-            repair = sel & ~taken[np.maximum(target, 0)]
+            repair = sel & (target >= 0)
+            repair[repair] = ~taken[target[repair]]  # only real targets are looked up: a split may have no GT
             keep |= repair
             if name == "localization":
                 fixed_boxes[repair] = gt.boxes[target[repair]]

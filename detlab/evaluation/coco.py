@@ -5,9 +5,13 @@ Legend for shape comments: ``M`` detections of the whole split, ``C`` classes,
 
 How detlab's ``Records`` become a COCO ground truth (built in memory, never written):
 
-* ``bbox`` = ``[x1, y1, x2 - x1, y2 - y1]`` from the xyxy boxes; ``area`` = ``w * h``
-  of that box (COCO files often carry the *mask* area instead; for boxes built here
-  the box area is the only one there is, and it decides small/medium/large).
+* ``bbox`` = ``[x1, y1, x2 - x1, y2 - y1]`` from the xyxy boxes.
+* ``area``, which decides small/medium/large, is the annotation's own ``area`` where the
+  source has one (a COCO JSON: real COCO files carry the *mask* area, and pycocotools,
+  detectron2, mmdet and the leaderboard all range on that field), else ``w * h`` of the
+  box (VOC, YOLO, folders, and COCO annotations without the key). Crowd regions follow
+  the same rule. Detections always use ``w * h``, as ``loadRes`` does.
+  :func:`area_rule` names the rule a split was scored with.
 * ``iscrowd`` is kept.
 * VOC ``difficult`` boxes become ``iscrowd: 1``. pycocotools and faster-coco-eval
   derive their per-box ``ignore`` flag from ``iscrowd`` alone (a given ``ignore`` key is
@@ -64,14 +68,36 @@ def coco_ground_truth(records: Records) -> dict:
                        "file_name": r.file.name if r.file else ""})
         if not r.num_boxes:
             continue
-        b = np.asarray(r.boxes, np.float64)
-        xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)  # [N, 4]
+        xywh = xyxy_to_xywh(r.boxes)  # [N, 4]
         crowd = np.asarray(r.iscrowd, bool) | np.asarray(r.difficult, bool)
-        for box, label, is_crowd in zip(xywh.tolist(), np.asarray(r.labels).tolist(), crowd.tolist()):
+        for box, area, label, is_crowd in zip(xywh.tolist(), gt_areas(r, xywh).tolist(),
+                                              np.asarray(r.labels).tolist(), crowd.tolist()):
             anns.append({"id": len(anns) + 1, "image_id": int(r.image_id), "category_id": cats[label],
-                         "bbox": box, "area": box[2] * box[3], "iscrowd": int(is_crowd)})
+                         "bbox": box, "area": area, "iscrowd": int(is_crowd)})
     categories = [{"id": cid, "name": name} for cid, name in zip(cats, records.class_names)]
     return {"images": images, "annotations": anns, "categories": categories}
+
+
+def gt_areas(record, xywh: np.ndarray) -> np.ndarray:
+    """``float64 [N]`` the area COCO ranges a record's boxes by: the annotation's ``area``
+    where the source gave one (``extra["area"]``, NaN where an annotation had none), else ``w * h``."""
+    box_area = xywh[:, 2] * xywh[:, 3]
+    given = record.extra.get("area")
+    if given is None or len(given) != len(box_area):
+        return box_area
+    given = np.asarray(given, np.float64)
+    return np.where(np.isfinite(given), given, box_area)
+
+
+def area_rule(records: Records) -> str:
+    """Which area definition :func:`coco_ground_truth` uses for ``records``, in words (for the metrics stamp)."""
+    given = sum(int(np.isfinite(np.asarray(r.extra["area"], np.float64)).sum())
+                for r in records.images if "area" in r.extra)
+    if given == 0:
+        return "box w*h (the annotations carry no area)"
+    if given == records.num_boxes:
+        return "the annotations' 'area' field, as pycocotools"
+    return f"the annotations' 'area' field where given ({given} of {records.num_boxes} boxes), else box w*h"
 
 
 def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
@@ -299,5 +325,7 @@ def _map_ids(path, records, image_ids, cat_ids, xywh, scores):
 
 def _describe_ids(records: Records, cats: np.ndarray) -> str:
     if records.format == "coco":
-        return f"the COCO file's ids ({', '.join(map(str, cats[:8].tolist()))}{', …' if len(cats) > 8 else ''})"
+        return (f"the COCO file's ids of categories with boxes ({', '.join(map(str, cats[:8].tolist()))}"
+                f"{', …' if len(cats) > 8 else ''}); results on a category without boxes change no AP or AR, "
+                "as in pycocotools")
     return f"1..{len(cats)} in class order for {records.format} data"

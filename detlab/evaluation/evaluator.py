@@ -33,6 +33,9 @@ from detlab.evaluation import coco as coco_protocol
 from detlab.evaluation import voc as voc_protocol
 
 PROTOCOLS = ("coco", "voc07", "voc12")
+# A results file whose lowest score is above this was thresholded: every PR curve stops early and
+# AP/AR are a lower bound (models keep detections down to 0.05, SSD to 0.01, and evaluation scores them all).
+THRESHOLDED_SCORE = 0.05
 PROTOCOL_DESCRIPTIONS = {
     "coco": "COCO box AP/AR, IoU 0.50:0.95, 101 recall points (faster-coco-eval; difficult boxes as crowd/ignore)",
     "voc07": "PASCAL VOC2007 AP, 11-point interpolation, difficult/crowd boxes ignored",
@@ -407,7 +410,10 @@ def eval_command(args) -> int:
             dets, problems = coco_protocol.read_results(args.dets, records)
             result = evaluate_arrays(records, dets, protocols, **opts)
         out = Path(args.out) if args.out else Path(args.dets).parent / "eval"
-        stamp = {"detections": str(args.dets), "checkpoint": None}
+        stamp = {"detections": str(args.dets), "checkpoint": None,
+                 "lowest_score": float(dets["scores"].min()) if len(dets["scores"]) else None}
+        for p in _thresholded(args.dets, dets["scores"]):
+            print(p.line(), file=sys.stderr)
     elif args.run:
         records, dets, problems, result, stamp = _run_model_eval(args, protocols, opts)
         out = Path(args.out) if args.out else Path(args.run) / "eval"
@@ -420,14 +426,24 @@ def eval_command(args) -> int:
 
 
 def _load_records(spec: str, args, classes=None) -> Records:
-    from detlab.data.dataset import load_dataset
+    from detlab.data.dataset import load_ground_truth
 
-    return load_dataset(spec, split=args.split, images=args.images, classes=classes or args.classes).records
+    return load_ground_truth(spec, split=args.split, images=args.images, classes=classes or args.classes)
+
+
+def _thresholded(path, scores: np.ndarray) -> list[Problem]:
+    """A warning when a results file looks cut at a score threshold (its AP/AR are then a lower bound)."""
+    if not len(scores) or scores.min() <= THRESHOLDED_SCORE:
+        return []
+    return [Problem(str(path), "score", f"lowest score is {scores.min():.3g}: the file was thresholded, so every "
+                    "PR curve stops early and AP/AR are a lower bound",
+                    f"write every detection down to the model's own floor (<= {THRESHOLDED_SCORE:g}); "
+                    "`detlab predict RUN --data DATA` does", "warning")]
 
 
 def _run_model_eval(args, protocols, opts):
     """Rebuild the run's model, run it on the evaluation data; ``(records, dets, problems, result, stamp)``."""
-    from detlab.data.dataset import load_dataset
+    from detlab.data.dataset import load_dataset, load_ground_truth
     from detlab.errors import DataError
     from detlab.predict import Detector
 
@@ -440,16 +456,27 @@ def _run_model_eval(args, protocols, opts):
     if list(dataset.class_names) != list(det.class_names):
         raise DataError(f"{spec}: classes {dataset.class_names} differ from the model's {det.class_names} "
                         "— evaluate on data with the run's classes")
-    ev = DetectionEvaluator(dataset.records, protocols, **opts)
+    # The model sees the images that decode; the score is against every annotation (as `eval --gt --dets`
+    # scores `predict --data`'s file), so an unreadable image's boxes count as missed, not as absent.
+    truth = load_ground_truth(spec, split=args.split, images=args.images, classes=list(det.class_names),
+                              verbose=False)
+    ev = DetectionEvaluator(truth, protocols, **opts)
     losses = _predict(det.model, dataset, ev, args.batch, det.device, with_loss=False, progress=True,
                       precision=det.precision)
     dets = ev.arrays()
-    result = evaluate_arrays(dataset.records, dets, ev.protocols, ev.gt, **{**opts, "max_dets": ev.max_dets})
+    result = evaluate_arrays(truth, dets, ev.protocols, ev.gt, **{**opts, "max_dets": ev.max_dets})
     if losses:
         result["val_loss"] = losses
     stamp = {"checkpoint": f"{args.run} ({args.checkpoint})", "model": det.model_name, "detections": None,
              "precision": det.precision}
-    return dataset.records, dets, ev.problems, result, stamp
+    unseen = {r.image_id for r in truth.images} - {r.image_id for r in dataset.records.images}
+    problems = list(ev.problems)
+    if unseen:
+        boxes = sum(r.num_boxes for r in truth.images if r.image_id in unseen)
+        problems.append(Problem(str(spec), "images", f"{len(unseen)} images could not be read, so the model saw "
+                                "none of them", f"their {boxes} boxes count as missed — fix or remove those images",
+                                "warning"))
+    return truth, dets, problems, result, stamp
 
 
 def _report(records, dets, result, problems, protocols, stamp, out, args) -> None:
@@ -461,6 +488,7 @@ def _report(records, dets, result, problems, protocols, stamp, out, args) -> Non
     print(format_result(result, records.class_names))
     out.mkdir(parents=True, exist_ok=True)
     meta = {"protocols": {p: PROTOCOL_DESCRIPTIONS[p] for p in protocols}, "dataset": str(records.root),
+            "area": coco_protocol.area_rule(records),
             "format": records.format, "split": records.split, **stamp, "num_images": len(records.images),
             "num_boxes": records.num_boxes, "num_detections": int(len(dets["scores"])),
             "skipped": [p.line() for p in problems]}

@@ -195,7 +195,8 @@ def match_detections(gt: GroundTruth, det_image: np.ndarray, det_boxes: np.ndarr
     """
     iou_max, gt_index = best_gt(gt, det_image, det_boxes, det_labels)
     hit = iou_max > iou
-    ignored = hit & gt.ignore[np.maximum(gt_index, 0)]
+    ignored = np.zeros(len(hit), bool)  # indexed through `hit` only: a split without GT has no box to look up
+    ignored[hit] = gt.ignore[gt_index[hit]]
     candidate = hit & ~ignored
     order = np.argsort(-np.asarray(det_scores, np.float64), kind="stable")  # [M] score-descending
     cand_sorted = order[candidate[order]]
