@@ -7,6 +7,8 @@ Public API (what the CLI calls; same names)::
     model = detlab.build_model("fcos_r50_fpn", num_classes=train_ds.num_classes, weights="coco")
     run = detlab.train(model, train_ds, val_ds, out="runs/fcos", epochs=12)
     metrics = detlab.evaluate(run.model, val_ds, protocols=("coco", "voc07"))
+    truth = detlab.load_ground_truth("instances_val2017.json")       # annotations only, no image needed
+    metrics, skipped = detlab.score_results_file(truth, "results.json")
     detector = detlab.Detector.from_run("runs/fcos")
     detections = detector.predict(["img.jpg"], score=0.5)
 
@@ -21,12 +23,14 @@ __version__ = "0.1.0"
 
 _API = {
     "load_dataset": "detlab.data.dataset",
+    "load_ground_truth": "detlab.data.dataset",
     "DetectionDataset": "detlab.data.dataset",
     "build_model": "detlab.models.catalogue",
     "list_models": "detlab.models.catalogue",
     "train": "detlab.engine.train",
     "evaluate": "detlab.evaluation.evaluator",
     "evaluate_detections": "detlab.evaluation.evaluator",
+    "score_results_file": "detlab.evaluation.evaluator",
     "Detector": "detlab.predict",
 }
 
