@@ -27,6 +27,41 @@ from detlab.data.records import ImageRecord, Problem, Records
 
 EXIF_ORIENTATION = 0x0112
 SIZE_BINS = [0, 8, 16, 32, 64, 128, 256, 512, np.inf]  # sqrt(box area) in px, for the histogram
+# Training resizes the shorter side up to the model's size: a strip a few pixels high (a 3x700 scan line)
+# becomes a sliver no feature pyramid can hold. Such images are skipped for training, not for scoring.
+MIN_SIDE = 8
+MAX_ASPECT = 32
+
+
+def pixel_limit() -> int:
+    """Largest ``width * height`` detlab opens: ``$DETLAB_MAX_PIXELS``, default PIL's own
+    decompression-bomb limit (2 × ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 megapixels).
+
+    A larger value also raises PIL's limit (once, for this process), since PIL refuses such
+    files by itself before detlab can look at their size.
+    """
+    default = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+    text = os.environ.get("DETLAB_MAX_PIXELS", "").strip()
+    if not text:
+        return default
+    try:
+        limit = int(float(text))
+    except ValueError:
+        from detlab.errors import ConfigError
+        raise ConfigError(f"DETLAB_MAX_PIXELS: {text!r} is not a number — give a pixel count, e.g. 400000000") from None
+    if limit > default:
+        Image.MAX_IMAGE_PIXELS = limit // 2 + 1
+    return limit
+
+
+def too_many_pixels(size: tuple[int, int] | None) -> str | None:
+    """The one-line reason an image of ``(W, H)`` is refused, or ``None``; ``size=None``: PIL refused it unread."""
+    limit = pixel_limit()
+    if size is not None and size[0] * size[1] <= limit:
+        return None
+    what = f"{size[0]}x{size[1]} pixels, over" if size is not None else "more pixels than"
+    return (f"{what} the limit of {limit / 1e6:.3g} megapixels (a decompression bomb or a huge scan; "
+            "set DETLAB_MAX_PIXELS to allow it)")
 
 
 @dataclass
@@ -91,15 +126,29 @@ def probe_image(path: Path, decode: bool) -> tuple[tuple[int, int], tuple[int, i
             return bad("zero-byte file")
         with Image.open(path) as im:
             raw = im.size
+            if (huge := too_many_pixels(raw)) is not None:
+                return bad(huge)
             orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
             if decode or not _tail_complete(path):
                 im.load()
     except FileNotFoundError:
         return bad("image file not found", "restore it or remove its annotation — image skipped")
+    except Image.DecompressionBombError:
+        return bad(too_many_pixels(None))
     except (OSError, SyntaxError, ValueError) as e:
         return bad(f"unreadable or truncated image ({e})")
     shown = (raw[1], raw[0]) if orientation in (5, 6, 7, 8) else raw
     return shown, raw, orientation
+
+
+def too_thin(shown: tuple[int, int]) -> str | None:
+    """Why an image of displayed size ``(W, H)`` cannot be trained on, or ``None`` (see :data:`MIN_SIDE`)."""
+    short, long = min(shown), max(shown)
+    if short < MIN_SIDE:
+        return f"{shown[0]}x{shown[1]}: shorter side under {MIN_SIDE} px, too thin to resize for training"
+    if long > MAX_ASPECT * short:
+        return f"{shown[0]}x{shown[1]}: aspect ratio 1:{long / short:.0f} over 1:{MAX_ASPECT}, too thin to resize for training"
+    return None
 
 
 def _check_size(rec: ImageRecord, shown: tuple[int, int], raw: tuple[int, int], orientation: int,
@@ -202,6 +251,8 @@ def validate_records(records: Records, decode: bool = False) -> CheckResult:
     kept, seen_files = [], {}
     for rec in records.images:
         facts = probe_image(Path(rec.file), decode)
+        if isinstance(facts, tuple) and (thin := too_thin(facts[0])) is not None:
+            facts = Problem(str(rec.file), "file", thin, "crop or pad it, or remove it — image skipped", "skipped")
         if isinstance(facts, Problem):
             problems.append(facts)
             result.images_skipped += 1

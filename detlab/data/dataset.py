@@ -68,15 +68,21 @@ def read_image(path: Path) -> tuple[torch.Tensor, tuple[int, int], int]:
     Raises:
         DataError: missing, unreadable or truncated file (names it and says to run ``detlab check``).
     """
+    from detlab.data.checks import too_many_pixels
+
     try:
         with Image.open(path) as im:
             raw_size = im.size
+            if (huge := too_many_pixels(raw_size)) is not None:
+                raise DataError(f"{path}: {huge}")
             orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
             im.load()
             shown = ImageOps.exif_transpose(im) if orientation != 1 else im
             return pil_to_rgb_float(shown), raw_size, orientation
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found — restore it or run `detlab check` to list every missing file") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: {too_many_pixels(None)}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e}) — replace it or run `detlab check` to find every bad file") from None
 
