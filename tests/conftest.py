@@ -16,6 +16,15 @@ FIXTURES = SHARED / "fixtures"
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _header_cache_in_tmp(tmp_path_factory):
+    """Image header facts cached by the load-time check go to a folder of this session, not to ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DETLAB_CACHE_DIR", str(tmp_path_factory.mktemp("detlab_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def bccd() -> Path:
     if not BCCD.is_dir():

@@ -126,3 +126,40 @@ def test_missing_size_and_missing_image_keeps_boxes_for_scoring(tmp_path):
     line = next(p.line() for p in records.problems if p.field == "size")
     assert line == ("warning: " + str(tmp_path / "gone.xml") + ": size: no size declared and its image file is "
                     "not here — its 1 boxes are scored as annotated")
+
+
+def test_header_cache_answers_unchanged_files_and_reprobes_changed_ones(tmp_path, monkeypatch):
+    from detlab.data import checks
+    from detlab.data.checks import probe_images
+
+    monkeypatch.setenv("DETLAB_CACHE_DIR", str(tmp_path / "cache"))
+    files = []
+    for i, size in enumerate([(64, 48), (30, 40), (50, 50)]):
+        files.append(tmp_path / f"im{i}.jpg")
+        Image.new("RGB", size, (i * 60, 20, 90)).save(files[-1], quality=90)
+    first = probe_images([str(f) for f in files], decode=False)
+    assert [f[0] for f in first] == [(64, 48), (30, 40), (50, 50)]
+    seen = []
+    real = checks.probe_image
+    monkeypatch.setattr(checks, "probe_image", lambda path, decode: seen.append(path.name) or real(path, decode))
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])  # truncated since the last run: size changed
+    Image.new("RGB", (20, 10)).save(files[2], quality=90)  # rewritten with another size
+    again = probe_images([str(f) for f in files], decode=False)
+    assert seen == ["im1.jpg", "im2.jpg"]  # im0 came from the cache
+    assert again[0] == first[0] and isinstance(again[1], checks.Problem) and again[2][0] == (20, 10)
+    (tmp_path / "cache" / "image_headers.sqlite3").write_bytes(b"not a database")
+    assert [f[0] for f in probe_images([str(files[0])], decode=False)] == [(64, 48)]  # a broken cache only costs time
+
+
+def test_header_probes_report_progress_on_long_checks(tmp_path, capsys):
+    from detlab.data.checks import probe_images
+
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"p{i}.png"))
+        Image.new("RGB", (16, 16)).save(files[-1])
+    probe_images(files, decode=True, every=0.0)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("detlab: decoding images: 1/3, about ") and lines[0].endswith("s left (0 unchanged since an earlier run)")
+    assert len(lines) == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -141,6 +142,37 @@ def probe_image(path: Path, decode: bool) -> tuple[tuple[int, int], tuple[int, i
     return shown, raw, orientation
 
 
+def probe_images(files: list[str], decode: bool, every: float = 5.0) -> list:
+    """:func:`probe_image` for every file, with a progress line every ``every`` seconds on stderr.
+
+    Header probes (``decode=False``) of files that passed before are answered from the
+    :mod:`~detlab.data.header_cache` when the file's size and mtime are unchanged.
+    """
+    from detlab.data.header_cache import HeaderCache, file_key
+
+    cache = HeaderCache.open() if not decode else HeaderCache(None)
+    out, cached = [], 0
+    start = last = time.monotonic()
+    for i, path in enumerate(files):
+        key = file_key(path) if cache.path is not None else None
+        facts = cache.get(path, key)
+        if facts is not None:
+            cached += 1
+        else:
+            facts = probe_image(Path(path), decode)
+            if isinstance(facts, tuple):
+                cache.put(path, key, facts)
+        out.append(facts)
+        now = time.monotonic()
+        if now - last >= every and i + 1 < len(files):
+            left = (now - start) / (i + 1) * (len(files) - i - 1)
+            print(f"detlab: {'decoding images' if decode else 'reading image headers'}: {i + 1}/{len(files)}, "
+                  f"about {left:.0f} s left ({cached} unchanged since an earlier run)", file=sys.stderr)
+            last = now
+    cache.save()
+    return out
+
+
 def too_thin(shown: tuple[int, int]) -> str | None:
     """Why an image of displayed size ``(W, H)`` cannot be trained on, or ``None`` (see :data:`MIN_SIDE`)."""
     short, long = min(shown), max(shown)
@@ -249,8 +281,7 @@ def validate_records(records: Records, decode: bool = False) -> CheckResult:
     result.boxes_skipped = len(reader_skips) - result.images_skipped
     result.boxes_read += result.boxes_skipped
     kept, seen_files = [], {}
-    for rec in records.images:
-        facts = probe_image(Path(rec.file), decode)
+    for rec, facts in zip(records.images, probe_images([str(r.file) for r in records.images], decode)):
         if isinstance(facts, tuple) and (thin := too_thin(facts[0])) is not None:
             facts = Problem(str(rec.file), "file", thin, "crop or pad it, or remove it — image skipped", "skipped")
         if isinstance(facts, Problem):
