@@ -206,3 +206,19 @@ def test_pr_curve_pages(tmp_path):
     curves = [{"precision": np.array([1.0, 0.5]), "recall": np.array([0.5, 0.5]), "AP": 0.5, "num_gt": 2}] * 5
     made = plots.plot_pr_curves(curves, [f"c{i}" for i in range(5)], tmp_path, per_page=3)
     assert [p.name for p in made] == ["pr_curves_1.png", "pr_curves_2.png"]
+
+
+def test_thresholded_results_file_is_said_to_give_a_lower_bound(tmp_path, monkeypatch, capsys):
+    records = make_records(CASE_GT, ["cat", "dog", "bird"])
+    monkeypatch.setattr(evaluator, "_load_records", lambda spec, args, classes=None: records)
+    cut = [row for row in _results(records, CASE_DETS) if row["score"] > 0.05]
+    path = tmp_path / "cut.json"
+    path.write_text(json.dumps(cut))
+    assert main(["eval", "--gt", "x", "--dets", str(path), "--no-analysis"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}: score: lowest score is {min(r['score'] for r in cut):.3g}" in err
+    assert "AP/AR are a lower bound" in err
+    full = cut + [{**cut[0], "score": 0.06}] * 99  # one image holds the model's full quota of 100 detections
+    path.write_text(json.dumps(full))
+    assert main(["eval", "--gt", "x", "--dets", str(path), "--no-analysis"]) == 0
+    assert "lower bound" not in capsys.readouterr().err

@@ -226,3 +226,30 @@ def test_model_classes_missing_from_the_data_are_left_out_and_counted(tmp_path, 
     assert "unicorn" not in {c["name"] for c in categories}
     with pytest.raises(DataError, match="none of the model's classes"):
         align_to_dataset(Detector(lambda images: [], ["unicorn"], device="cpu"), [rec.file], data)
+
+
+def test_predict_with_data_writes_every_detection_for_scoring(tmp_path, chess, monkeypatch, capsys):
+    """Without --score, results meant for `eval --gt --dets` keep the low-scoring tail; drawings keep >= 0.5."""
+    import detlab.report.draw as draw_module
+    from detlab.cli import main
+    from detlab.predict import Detector
+
+    data = str(chess / "test")
+    names = ["black-king", "black-bishop"]
+
+    def model(images):
+        return [{"boxes": torch.tensor([[5.0, 5.0, 60.0, 60.0], [70.0, 70.0, 90.0, 95.0]]),
+                 "labels": torch.tensor([0, 1]), "scores": torch.tensor([0.9, 0.07])} for _ in images]
+
+    monkeypatch.setattr(Detector, "from_run", classmethod(lambda cls, run, **kw: Detector(model, names, device="cpu")))
+    drawn = []
+    real_draw = draw_module.draw_boxes
+    monkeypatch.setattr(draw_module, "draw_boxes", lambda image, boxes, *a, **kw: drawn.append(len(boxes)) or
+                        real_draw(image, boxes, *a, **kw))
+    assert main(["predict", "run", "--data", data, "--out", str(tmp_path / "all")]) == 0
+    rows = json.loads((tmp_path / "all" / "detections.json").read_text())
+    assert sorted({r["score"] for r in rows}) == [0.07, 0.9] and set(drawn) == {1}
+    assert "detections at score >= 0 " in capsys.readouterr().out
+    assert main(["predict", "run", "--data", data, "--out", str(tmp_path / "cut"), "--score", "0.5"]) == 0
+    assert {r["score"] for r in json.loads((tmp_path / "cut" / "detections.json").read_text())} == {0.9}
+    assert "AP/AR scored from it are a lower bound" in capsys.readouterr().err

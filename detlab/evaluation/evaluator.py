@@ -412,7 +412,7 @@ def eval_command(args) -> int:
         out = Path(args.out) if args.out else Path(args.dets).parent / "eval"
         stamp = {"detections": str(args.dets), "checkpoint": None,
                  "lowest_score": float(dets["scores"].min()) if len(dets["scores"]) else None}
-        for p in _thresholded(args.dets, dets["scores"]):
+        for p in _thresholded(args.dets, dets, opts["max_dets"]):
             print(p.line(), file=sys.stderr)
     elif args.run:
         records, dets, problems, result, stamp = _run_model_eval(args, protocols, opts)
@@ -431,12 +431,20 @@ def _load_records(spec: str, args, classes=None) -> Records:
     return load_ground_truth(spec, split=args.split, images=args.images, classes=classes or args.classes)
 
 
-def _thresholded(path, scores: np.ndarray) -> list[Problem]:
-    """A warning when a results file looks cut at a score threshold (its AP/AR are then a lower bound)."""
+def _thresholded(path, dets: Mapping[str, np.ndarray], max_dets: Sequence[int]) -> list[Problem]:
+    """A warning when a results file looks cut at a score threshold (its AP/AR are then a lower bound).
+
+    A low end above :data:`THRESHOLDED_SCORE` is expected when images hold the full per-image quota of
+    detections (models keep their best ``max_dets``); when none does, the low end is a threshold.
+    """
+    scores = dets["scores"]
     if not len(scores) or scores.min() <= THRESHOLDED_SCORE:
         return []
-    return [Problem(str(path), "score", f"lowest score is {scores.min():.3g}: the file was thresholded, so every "
-                    "PR curve stops early and AP/AR are a lower bound",
+    if np.unique(dets["image_ids"], return_counts=True)[1].max() >= max(max_dets):
+        return []
+    return [Problem(str(path), "score", f"lowest score is {scores.min():.3g} and no image holds "
+                    f"{max(max_dets)} detections: the file was thresholded, so every PR curve stops early and "
+                    "AP/AR are a lower bound",
                     f"write every detection down to the model's own floor (<= {THRESHOLDED_SCORE:g}); "
                     "`detlab predict RUN --data DATA` does", "warning")]
 
