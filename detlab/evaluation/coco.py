@@ -175,7 +175,8 @@ def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarra
 
     Returns:
         ``{"AP", "AP50", …, "per_class": {name: AP}, "per_class_AP50": {name: AP50},
-        "max_dets": [...], "area_ranges": {...}}`` with NaN where COCO gives -1.
+        "max_dets": [...], "area_ranges": {...}, "area": the area rule in words}`` with NaN
+        where COCO gives -1.
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
@@ -199,6 +200,7 @@ def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarra
     out["per_class"], out["per_class_AP50"] = per_class_ap(ev.eval["precision"][:, :, column], ev.params.iouThrs,
                                                            records.class_names)
     out["max_dets"], out["area_ranges"] = list(ev.params.maxDets), {k: list(v) for k, v in area_ranges.items()}
+    out["area"] = area_rule(records)
     return out
 
 

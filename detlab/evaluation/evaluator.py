@@ -7,7 +7,8 @@ Result dict (what every protocol returns; only the protocols asked for)::
 
     {"coco": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
               "ARs", "ARm", "ARl", "AR50", "AR75", "per_class": {name: AP},
-              "per_class_AP50": {name: AP50}, "max_dets": [...], "area_ranges": {...}},
+              "per_class_AP50": {name: AP50}, "max_dets": [...], "area_ranges": {...},
+              "area": which area decides small/medium/large},
      "voc07": {"mAP", "per_class": {name: AP}, "iou", "num_classes_with_gt"},
      "voc12": {...},
      "val_loss": {"loss": sum of parts, "loss_<part>": ...}}      # evaluate(with_loss=True)
@@ -496,7 +497,6 @@ def _report(records, dets, result, problems, protocols, stamp, out, args) -> Non
     print(format_result(result, records.class_names))
     out.mkdir(parents=True, exist_ok=True)
     meta = {"protocols": {p: PROTOCOL_DESCRIPTIONS[p] for p in protocols}, "dataset": str(records.root),
-            "area": coco_protocol.area_rule(records),
             "format": records.format, "split": records.split, **stamp, "num_images": len(records.images),
             "num_boxes": records.num_boxes, "num_detections": int(len(dets["scores"])),
             "skipped": [p.line() for p in problems]}
