@@ -363,6 +363,12 @@ def validate_annotations(records: Records) -> CheckResult:
             result.boxes_skipped += int((~finite).sum())
             _filter_boxes(rec, finite)
         result.negatives += rec.num_boxes == 0
+    zero = next((r for r in records.images if "ann_ids" in r.extra and (np.asarray(r.extra["ann_ids"]) == 0).any()), None)
+    if zero is not None:
+        problems.append(Problem(str(zero.ann_file or records.root), "annotations[id=0].id", "an annotation has id 0, "
+                                "which pycocotools' and faster-coco-eval's matchers read as 'unmatched' (that box "
+                                "can never be a true positive there)", "detlab numbers boxes 1..N for scoring, so "
+                                "its AP can differ from theirs on this file — number annotations from 1", "warning"))
     ids = [r.image_id for r in records.images]
     if len(set(ids)) != len(ids):
         problems.append(Problem(str(records.root), "image_id", "duplicate image ids after reading", "give every image its own id", "error"))
