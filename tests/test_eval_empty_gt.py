@@ -41,3 +41,15 @@ def test_training_with_a_validation_split_without_boxes_finishes(tmp_path, capsy
     assert best["epoch"] == 2  # the newest weights stand in while the metric is undefined
     assert "is undefined on the validation data" in capsys.readouterr().err
     assert run.model is not None
+
+
+def test_long_evaluations_report_progress_without_a_terminal(capsys):
+    from detlab.evaluation.evaluator import Progress
+
+    bar = Progress(3, "eval before training", enabled=True, every=0.0)  # capsys' stderr is not a TTY
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("eval before training: 1/3 images, about ")
+    assert lines[1].startswith("eval before training: 2/3 images") and lines[1].endswith(" s left")

@@ -186,6 +186,11 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
     return list(images), list(targets)
 
 
+def targets_to(targets: list[dict], device: torch.device) -> list[dict]:
+    """A batch's targets with their tensors moved to ``device`` (ids and sizes stay as they are)."""
+    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
 def load_dataset(path: str | Path, split: str | None = None, images: str | Path | None = None,
                  classes: str | list[str] | None = None, check: bool = True,
                  transforms: Callable | None = None) -> DetectionDataset:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler
 
 
 @dataclass
@@ -195,50 +195,8 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def collate_pairs(batch: list) -> tuple[list, list]:
-    """``[(image, target), …]`` → ``(list[image], list[target])`` (the data contract's collate)."""
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)
-
-
-def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
-    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-
-
-def _to_original_frame(det: dict, image: torch.Tensor, target: dict) -> dict:
-    """Detections in the fed image's pixels → the annotated image's pixels, as numpy."""
-    boxes = det["boxes"].detach().float().cpu()  # [K, 4] xyxy
-    h, w = image.shape[-2:]
-    orig = target.get("orig_size", (h, w))
-    oh, ow = (int(orig[0]), int(orig[1]))
-    if (oh, ow) != (h, w):
-        boxes = boxes * torch.tensor([ow / w, oh / h, ow / w, oh / h])
-    return {"boxes": boxes.numpy(), "scores": det["scores"].detach().float().cpu().numpy(),
-            "labels": det["labels"].detach().cpu().numpy().astype(np.int64)}
-
-
-@torch.no_grad()
-def _predict_shard(model, dataset, indices, batch_size, device, with_loss, num_workers):
-    """This rank's detections ``{image_id: dets}`` and summed val losses ``({name: sum}, n_images)``."""
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_pairs)
-    detections, loss_sums, n = {}, {}, 0
-    for images, targets in loader:
-        images = [im.to(device) for im in images]
-        outputs = model(images)
-        for image, target, det in zip(images, targets, outputs):
-            detections[int(target["image_id"])] = _to_original_frame(det, image, target)
-        if with_loss and hasattr(model, "val_losses"):
-            losses = model.val_losses(images, _to_device(targets, device))
-            for k, v in losses.items():
-                if k.startswith("loss"):
-                    loss_sums[k] = loss_sums.get(k, 0.0) + float(v) * len(images)
-        n += len(images)
-    return detections, loss_sums, n
-
-
 def evaluate_sharded(model, dataset, protocols, batch_size: int, ctx: DistContext,
-                     with_loss: bool = True, num_workers: int = 0) -> dict:
+                     with_loss: bool = True, num_workers: int = 0, progress: bool = False) -> dict:
     """Evaluate on every rank's shard, gather detections, score once; same result on every rank.
 
     Args:
@@ -251,15 +209,17 @@ def evaluate_sharded(model, dataset, protocols, batch_size: int, ctx: DistContex
         ctx: the process group context.
         with_loss: also compute the validation losses.
         num_workers: DataLoader workers for evaluation.
+        progress: show this rank's progress (rank 0's, under torchrun).
 
     Returns:
         ``evaluate_detections``'s result dict plus ``val_loss: {"loss": sum of parts, "loss_<part>": …}``
         (means over images) when losses were computed.
     """
-    from detlab.evaluation.evaluator import evaluate_detections
+    from detlab.evaluation.evaluator import evaluate_detections, mean_losses, predict_split
 
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
-    dets, sums, n = _predict_shard(model, dataset, indices, batch_size, ctx.device, with_loss, num_workers)
+    dets, sums, n = predict_split(model, dataset, indices, batch_size, ctx.device, with_loss,
+                                  progress=progress and ctx.is_main, num_workers=num_workers)
     gathered = gather_objects((dets, sums, n))
     result = None
     if ctx.is_main:
@@ -271,6 +231,5 @@ def evaluate_sharded(model, dataset, protocols, batch_size: int, ctx: DistContex
                 all_sums[name] = all_sums.get(name, 0.0) + v
         result = evaluate_detections(dataset.records, all_dets, protocols=tuple(protocols))
         if all_sums and total:
-            val = {name: v / total for name, v in sorted(all_sums.items())}
-            result["val_loss"] = {"loss": sum(v for k, v in val.items() if k.startswith("loss_")), **val}
+            result["val_loss"] = mean_losses(all_sums, total)
     return broadcast_object(result)

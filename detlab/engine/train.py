@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from detlab.config import TrainConfig, effective_lr, save_yaml
+from detlab.data.dataset import collate, targets_to
 from detlab.engine import checkpoint as ckpt_io
 from detlab.engine import distributed as ddp
 from detlab.engine.schedule import build_optimizer, build_scheduler
@@ -206,7 +207,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.step_in_epoch * self.cfg.accumulate * self.cfg.batch_size)
         return DataLoader(self.train_ds, batch_size=self.cfg.batch_size, sampler=self.sampler,
-                          drop_last=self.drop_last, num_workers=self.cfg.num_workers, collate_fn=ddp.collate_pairs,
+                          drop_last=self.drop_last, num_workers=self.cfg.num_workers, collate_fn=collate,
                           worker_init_fn=ddp.seed_worker, generator=self.loader_gen,
                           persistent_workers=False, pin_memory=self.device.type == "cuda")
 
@@ -293,7 +294,7 @@ class Trainer:
         sums: dict[str, float] = {}
         for i, (images, targets) in enumerate(group):
             images = [im.to(self.device, non_blocking=True) for im in images]
-            targets = ddp._to_device(targets, self.device)
+            targets = targets_to(targets, self.device)
             sync = i == len(group) - 1 or not self.ctx.distributed
             with (self.net.no_sync() if not sync else contextlib.nullcontext()), \
                     torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -347,7 +348,8 @@ class Trainer:
         model.eval()
         t0 = time.perf_counter()
         result = ddp.evaluate_sharded(model, self.val_ds, self.cfg.protocols, self.cfg.eval_batch_size,
-                                      self.ctx, with_loss=True, num_workers=min(self.cfg.num_workers, 2))
+                                      self.ctx, with_loss=True, num_workers=min(self.cfg.num_workers, 2),
+                                      progress=not self.cfg.quiet)
         model.train(was_training)
         val_loss = result.get("val_loss", {})
         flat = flatten_metrics({k: v for k, v in result.items() if k != "val_loss"})

@@ -296,7 +296,7 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
         batch_size: images per forward pass.
         device: where the model runs.
         with_loss: also average ``model.val_losses`` over the images → ``result["val_loss"]``.
-        progress: show a tqdm bar.
+        progress: show progress (a bar on a terminal, a line every few seconds otherwise).
         num_workers: DataLoader workers.
         precision: ``fp32``, or ``bf16`` / ``fp16`` / ``amp`` for a mixed-precision network with
             float32 decoding (:mod:`detlab.models.precision`); validation losses stay float32.
@@ -306,54 +306,108 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
         The result dict described in the module docstring.
     """
     ev = DetectionEvaluator(dataset.records, protocols, **opts)
-    losses = _predict(model, dataset, ev, batch_size, device, with_loss, progress, num_workers, precision)
+    detections, sums, seen = predict_split(model, dataset, batch_size=batch_size, device=device, with_loss=with_loss,
+                                           progress=progress, num_workers=num_workers, precision=precision)
+    ev.process(list(detections), list(detections.values()))
     result = ev.evaluate()
     for p in ev.problems:
         print(p.line(), file=sys.stderr)
-    if losses:
-        result["val_loss"] = losses
+    if with_loss and seen:
+        result["val_loss"] = mean_losses(sums, seen)
     return result
 
 
-def _predict(model: torch.nn.Module, dataset, ev: DetectionEvaluator, batch_size: int, device, with_loss: bool,
-             progress: bool, num_workers: int = 0, precision: str = "fp32") -> dict[str, float]:
-    """Feed every image of ``dataset`` to ``model`` (eval mode, inference mode) into ``ev``.
+def predict_split(model: torch.nn.Module, dataset, indices: Sequence[int] | None = None, batch_size: int = 4,
+                  device: str | torch.device = "cpu", with_loss: bool = False, progress: bool = True,
+                  num_workers: int = 0, precision: str = "fp32",
+                  desc: str = "eval") -> tuple[dict[int, dict[str, np.ndarray]], dict[str, float], int]:
+    """The one evaluation loop: feed ``dataset`` (or the ``indices`` of it one rank owns) to ``model``.
+
+    Used by :func:`evaluate`, ``detlab eval RUN`` and training-time evaluation
+    (:func:`detlab.engine.distributed.evaluate_sharded`), so every door gives the same numbers.
+
+    Args:
+        model: eval-mode detector (see :func:`evaluate`); ``model.val_losses`` when ``with_loss``.
+        dataset: ``ds[i] -> (image, target)`` with ``image_id`` and ``orig_size``.
+        indices: the images to run (default all).
+        batch_size, device, num_workers, precision: as :func:`evaluate`.
+        with_loss: also sum ``model.val_losses`` (float32) over the images.
+        progress: a bar on a terminal, else a line every few seconds with the time left.
+        desc: the progress label.
 
     Returns:
-        ``{"loss": sum of parts, "loss_<part>": mean over images}`` when ``with_loss``, else ``{}``.
+        ``(detections, loss_sums, seen)``: ``{image_id: {"boxes": float64 [K, 4] xyxy in the
+        annotated image's pixels, "scores": [K], "labels": int64 [K]}}``, ``{"loss_<part>": sum
+        over images}`` and the number of images run.
     """
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
+    from torch.utils.data import DataLoader, Subset
 
-    from detlab.data.dataset import collate
+    from detlab.data.dataset import collate, targets_to
     from detlab.models.precision import amp_dtype, autocast_network
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate)
+    subset = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     was_training = model.training
     model.eval()
     device = torch.device(device)
     dtype = amp_dtype(precision, device)
-    sums: dict[str, float] = {}
-    seen = 0
+    detections, sums, seen = {}, {}, 0
+    bar = Progress(len(subset), desc, enabled=progress)
     with torch.inference_mode():
-        for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress, dynamic_ncols=True):
+        for images, targets in loader:
             images = [im.to(device) for im in images]
             with autocast_network(model, dtype, device.type):
                 outputs = model(images)
-            ev.process([int(t["image_id"]) for t in targets],
-                       [_to_original_frame(o, im, t) for o, im, t in zip(outputs, images, targets)])
-            if with_loss:
-                moved = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                for k, v in model.val_losses(images, moved).items():
+            for image, target, out in zip(images, targets, outputs):
+                detections[int(target["image_id"])] = _to_original_frame(out, image, target)
+            if with_loss and hasattr(model, "val_losses"):
+                for k, v in model.val_losses(images, targets_to(targets, device)).items():
                     if k.startswith("loss"):
                         sums[k] = sums.get(k, 0.0) + float(v) * len(images)
             seen += len(images)
+            bar.update(len(images))
+    bar.close()
     model.train(was_training)
-    if not (with_loss and seen):
-        return {}
+    return detections, sums, seen
+
+
+def mean_losses(sums: Mapping[str, float], seen: int) -> dict[str, float]:
+    """Summed per-image loss parts → ``{"loss": sum of the means, "loss_<part>": mean}``."""
     parts = {k: v / seen for k, v in sorted(sums.items())}
     return {"loss": sum(v for k, v in parts.items() if k.startswith("loss_")), **parts}
+
+
+class Progress:
+    """Progress of a long step: a tqdm bar on a terminal; elsewhere (a log file, CI) one line every
+    ``every`` seconds with the count and the time left, so a redirected run is never silent for long."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, every: float = 10.0) -> None:
+        import time
+
+        self.total, self.desc, self.every, self.done = total, desc, every, 0
+        self.clock = time.monotonic
+        self.start = self.last = self.clock()
+        self.bar = None
+        self.enabled = enabled and total > 0
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = self.clock()
+        if self.enabled and now - self.last >= self.every and self.done < self.total:
+            left = (now - self.start) / self.done * (self.total - self.done)
+            print(f"{self.desc}: {self.done}/{self.total} images, about {left:.0f} s left", file=sys.stderr, flush=True)
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --- detlab eval -----------------------------------------------------------------
@@ -470,12 +524,11 @@ def _run_model_eval(args, protocols, opts):
     truth = load_ground_truth(spec, split=args.split, images=args.images, classes=list(det.class_names),
                               verbose=False)
     ev = DetectionEvaluator(truth, protocols, **opts)
-    losses = _predict(det.model, dataset, ev, args.batch, det.device, with_loss=False, progress=True,
-                      precision=det.precision)
+    detections, _, _ = predict_split(det.model, dataset, batch_size=args.batch, device=det.device,
+                                     precision=det.precision)
+    ev.process(list(detections), list(detections.values()))
     dets = ev.arrays()
     result = evaluate_arrays(truth, dets, ev.protocols, ev.gt, **{**opts, "max_dets": ev.max_dets})
-    if losses:
-        result["val_loss"] = losses
     stamp = {"checkpoint": f"{args.run} ({args.checkpoint})", "model": det.model_name, "detections": None,
              "precision": det.precision}
     unseen = {r.image_id for r in truth.images} - {r.image_id for r in dataset.records.images}
