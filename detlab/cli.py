@@ -81,13 +81,15 @@ def _run_show(args) -> int:
 
 
 def _add_models(sub) -> None:
-    sub.add_parser("models", help="the model catalogue: params, GFLOPs, pretrained weights and their availability")
+    p = sub.add_parser("models", help="the model catalogue: params, GFLOPs, pretrained weights and their availability")
+    p.add_argument("--flops", action="store_true",
+                   help="count the GFLOPs not counted before (about a minute on 2 CPU cores; kept for next time)")
 
 
 def _run_models(args) -> int:
     from detlab.models.catalogue import models_command
 
-    return models_command()
+    return models_command(flops=args.flops)
 
 
 # --- train --------------------------------------------------------------------

@@ -78,14 +78,20 @@ def test_models_command_lists_every_model(capsys):
     assert "at 80 classes" in out
 
 
-def test_cli_models_counts_flops_on_real_models(monkeypatch, capsys):
+def test_cli_models_counts_flops_on_real_models(monkeypatch, capsys, tmp_path):
     # one small model, and a stand-in count: the real count at 800x1066 is slow on CPU
+    monkeypatch.setenv("DETLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(catalogue, "MODELS", {"fcos_effl0_fpn": MODELS["fcos_effl0_fpn"]})
     seen = []
     monkeypatch.setattr(catalogue, "_gflops", lambda model, hw: seen.append((model.name, hw)) or 1.25)
-    assert main(["models"]) == 0
+    assert main(["models"]) == 0  # prints at once: nothing is counted without --flops
+    assert capsys.readouterr().out.splitlines()[1].split()[5] == "?" and seen == []
+    assert main(["models", "--flops"]) == 0
     row = capsys.readouterr().out.splitlines()[1].split()
     assert row[:6] == ["fcos_effl0_fpn", "fcos", "effl0", "11.0", "800x1066", "1.2"]
+    assert seen == [("fcos_effl0_fpn", (800, 1066))]
+    assert main(["models"]) == 0 and main(["models", "--flops"]) == 0  # counted once, kept for next time
+    assert [line.split()[5] for line in capsys.readouterr().out.splitlines() if line.startswith("fcos_")] == ["1.2", "1.2"]
     assert seen == [("fcos_effl0_fpn", (800, 1066))]
 
 

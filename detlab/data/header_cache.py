@@ -6,9 +6,9 @@ facts of a file that passed are stored in one SQLite file, keyed by the absolute
 the file size and its modification time in nanoseconds: a file that changes in any way
 is probed again. Files that failed are never stored, so a repaired file is seen at once.
 
-Where: ``$DETLAB_CACHE_DIR`` (default ``~/.cache/detlab``), file ``image_headers.sqlite3``.
-``DETLAB_CACHE_DIR=off`` (or a folder that cannot be written) turns the cache off; the
-check then reads every header, as before.
+Where: ``image_headers.sqlite3`` in detlab's cache folder (:mod:`detlab.cache`); with the
+cache off (``DETLAB_CACHE_DIR=off``, or a folder that cannot be written) the check reads
+every header.
 """
 
 from __future__ import annotations
@@ -17,19 +17,13 @@ import os
 import sqlite3
 from pathlib import Path
 
+from detlab.cache import cache_file
+
 Facts = tuple[tuple[int, int], tuple[int, int], int]  # displayed (W, H), raw (W, H), EXIF orientation
 Key = tuple[int, int]  # file size in bytes, mtime in ns
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, "
            "w INTEGER, h INTEGER, raw_w INTEGER, raw_h INTEGER, orientation INTEGER)")
-
-
-def cache_path() -> Path | None:
-    """The cache file, or ``None`` when the cache is off."""
-    folder = os.environ.get("DETLAB_CACHE_DIR", "").strip()
-    if folder.lower() in ("off", "0", "none"):
-        return None
-    return Path(folder or Path.home() / ".cache" / "detlab") / "image_headers.sqlite3"
 
 
 def file_key(path: str) -> Key | None:
@@ -59,13 +53,7 @@ class HeaderCache:
 
     @classmethod
     def open(cls) -> HeaderCache:
-        path = cache_path()
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError:
-                path = None
-        return cls(path)
+        return cls(cache_file("image_headers.sqlite3"))
 
     def get(self, path: str, key: Key | None) -> Facts | None:
         row = self.rows.get(path)

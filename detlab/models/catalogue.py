@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -139,42 +141,67 @@ def _gflops(model: nn.Module, hw: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9  # a multiply-add counts as 2 FLOPs
 
 
-def _row(name: str, num_classes: int, flops: bool) -> list[str]:
+def _flops_key(name: str, num_classes: int, hw: tuple[int, int]) -> str:
+    return f"{name}|{num_classes} classes|{hw[0]}x{hw[1]}|torch {torch.__version__}"
+
+
+def _flops_cache() -> tuple[Path | None, dict[str, float]]:
+    """GFLOPs counted before (the count is seconds per model on CPU, the same every time)."""
+    from detlab.cache import cache_file
+
+    path = cache_file("gflops.json")
+    try:
+        known = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    return path, known if isinstance(known, dict) else {}
+
+
+def _row(name: str, num_classes: int, flops: bool, known: dict[str, float]) -> list[str]:
     family, backbone = _family_and_backbone(name)
     imagenet, coco = _pretrained(name, backbone)
     quiet = {} if family == "detr" else {"log": None}
-    try:
-        # without a FLOP count only shapes matter: the meta device skips weight init
-        with contextlib.nullcontext() if flops else torch.device("meta"):
-            model = build_model(name, num_classes, **quiet)
-    except Exception as e:  # e.g. detr.py absent: still list the name
-        return [name, family, backbone, "?", "?", "?", imagenet, coco, f"({type(e).__name__}: {str(e).splitlines()[0][:60]})"]
+    with torch.device("meta"):  # shapes are enough for params and input: no weight init, no memory
+        model = build_model(name, num_classes, **quiet)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     hw = _default_input(name, model)
-    gflops = f"{_gflops(model, hw):.1f}" if flops else "-"
-    return [name, family, backbone, f"{params:.1f}", f"{hw[0]}x{hw[1]}", gflops, imagenet, coco, ""]
+    key = _flops_key(name, num_classes, hw)
+    if flops and key not in known:
+        known[key] = _gflops(build_model(name, num_classes, **quiet), hw)
+    gflops = f"{known[key]:.1f}" if key in known else "?"
+    return [name, family, backbone, f"{params:.1f}", f"{hw[0]}x{hw[1]}", gflops, imagenet, coco]
 
 
-def models_command(num_classes: int = 80, flops: bool = True) -> int:
-    """Print the catalogue table (``detlab models``).
+_COLUMNS = (("model", 22), ("family", 12), ("backbone", 9), ("params(M)", 10), ("input", 9), ("GFLOPs", 7),
+            ("imagenet", 9), ("coco", 8))
+
+
+def models_command(num_classes: int = 80, flops: bool = False) -> int:
+    """Print the catalogue table (``detlab models``), one row as soon as it is known.
 
     Args:
         num_classes: the class count the parameters and GFLOPs are counted at.
-        flops: count GFLOPs (2 per multiply-add) with ``FlopCounterMode`` on one
-            eval-mode forward of a random image at the model's default input size.
+        flops: count the GFLOPs not counted before (2 per multiply-add, ``FlopCounterMode`` on
+            one eval-mode forward of a random image at the model's default input size) and keep
+            them in detlab's cache; otherwise show the kept ones and ``?`` for the rest.
 
     Returns:
         0.
     """
     start = time.perf_counter()
-    header = ["model", "family", "backbone", "params(M)", "input", "GFLOPs", "imagenet", "coco", ""]
-    rows = [_row(name, num_classes, flops) for name in MODELS]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    path, known = _flops_cache()
+    before = len(known)
+    print("  ".join(h.ljust(w) for h, w in _COLUMNS).rstrip(), flush=True)
+    for name in MODELS:
+        row = _row(name, num_classes, flops, known)
+        print("  ".join(c.ljust(w) for c, (_, w) in zip(row, _COLUMNS)).rstrip(), flush=True)
+    if path is not None and len(known) > before:
+        with contextlib.suppress(OSError):
+            path.write_text(json.dumps(known, indent=1, sort_keys=True))
+    missing = "" if flops else " ? = not counted yet: `detlab models --flops` counts them once (about a minute on 2 CPU cores) and keeps them;"
     print(
         f"\nparams and GFLOPs at {num_classes} classes, one eval forward of a random image at the input shown"
-        " (FlopCounterMode; a multiply-add is 2 FLOPs);"
+        f" (FlopCounterMode; a multiply-add is 2 FLOPs);{missing}"
         " imagenet/coco: yes = available offline now, download = published, fetched on first use"
         f" into {torch.hub.get_dir()}/checkpoints, - = none published.  ({time.perf_counter() - start:.0f}s)"
     )
