@@ -192,7 +192,7 @@ def gallery(entries: list[Entry], dataset) -> str:
     for score, i, dets in shown:
         image, target = dataset[i]
         name = Path(dataset.records.images[i].file).name
-        figs = [figure(draw_png(image, target["boxes"], target["labels"], list(dataset.class_names)),
+        figs = [figure(draw_png(image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True),
                        f"{name}: ground truth")]
         figs += [figure(draw_png(image, d["boxes"], d["labels"], e.detector.class_names, d["scores"]),
                         f"{e.label}: {len(d['labels'])} boxes") for e, d in zip(loaded, dets)]

@@ -410,11 +410,13 @@ def _before_after_section(info: RunInfo) -> str:
                    "<p>Values in %; change in points.</p>" + table(["metric", "before", "after", "change"], rows))
 
 
-def draw_png(image: torch.Tensor, boxes, labels, class_names: list[str], scores=None) -> bytes:
-    """PNG bytes of ``image`` (``float32 [3, H, W]`` in 0..1) with xyxy absolute ``boxes`` drawn by ``report.draw``."""
+def draw_png(image: torch.Tensor, boxes, labels, class_names: list[str], scores=None,
+             ground_truth: bool = False) -> bytes:
+    """PNG bytes of ``image`` (``float32 [3, H, W]`` in 0..1) with xyxy absolute ``boxes`` drawn by ``report.draw``
+    (dashed for ``ground_truth``)."""
     from detlab.report.draw import draw_boxes
 
-    return png_bytes(draw_boxes(image, boxes, labels, class_names, scores=scores))
+    return png_bytes(draw_boxes(image, boxes, labels, class_names, scores=scores, ground_truth=ground_truth))
 
 
 def sample_indices(n_images: int, n: int) -> list[int]:
@@ -439,7 +441,7 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         image, target = dataset[i]
         det = detector.detect([image], score=score)[0]
         name = Path(dataset.records.images[i].file).name
-        gt = draw_png(image, target["boxes"], target["labels"], list(dataset.class_names))
+        gt = draw_png(image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True)
         pred = draw_png(image, det["boxes"], det["labels"], detector.class_names, det["scores"])
         n_gt, n_pred = len(target["boxes"]), len(det["boxes"])
         rows.append(f'<div class="grid">{figure(gt, f"{name}: ground truth ({n_gt} boxes)")}'
