@@ -56,3 +56,10 @@ def test_tile_caption_writes_the_file_name_in_a_band():
     band = tile[-12:, :]
     assert (band == 20).all(-1).mean() > 0.5 and (band == 255).all(-1).any()
     assert (tile[:100] == 200).all()
+
+
+def test_undefined_metrics_print_a_dash_in_reports():
+    from detlab.report.html import pct
+
+    assert [pct(v) for v in (0.4567, 0.0, -1.0, float("nan"), None, float("inf"), True)] == \
+        ["45.7", "0.0", "–", "–", "–", "–", "–"]

@@ -32,6 +32,7 @@ import torch
 from detlab.errors import DataError, DetlabError
 from detlab.report.html import (
     RunInfo,
+    defined,
     draw_png,
     esc,
     figure,
@@ -236,7 +237,7 @@ def per_class_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for n in names:
         values = [e.info.final.get("coco", {}).get("per_class", {}).get(n) for e in entries]
-        ok = [isinstance(v, (int, float)) and v >= 0 for v in values]
+        ok = [defined(v) for v in values]
         deltas = [f"{100 * (v - values[0]):+.1f}" if ok[0] and ok[j + 1] else "–" for j, v in enumerate(values[1:])]
         rows.append([n] + [pct(v) for v in values] + deltas)
     return header, rows

@@ -20,6 +20,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 import sys
 import tempfile
@@ -255,11 +256,14 @@ def table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def defined(value) -> bool:
+    """Whether a metric has a value: a finite number >= 0 (COCO's ``-1``, NaN and ``None`` mean undefined)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def pct(value) -> str:
-    """A 0..1 metric as a percentage with one decimal; ``-1`` (no such objects) and missing as ``–``."""
-    if value is None or not isinstance(value, (int, float)) or value < 0:
-        return "–"
-    return f"{100 * value:.1f}"
+    """A 0..1 metric as a percentage with one decimal; undefined ones (see :func:`defined`) as ``–``."""
+    return f"{100 * value:.1f}" if defined(value) else "–"
 
 
 def section(sid: str, title: str, body: str) -> str:
