@@ -305,9 +305,9 @@ def _map_ids(path, records, image_ids, cat_ids, xywh, scores):
     """Keep rows with known image and category ids; report the others (counted)."""
     cats = np.asarray(category_ids(records), np.int64)
     order = np.argsort(cats)
-    pos = np.clip(np.searchsorted(cats[order], cat_ids), 0, len(cats) - 1)
-    cat_ok = cats[order][pos] == cat_ids
-    labels = order[pos]
+    pos = np.clip(np.searchsorted(cats[order], cat_ids), 0, max(len(cats) - 1, 0))
+    cat_ok = cats[order][pos] == cat_ids if len(cats) else np.zeros(len(cat_ids), bool)  # no class: none is known
+    labels = order[pos] if len(cats) else np.zeros(len(cat_ids), np.int64)
     known_images = np.fromiter((r.image_id for r in records.images), np.int64, len(records.images))
     img_ok = np.isin(image_ids, known_images)
     problems = []

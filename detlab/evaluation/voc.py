@@ -249,7 +249,9 @@ def average_precision(precision: np.ndarray, recall: np.ndarray, eleven_point: b
         AP in ``0..1``.
     """
     if eleven_point:
-        pts = [precision[recall >= t].max(initial=0.0) for t in np.linspace(0, 1, 11)]
+        # k / 10 exactly: a recall of exactly 0.3, 0.6 or 0.7 reaches its point, as the protocol says;
+        # ports that step 0.1 at a time (arange(0, 1.1, 0.1)) land a rounding error above and miss it.
+        pts = [precision[recall >= t].max(initial=0.0) for t in np.arange(11) / 10]
         return float(np.mean(pts))
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
