@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from detlab.errors import ConfigError
+from detlab.errors import ConfigError, writing
 
 
 @dataclass
@@ -237,7 +239,8 @@ def load_yaml(path: str | Path) -> dict:
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML, in field order."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with writing(path, "config"):
+        Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def resolve(user: dict, family: str | None = None, model_name: str | None = None) -> TrainConfig:
@@ -258,7 +261,7 @@ def resolve(user: dict, family: str | None = None, model_name: str | None = None
         merged = apply_overrides(merged, family_recipe(family, model_name), f"recipe for {family}")
     merged = apply_overrides(merged, user, "config")
     cfg = TrainConfig(**merged)
-    validate(cfg)
+    validate(cfg, family)
     return cfg
 
 
@@ -269,49 +272,215 @@ _CHOICES = {
     "eval_before": ("auto", "true", "false"),
 }
 
+# The names detlab.evaluation.evaluator.PROTOCOLS accepts (a test keeps them equal); kept here so a
+# config is checked without importing the evaluation stack.
+PROTOCOLS = ("coco", "voc07", "voc12")
 
-def validate(cfg: TrainConfig) -> None:
-    """Check choices, types and ranges; raise ConfigError naming the key and the fix."""
+
+def _at_least(lo: float) -> Callable[[Any], bool]:
+    return lambda v: v >= lo
+
+
+def _within(lo: float, hi: float, hi_open: bool = False) -> Callable[[Any], bool]:
+    return lambda v: lo <= v < hi if hi_open else lo <= v <= hi
+
+
+# Beyond its annotated type, what a field accepts: (test on a well-typed value, what the message expects).
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: (_at_least(1), "an integer ≥ 1") for k in ("epochs", "batch_size", "accumulate", "eval_batch_size",
+                                                      "log_every")},
+    **{k: (_at_least(0), "an integer ≥ 0") for k in ("num_workers", "warmup_iters", "checkpoint_every", "patience",
+                                                      "eval_every", "base_batch", "seed")},
+    **{k: (_at_least(0), "a number ≥ 0") for k in ("base_lr", "weight_decay", "norm_weight_decay",
+                                                    "backbone_lr_mult", "clip_grad_norm", "gamma")},
+    "lr": (lambda v: v is None or v > 0, "a positive number, or null to scale base_lr"),
+    "momentum": (_within(0, 1, hi_open=True), "a number in [0, 1)"),
+    "warmup_factor": (_within(0, 1), "a number in [0, 1]"),
+    "min_lr_factor": (_within(0, 1), "a number in [0, 1]"),
+    "ema_decay": (_within(0, 1, hi_open=True), "a number in [0, 1)"),
+    "milestones": (lambda v: all(_is_number(m) and 0 < m < 1 for m in v),
+                   "a list of fractions of the run in (0, 1), e.g. [0.67, 0.89]"),
+    "protocols": (lambda v: bool(v) and all(p in PROTOCOLS for p in v), f"a list of {', '.join(PROTOCOLS)}"),
+    "transform_kwargs": (lambda v: set(v) <= {"min_size", "max_size", "size"},
+                         "a mapping of min_size, max_size or size"),
+    **{k: (lambda v, c=c: v in c, "one of " + ", ".join(c)) for k, c in _CHOICES.items()},
+}
+
+_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list",
+          "tuple": "a list", "dict": "a mapping", "None": "null"}
+_PY_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": (list, tuple),
+             "dict": dict, "None": type(None)}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(value: Any) -> str:
+    """A value as the user typed it in YAML (``true``, ``null``) or as Python's repr."""
+    if value is None or isinstance(value, bool):
+        return yaml.safe_dump(value).split("\n")[0]
+    return repr(value)
+
+
+def check_typed(key: str, value: Any, annotation: str, expected: str | None = None) -> Any:
+    """``value`` checked against a field annotation (``"float | None"``); returns it, numeric strings as floats.
+
+    ``bool`` is not an ``int`` here (``epochs=true`` is refused); an ``int`` is a ``float``; a string
+    that reads as a finite number is one for a float field (YAML reads ``1e-4`` as a string).
+    Annotations naming other types (``Callable``) are not checked.
+
+    Raises:
+        ConfigError: ``config key 'KEY': VALUE is not …`` (``expected`` or the annotation in words).
+    """
+    names = [a.strip().split("[")[0] for a in annotation.split("|")]
+    if any(n not in _PY_TYPES for n in names):
+        return value
+    wanted = expected or " or ".join(dict.fromkeys(_WORDS[n] for n in names))
+    if isinstance(value, str) and "float" in names and "str" not in names:
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool):
+        ok = "bool" in names
+    elif isinstance(value, int):
+        ok = "int" in names or "float" in names
+    elif isinstance(value, float):
+        ok = "float" in names and math.isfinite(value)
+    else:
+        ok = any(isinstance(value, _PY_TYPES[n]) for n in names)
+    if not ok:
+        raise ConfigError(f"config key {key!r}: {_show(value)} is not {wanted}")
+    return value
+
+
+def validate(cfg: TrainConfig, family: str | None = None) -> None:
+    """Check every field by its annotated type and rule, and the rules across fields.
+
+    Runs at start-up, before any data is loaded (``resolve``, ``--resume``), so a bad value costs
+    nothing. Each failure is one ConfigError naming the key, the value and what is expected.
+
+    Args:
+        cfg: the config; ``eval_before`` (a YAML bool), ``protocols`` (a comma string) and
+            numeric strings of float fields are normalised in place.
+        family: model family, for the loss parts ``metric=val/loss_<part>`` may name; default:
+            from ``cfg.model``.
+    """
     if isinstance(cfg.eval_before, bool):  # YAML parses `true` as a bool
         cfg.eval_before = str(cfg.eval_before).lower()
-    for key, choices in _CHOICES.items():
-        if getattr(cfg, key) not in choices:
-            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} is not one of {', '.join(choices)}")
-    for key in ("epochs", "batch_size", "accumulate", "eval_batch_size", "log_every"):
-        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
-            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} must be an integer ≥ 1")
-    for key in ("num_workers", "warmup_iters", "checkpoint_every", "patience", "eval_every", "base_batch", "seed"):
-        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
-            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} must be an integer ≥ 0")
-    for key in ("base_lr", "weight_decay", "norm_weight_decay", "backbone_lr_mult", "clip_grad_norm", "gamma"):
-        if not isinstance(getattr(cfg, key), (int, float)) or getattr(cfg, key) < 0:
-            raise ConfigError(f"config key {key!r}: {getattr(cfg, key)!r} must be a number ≥ 0")
-    if cfg.lr is not None and (not isinstance(cfg.lr, (int, float)) or cfg.lr <= 0):
-        raise ConfigError(f"config key 'lr': {cfg.lr!r} must be a positive number, or null to scale base_lr")
-    if not all(isinstance(m, (int, float)) and 0 < m < 1 for m in cfg.milestones):
-        raise ConfigError(f"config key 'milestones': {cfg.milestones!r} must be fractions of the run in (0, 1)")
     if isinstance(cfg.protocols, str):
         cfg.protocols = [p.strip() for p in cfg.protocols.split(",") if p.strip()]
-    if not 0 <= cfg.ema_decay < 1:
-        raise ConfigError(f"config key 'ema_decay': {cfg.ema_decay!r} must be in [0, 1)")
+    unknown = [p for p in cfg.protocols if p not in PROTOCOLS] if isinstance(cfg.protocols, list) else []
+    if unknown:
+        raise ConfigError(f"config key 'protocols': {unknown[0]!r} is not a protocol; use a list of "
+                          f"{', '.join(PROTOCOLS)}")
+    for name, f in FIELDS.items():
+        test, expected = _RULES.get(name, (None, None))
+        value = check_typed(name, getattr(cfg, name), str(f.type), expected)
+        if test is not None and not test(value):
+            raise ConfigError(f"config key {name!r}: {_show(value)} is not {expected}")
+        setattr(cfg, name, value)
+    cfg.protocols = list(dict.fromkeys(cfg.protocols))
     if cfg.weights == "none" and cfg.model_kwargs.get("train_backbone") is False:
         raise ConfigError("config: weights=none with model_kwargs.train_backbone=false (DETR's small-data recipe) "
                           "would train on a frozen random backbone — use --weights imagenet (offline for "
                           "detr_effl0) or --set model_kwargs.train_backbone=true")
-    _validate_metric(cfg.metric)
+    if family is None and cfg.model and cfg.model.startswith(_FAMILY_PREFIXES):
+        family = family_of(cfg.model)
+    _validate_metric(cfg.metric, cfg.protocols, family)
+    _validate_device(cfg.device, cfg.amp)
+    _validate_model_kwargs(cfg.model, cfg.model_kwargs)
 
 
 # Metrics that can pick the best checkpoint (evaluator.flatten_metrics names; val/* from the engine).
 _METRICS = [f"coco/{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")] + [
     "voc07/mAP", "voc12/mAP", "val/loss"]
 
+# The loss parts each family's model returns (its docstring's train-mode keys), so that
+# metric=val/loss_<part> is checked before training instead of after the first evaluation.
+_LOSS_PARTS = {
+    "faster_rcnn": r"classifier|box_reg|objectness|rpn_box_reg",
+    "fcos": r"classification|bbox_regression|bbox_ctrness",
+    "retinanet": r"classification|bbox_regression",
+    "ssd": r"classification|bbox_regression",
+    "detr": r"(ce|bbox|giou)(_\d+|_enc)?",
+}
 
-def _validate_metric(metric: str) -> None:
-    if metric in _METRICS or metric.startswith("val/loss_"):
+
+def _validate_metric(metric: str, protocols: list, family: str | None) -> None:
+    head = metric.split("/")[0]
+    if metric in _METRICS:
+        if head not in (*protocols, "val"):
+            raise ConfigError(f"config key 'metric': {metric!r} needs protocol {head!r}, which is not in protocols "
+                              f"{protocols}; add it or pick e.g. metric={protocols[0]}/{'AP50' if protocols[0] == 'coco' else 'mAP'}")
         return
+    part = metric.removeprefix("val/loss_") if metric.startswith("val/loss_") else None
+    if part is not None and (family not in _LOSS_PARTS or re.fullmatch(_LOSS_PARTS[family], part)):
+        return
+    if part is not None:
+        parts = ", ".join(f"val/loss_{p}" for p in _LOSS_PARTS[family].split("|") if p.isidentifier())
+        raise ConfigError(f"config key 'metric': {metric!r} is not a loss part of {family} models; use val/loss "
+                          f"or one of {parts}")
     close = difflib.get_close_matches(metric, _METRICS, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(_METRICS)} or val/loss_<part>"
     raise ConfigError(f"config key 'metric': {metric!r} is not a metric detlab computes; {hint}")
+
+
+def _validate_device(device: str, amp: str) -> None:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"config key 'device': {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("config key 'device': 'mps' is not available: no Apple GPU here; use device=cpu or auto")
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if count == 0:
+        raise ConfigError(f"config key 'device': {device!r} is not available: torch sees no CUDA GPU here; use "
+                          "device=cpu or auto")
+    if index >= count:
+        raise ConfigError(f"config key 'device': {device!r} is not available: torch sees {count} CUDA GPU(s), "
+                          f"cuda:0..cuda:{count - 1}")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"config key 'amp': 'bf16' is not supported by {torch.cuda.get_device_name(index)}; "
+                          "use amp=fp16 or auto")
+
+
+def _validate_model_kwargs(model: str | None, knobs: dict) -> None:
+    """Each ``model_kwargs`` entry against the catalogue builder's knobs and their annotated types."""
+    if not knobs or not model:
+        return
+    from detlab.models.catalogue import MODELS
+
+    if model not in MODELS:  # a model built outside the catalogue (the Python API) takes what it takes
+        return
+    annotations = _builder_knobs(model)
+    for key, value in knobs.items():
+        if key not in annotations:
+            close = difflib.get_close_matches(key, annotations, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"config key 'model_kwargs.{key}': not a knob of {model}; {hint}knobs: "
+                              f"{', '.join(annotations)}")
+        knobs[key] = check_typed(f"model_kwargs.{key}", value, annotations[key])
+
+
+def _builder_knobs(model: str) -> dict[str, str]:
+    """``{knob: annotation}`` of a catalogue model (its builder's keyword-only arguments, or DETR's knobs)."""
+    import inspect
+
+    from detlab.models.catalogue import MODELS
+
+    if model.startswith("detr"):
+        from detlab.models.detr import DetrKnobs
+
+        return {f.name: str(f.type) for f in dataclasses.fields(DetrKnobs)}
+    params = inspect.signature(MODELS[model]).parameters.values()
+    return {p.name: str(p.annotation) for p in params if p.kind is p.KEYWORD_ONLY and p.name != "log"}
 
 
 def effective_lr(cfg: TrainConfig, world_size: int = 1) -> float:

@@ -36,6 +36,7 @@ Legend for shape comments: ``K`` detections of one image, ``H``/``W`` image size
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError, DataError, DetlabError
+from detlab.errors import ConfigError, DataError, DetlabError, OutputError, writing
 
 #: Tolerances of the eager-vs-ONNX check: boxes in pixels (absolute, or relative
 #: to the box coordinate for large images), scores in probability.
@@ -166,6 +167,8 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset
             with torch.no_grad():
                 fn(wrapper, example, path, opset)
             break
+        except OSError:  # a full disk or read-only folder is the same for both exporters: the caller says so
+            raise
         except Exception as e:  # exporters raise many types; one line per exporter goes to the user
             reasons.append(f"{exporter} exporter: {_first_line(e)}")
     else:
@@ -416,7 +419,13 @@ def export_command(args) -> int:
     run = Path(args.run)
     out = Path(args.out) if args.out else (run.parent.parent if run.is_file() else run) / "model.onnx"
     start = time.perf_counter()
-    export_onnx(model, out, size, class_names=detector.class_names)
+    try:
+        with writing(out, "ONNX model", "no model file was left there"):
+            export_onnx(model, out, size, class_names=detector.class_names)
+    except OutputError:
+        with contextlib.suppress(OSError):
+            out.unlink(missing_ok=True)  # a torn file would load as a broken model in predict --backend onnx
+        raise
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {getattr(model, 'family', '?')}, "
           f"input [3, {size[0]}, {size[1]}], {time.perf_counter() - start:.1f} s)")
     if not images:

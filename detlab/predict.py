@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from detlab.data.records import Problem
-from detlab.errors import ConfigError, DataError
+from detlab.errors import ConfigError, DataError, writing
 from detlab.evaluation.evaluator import THRESHOLDED_SCORE
 from detlab.models.precision import amp_dtype, autocast_network
 
@@ -118,7 +118,9 @@ def load_checkpoint(path: Path) -> dict:
     ckpt = load(path)
     missing = [k for k in ("model_name", "num_classes") if k not in ckpt]
     if missing:
-        raise DataError(f"{path}: checkpoint field {', '.join(missing)} missing — use a file written by `detlab train`")
+        raise DataError(f"{path}: holds weights but not the model they belong to (checkpoint field "
+                        f"{', '.join(missing)} missing) — use a checkpoint written by `detlab train`, or start a run "
+                        f"from these weights with `detlab train --weights {path}`")
     return ckpt
 
 
@@ -472,8 +474,9 @@ def predict_command(args) -> int:
         print(f"note: --score {score:g} with --data: detections.json holds only detections >= {score:g}, so AP/AR "
               "scored from it are a lower bound — omit --score to keep every detection", file=sys.stderr)
     out = Path(args.out)
-    counts = write_predictions(detector, files, out, score=score, batch_size=args.batch, image_ids=image_ids,
-                               draw_score=args.score if args.score is not None else DRAW_SCORE)
+    with writing(out, "predictions"):
+        counts = write_predictions(detector, files, out, score=score, batch_size=args.batch, image_ids=image_ids,
+                                   draw_score=args.score if args.score is not None else DRAW_SCORE)
     left_out = f"; {counts['left_out']} detections of classes not in {data} left out" if counts["left_out"] else ""
     print(f"predicted {counts['images']} images, {counts['detections']} detections at score >= {score:g}"
           f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable{left_out} → {out}")

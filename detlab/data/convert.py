@@ -17,13 +17,17 @@ What is kept, per target:
 Images are hard-linked into the destination (no copy, same bytes); when the
 destination is on another file system they are copied. Writing a second split into
 the same destination adds to it (``data.yaml`` and ``ImageSets`` are updated).
+A write that fails (disk full, read-only, a bad record) leaves the destination as it
+was (see :func:`write_all_or_nothing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import secrets
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -32,7 +36,7 @@ import numpy as np
 import yaml
 
 from detlab.data.records import ImageRecord, Problem, Records
-from detlab.errors import DataError
+from detlab.errors import DataError, writing
 
 TARGETS = ("coco", "voc", "yolo")
 
@@ -243,7 +247,59 @@ def convert(src: str | Path, dst: str | Path, to: str, split: str | None = None,
             records.problems.append(Problem(str(dst), "difficult/iscrowd", f"YOLO cannot hold these flags: {flagged} boxes",
                                             "written as normal boxes", "warning"))
             print(f"detlab: {records.problems[-1].line()}", file=sys.stderr)
-    return WRITERS[to](records, Path(dst), records.split, link), records
+    return write_all_or_nothing(WRITERS[to], records, Path(dst), link), records
+
+
+def write_all_or_nothing(writer, records: Records, dst: Path, link: str = "hardlink") -> Path:
+    """Run one of :data:`WRITERS` so that a failure leaves no half-written dataset that looks complete.
+
+    A new destination is written into a hidden sibling folder and renamed into place at the
+    end (a killed process leaves only that hidden folder). Adding a split to an existing
+    destination keeps a copy of its index files (``data.yaml``, ``ImageSets``, the COCO JSON);
+    on failure they are put back and every file the writer created is removed.
+
+    Returns:
+        The writer's path, at ``dst``. Raises OutputError naming ``dst`` and the cause for an
+        OSError (disk full, read-only, a file in the way); other errors pass through after the clean-up.
+    """
+    fresh = dst.suffix != ".json" and (not dst.exists() or (dst.is_dir() and not any(dst.iterdir())))
+    if fresh:
+        with writing(dst, "dataset"):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            tmp.mkdir()  # not mkdtemp: its 0700 mode would become the dataset's
+        try:
+            with writing(dst, "dataset", "nothing was left there"):
+                out = writer(records, tmp, records.split, link)
+                os.replace(tmp, dst)  # an empty dst folder is replaced too
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dst / out.relative_to(tmp)
+    roots = [dst.parent / "images"] if dst.suffix == ".json" else [dst]
+    before = {p for root in roots if root.is_dir() for p in root.rglob("*")}
+    index = [dst] if dst.suffix == ".json" else [*dst.glob("data.yaml"), *dst.glob("ImageSets/Main/*.txt"),
+                                                  *dst.glob("annotations/*.json")]
+    saved = {p: p.read_bytes() for p in index if p.is_file()}
+    try:
+        with writing(dst, "dataset", "the files written were removed and the existing dataset restored"):
+            return writer(records, dst, records.split, link)
+    except BaseException:
+        _undo(roots, before, saved, dst)
+        raise
+
+
+def _undo(roots: list[Path], before: set[Path], saved: dict[Path, bytes], dst: Path) -> None:
+    """Remove what a failed write added under ``roots`` and put the saved index files back."""
+    added = [p for root in roots if root.is_dir() for p in root.rglob("*") if p not in before]
+    if dst.suffix == ".json" and dst not in saved:
+        added.append(dst)
+    for p in sorted(added, key=lambda q: len(q.parts), reverse=True):  # files and folders, deepest first
+        with contextlib.suppress(OSError):
+            p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p, data in saved.items():
+        with contextlib.suppress(OSError):
+            p.write_bytes(data)
 
 
 def convert_command(src: str, dst: str, to: str, split: str | None = None, images: str | None = None,

@@ -14,13 +14,22 @@ states are converted to lists here and back on load.
 
 A write goes to a temporary file in the same folder, is flushed and fsynced, then
 ``os.replace``-d over the target: a kill at any moment leaves either the old or
-the new checkpoint, never a torn one.
+the new checkpoint, never a torn one. A write that fails (disk full, read-only
+folder) removes its temporary file, leaves the previous checkpoint as it was and
+raises one :class:`~detlab.errors.OutputError` line.
+
+Every ``.pt`` read (checkpoints, ``--weights PATH``, the report) goes through
+:func:`read_torch_file`: an empty, truncated or foreign file, or a pickle holding
+Python objects beyond tensors and plain values, is one WeightsError line.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detlab.errors import WeightsError
+from detlab.errors import WeightsError, writing
 
 
 def rng_state() -> dict:
@@ -83,39 +92,106 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
         path: destination; its folder is created.
 
     Returns:
-        The path written.
+        The path written. Raises OutputError naming ``path`` and the cause when the
+        write fails; ``path`` then still holds the previous checkpoint, if there was one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, "checkpoint", _kept(path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                _torch_save(state, f, path)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
     return path
+
+
+def _kept(path: Path) -> str:
+    return f"the previous {path.name} is intact" if path.is_file() else "no checkpoint was written"
+
+
+def _torch_save(state: dict, f, path: Path) -> None:
+    """``torch.save`` whose failed writes surface as OSError, so the write guard words them.
+
+    torch's zip writer reports a failed ``write`` as a RuntimeError (``inline_container.cc …
+    unexpected pos``, ``PytorchStreamWriter failed writing file``) without the errno.
+    """
+    try:
+        torch.save(state, f)
+    except RuntimeError as e:
+        if not re.search(r"inline_container|PytorchStreamWriter|file write failed", str(e)):
+            raise
+        cause = e.__context__ if isinstance(e.__context__, OSError) else None
+        if cause is None:
+            free = shutil.disk_usage(path.parent).free
+            code = errno.ENOSPC if free < 64 * 2**20 else errno.EIO
+            cause = OSError(code, os.strerror(code))
+        raise cause from None
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Atomically copy one checkpoint file over another (``last.pt`` → ``best.pt``)."""
     src, dst = Path(src), Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
-            shutil.copyfileobj(s, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(dst, "checkpoint", _kept(dst)):
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        try:
+            with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+                shutil.copyfileobj(s, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dst)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     _fsync_dir(dst.parent)
     return dst
+
+
+def _first_line(e: BaseException) -> str:
+    """The OS's or torch's first sentence, without torch's paragraphs of advice."""
+    lines = str(e).strip().splitlines()
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(e).__name__
+
+
+def read_torch_file(path: str | Path, failure: str, fix: str, map_location: str | torch.device = "cpu"):
+    """``torch.load(path, weights_only=True)`` whose every failure is one WeightsError line.
+
+    Args:
+        path: the file (must exist; callers say what a missing one means).
+        failure: how the message starts after the path (``cannot load checkpoint``).
+        fix: what the user can do instead, appended to every message.
+        map_location: where tensors land.
+
+    Returns:
+        The loaded object: tensors, numbers, strings, lists and dicts only.
+    """
+    path = Path(path)
+    head = f"{path}: {failure}"
+    try:
+        if path.stat().st_size == 0:
+            raise WeightsError(f"{head}: the file is empty (0 bytes; a copy or save that was cut off); {fix}")
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except WeightsError:
+        raise
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise WeightsError(f"{head}: not a readable PyTorch file ({_first_line(e)}); {fix}") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        names = f" ({found.group(1)})" if found else ""
+        raise WeightsError(f"{head}: the file holds Python objects{names} besides tensors and plain values, which "
+                           f"could run code when loaded, so detlab refuses it; {fix}") from None
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise WeightsError(f"{head}: not a readable PyTorch file ({type(e).__name__}: {_first_line(e)}); "
+                           f"it may be truncated; {fix}") from None
+
+
+_CHECKPOINT_FIX = "use a checkpoint written by `detlab train` (RUN/checkpoints/last.pt or best.pt)"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -126,21 +202,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         map_location: where tensors land.
 
     Returns:
-        The checkpoint dict. Raises WeightsError naming the file when it is missing or unreadable.
+        The checkpoint dict. Raises WeightsError naming the file when it is missing, empty,
+        unreadable, refused (Python objects inside) or holds no ``model`` weights.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint not found; give a run folder with checkpoints/last.pt or a .pt file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise WeightsError(f"{path}: cannot load checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                           "it may be truncated or not a detlab checkpoint") from None
+    ckpt = read_torch_file(path, "cannot load checkpoint", _CHECKPOINT_FIX, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise WeightsError(f"{path}: field 'model' missing; not a detlab checkpoint")
+        raise WeightsError(f"{path}: field 'model' missing; not a detlab checkpoint (a bare state dict is used "
+                           f"with `detlab train --weights {path}`)")
     return ckpt
+
+
+# What `--resume` restores besides the weights (Trainer._restore reads exactly these).
+TRAINING_STATE = ("config", "model_name", "num_classes", "build_kwargs", "optimizer", "scheduler", "scaler",
+                  "epoch", "iteration", "rng", "sampler", "log")
+
+
+def require_training_state(ckpt: dict, path: str | Path) -> None:
+    """Raise WeightsError when a checkpoint lacks what ``--resume`` needs (e.g. weights only)."""
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise WeightsError(f"{path}: holds weights but no training state ({', '.join(missing)} missing), so the run "
+                           f"cannot be resumed; start a new run from these weights with "
+                           f"`detlab train --weights {path} --out NEW_RUN …`")
 
 
 def checkpoint_paths(run_dir: str | Path) -> tuple[Path, Path]:

@@ -8,19 +8,33 @@ Only the main process (rank 0) writes; the others get a silent logger.
     {"type": "eval", "epoch", "iter", "coco/AP": …, "voc07/mAP": …, "val/loss": …, "val/loss_<part>": …}
 
 Train lines hold means over the ``log_every`` steps since the previous line.
+
+Every write goes through :func:`detlab.errors.writing`: a full disk or a read-only
+folder is one line naming the file and the cause. :func:`run_lock` keeps a second
+``detlab train`` out of a run folder that a live process is training in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
 from detlab.config import TrainConfig
+from detlab.errors import OutputError, writing
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there
+    fcntl = None
 
 # Metrics shown in the one-line summary after each evaluation and in the before/after table.
 HEADLINE = ("coco/AP", "coco/AP50", "coco/AP75", "voc07/mAP", "voc12/mAP", "val/loss")
@@ -60,8 +74,9 @@ class RunLog:
     def start_fresh(self) -> None:
         """Start an empty metrics.jsonl (a new run in this folder)."""
         if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            with writing(self.path, "metrics"):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text("")
             self._open_tensorboard()
 
     def resume(self, lines: int) -> None:
@@ -70,7 +85,8 @@ class RunLog:
         if not self.enabled:
             return
         kept = self.path.read_text().splitlines(keepends=True)[:lines] if self.path.exists() else []
-        self.path.write_text("".join(kept))
+        with writing(self.path, "metrics"):
+            self.path.write_text("".join(kept))
         self._open_tensorboard()
 
     def state_dict(self) -> dict:
@@ -86,18 +102,20 @@ class RunLog:
     def _append(self, record: dict) -> None:
         self.lines_written += 1
         if self.enabled:
-            with open(self.path, "a") as f:
+            with writing(self.path, "metrics"), open(self.path, "a") as f:
                 f.write(json.dumps(record, default=_json_default) + "\n")
 
     def write_json(self, rel: str, obj: dict) -> None:
         if self.enabled:
             path = self.out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(obj, indent=2, default=_json_default))
+            with writing(path, "evaluation results"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(obj, indent=2, default=_json_default))
 
     def copy_eval(self, src: str, dst: str) -> None:
         if self.enabled:
-            shutil.copyfile(self.out / "eval" / f"{src}.json", self.out / "eval" / f"{dst}.json")
+            with writing(self.out / "eval" / f"{dst}.json", "evaluation results"):
+                shutil.copyfile(self.out / "eval" / f"{src}.json", self.out / "eval" / f"{dst}.json")
 
     def _open_tensorboard(self) -> None:
         if not self.cfg.tensorboard:
@@ -178,7 +196,8 @@ class RunLog:
                 self.note(f"plots: skipped, detlab.report.plots is unavailable ({e})")
                 self._plot_note_shown = True
             return
-        plot_training_curves(self.path, self.out / "plots")
+        with writing(self.out / "plots", "training curves"):
+            plot_training_curves(self.path, self.out / "plots")
 
     # --- messages and the end ----------------------------------------------------
 
@@ -228,6 +247,65 @@ class RunLog:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+LOCK_NAME = "train.lock"
+_HELD: dict[Path, list] = {}  # run folder → [open lock file, nesting depth] of this process
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``RUN/train.lock`` for the block; re-entrant within a process.
+
+    The kernel drops a flock when its process dies, so a killed run leaves no stale lock;
+    the file keeps the holder's pid and host only to say who holds a live one.
+
+    Raises:
+        OutputError: another process holds the run folder (the message names it), or the
+            folder cannot be created.
+    """
+    out = Path(out)
+    key = out.resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    handle = _acquire(out)
+    _HELD[key] = [handle, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        if handle is not None:
+            handle.close()
+
+
+def _acquire(out: Path):
+    path = out / LOCK_NAME
+    with writing(out, "run folder"):
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # not "w": the holder's line must survive until the lock is ours
+    if fcntl is None:
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise OutputError(f"{out}: run folder is in use by a training run ({holder}); wait for it to end, stop it, "
+                          f"or train into another --out") from None
+    except OSError:  # file systems without flock (some network mounts): train unlocked rather than not at all
+        return handle
+    with writing(path, "run lock"):
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+    return handle
 
 
 def _hms(seconds: float) -> str:

@@ -35,8 +35,8 @@ from detlab.data.dataset import collate, targets_to
 from detlab.engine import checkpoint as ckpt_io
 from detlab.engine import distributed as ddp
 from detlab.engine.schedule import build_optimizer, build_scheduler
-from detlab.engine.runlog import RunLog
-from detlab.errors import ConfigError, DetlabError
+from detlab.engine.runlog import RunLog, run_lock
+from detlab.errors import ConfigError, DetlabError, OutputError
 
 
 class NonFiniteLossError(DetlabError):
@@ -107,11 +107,17 @@ def fit(model: nn.Module, train_ds, val_ds, cfg: TrainConfig, resume: dict | Non
         The :class:`Run`.
     """
     ctx = ctx or ddp.DistContext(device=ddp.pick_device(cfg.device))
-    trainer = Trainer(model, train_ds, val_ds, cfg, ctx)
-    try:
-        return trainer.run(resume)
-    finally:
-        trainer.log.close()
+    with run_lock(cfg.out) if ctx.is_main and cfg.out else contextlib.nullcontext():
+        trainer = Trainer(model, train_ds, val_ds, cfg, ctx)
+        try:
+            return trainer.run(resume)
+        except OutputError as e:
+            last, _ = ckpt_io.checkpoint_paths(trainer.out)
+            if not last.is_file():
+                raise
+            raise OutputError(f"{e}; continue with `detlab train --resume {trainer.out}` once it is fixed") from None
+        finally:
+            trainer.log.close()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -473,12 +479,19 @@ def train_command(args) -> int:
     """
     cfg, resume = _resume_config(args) if args.resume else (_config_from_args(args), None)
     ctx = ddp.setup(cfg.device)
+    held = contextlib.ExitStack()
     try:
+        if ctx.is_main:  # before any data is read: a second run into a live run folder stops at once
+            held.enter_context(run_lock(cfg.out))
+        if resume is None and (Path(cfg.out) / "checkpoints" / "last.pt").exists():
+            raise ConfigError(f"--out {cfg.out}: already holds a run (checkpoints/last.pt); continue it with "
+                              f"--resume {cfg.out} or choose another --out")
         seed_everything(cfg.seed, cfg.deterministic)
         train_ds, val_ds = load_train_val(cfg, verbose=ctx.is_main)
         model = _build_for(cfg, train_ds.num_classes, resume)
         fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx)
     finally:
+        held.close()
         ddp.cleanup()
     return 0
 
@@ -493,9 +506,6 @@ def _config_from_args(args) -> TrainConfig:
     for flag in ("data", "model", "out"):
         if not user.get(flag):
             raise ConfigError(f"{flag}: not given; pass --{flag} or set `{flag}:` in the --config YAML")
-    if (Path(user["out"]) / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"--out {user['out']}: already holds a run (checkpoints/last.pt); continue it with "
-                          f"--resume {user['out']} or choose another --out")
     return resolve(user)
 
 
@@ -507,6 +517,7 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
     if args.out and Path(args.out).resolve() != run.resolve():
         raise ConfigError(f"--out {args.out}: a resumed run continues in its own folder {run}; drop --out")
     ckpt = ckpt_io.load_checkpoint(run)
+    ckpt_io.require_training_state(ckpt, run / "checkpoints" / "last.pt" if run.is_dir() else run)
     changes = {**(load_yaml(args.config) if args.config else {}), **parse_set(args.set)}
     for flag in ("data", "val", "model", "weights"):
         if getattr(args, flag, None) is not None:

@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from detlab.engine.checkpoint import read_torch_file
 from detlab.errors import WeightsError
 
 WEIGHT_CHOICES = ("none", "imagenet", "coco")
@@ -98,16 +99,14 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]
         ``class_names``) — empty for a plain state dict.
 
     Raises:
-        WeightsError: missing file, unreadable file, or no state dict inside.
+        WeightsError: missing, empty, unreadable or refused file (Python objects inside), or no
+            state dict inside.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found: use --weights none|imagenet|coco or the path of a .pt/.pth file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"cannot read weights file {path} ({reason}): it must be a state dict or a detlab checkpoint") from None
+    obj = read_torch_file(path, "cannot read weights file",
+                          "it must be a state dict or a detlab checkpoint saved with torch.save")
     meta: dict = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         meta = {k: obj[k] for k in ("model_name", "num_classes", "class_names") if k in obj}

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import yaml
 
-from detlab.errors import DataError, DetlabError
+from detlab.engine.checkpoint import read_torch_file
+from detlab.errors import DataError, DetlabError, WeightsError
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 VOC_PROTOCOLS = ("voc07", "voc12")
@@ -174,11 +175,13 @@ def load_run(run_dir: str | Path) -> RunInfo:
             break
     if info.checkpoint is not None:
         try:
-            ckpt = torch.load(info.checkpoint, map_location="cpu", weights_only=True)
+            ckpt = read_torch_file(info.checkpoint, "cannot load checkpoint", "the report is written without it")
+        except WeightsError as e:  # an unreadable checkpoint still leaves the metrics to report
+            print(f"skipped: {e}", file=sys.stderr)
+            ckpt = {}
+        if isinstance(ckpt, dict):
             info.meta = {k: v for k, v in ckpt.items()
                          if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng")}
-        except Exception as e:  # an unreadable checkpoint still leaves the metrics to report
-            print(f"skipped: {info.checkpoint}: cannot load ({type(e).__name__}) — report without it", file=sys.stderr)
     if (run / "config.yaml").is_file():
         info.config = yaml.safe_load((run / "config.yaml").read_text()) or {}
     info.config = info.config or dict(info.meta.get("config") or {})
