@@ -488,12 +488,26 @@ def train_command(args) -> int:
                               f"--resume {cfg.out} or choose another --out")
         seed_everything(cfg.seed, cfg.deterministic)
         train_ds, val_ds = load_train_val(cfg, verbose=ctx.is_main)
+        if resume is None:
+            _plan_size(cfg, train_ds.records, ctx, verbose=ctx.is_main)
         model = _build_for(cfg, train_ds.num_classes, resume)
         fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx)
     finally:
         held.close()
         ddp.cleanup()
     return 0
+
+
+def _plan_size(cfg: TrainConfig, records, ctx, verbose: bool) -> None:
+    """Choose the input size from the training boxes and the device unless the config gives one
+    (:mod:`detlab.engine.plan`); the choice lands in ``cfg.model_kwargs``, so config.yaml keeps it."""
+    from detlab.config import family_of
+    from detlab.engine.plan import apply_size_plan
+
+    lines = apply_size_plan(cfg.model_kwargs, dict(cfg.model_kwargs), records, family_of(cfg.model), ctx.device.type)
+    if verbose:
+        for line in lines:
+            print(f"detlab: {line}", file=sys.stderr)
 
 
 def _config_from_args(args) -> TrainConfig:
