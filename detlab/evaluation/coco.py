@@ -226,10 +226,21 @@ def per_class_ap(precision: np.ndarray, iou_thrs: np.ndarray, class_names: list[
 
 
 def _results_list(path: Path) -> list:
-    """The JSON list of a results file (a bare list, or an object's ``annotations``)."""
+    """The JSON list of a results file (a bare list, or an object's ``annotations``).
+
+    Parsed with orjson (a results file is hundreds of thousands of small dicts: 3x faster than
+    ``json``); a file orjson refuses is parsed again by ``json``, which also reads the ``NaN`` that
+    some tools write (then reported as a non-finite score) and names the line of a real syntax error.
+    """
+    import orjson
+
     try:
         with open(path, "rb") as f:
-            data = json.load(f)
+            raw = f.read()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg}) — fix the file") from None
     except OSError as e:
