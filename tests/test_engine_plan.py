@@ -67,3 +67,15 @@ def test_train_writes_the_choice_into_the_config_and_prints_why(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "detlab: input size 320 px (shorter side; longer side up to 448), chosen from the data:"
     assert err[-1].endswith("override with --set model_kwargs.min_size=N --set model_kwargs.max_size=M")
+
+
+def test_selecting_checkpoints_on_a_split_named_test_is_warned_about(chess, capsys):
+    from detlab.engine.train import _names_test, load_train_val
+
+    assert _names_test("data/VOC2007:test") and _names_test(f"{chess}/test") and not _names_test(f"{chess}/valid")
+    cfg = resolve({"model": "fcos_effl0_fpn", "data": f"{chess}/train", "val": f"{chess}/test", "out": "y"})
+    load_train_val(cfg)
+    assert "checkpoints/best.pt is picked on" in capsys.readouterr().err
+    cfg = resolve({"model": "fcos_effl0_fpn", "data": f"{chess}/train", "val": f"{chess}/valid", "out": "y"})
+    load_train_val(cfg)
+    assert "a split named test" not in capsys.readouterr().err

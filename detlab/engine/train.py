@@ -583,6 +583,10 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
                   "(pass --val DATA to evaluate)", file=sys.stderr)
         elif verbose:
             print(f"validation data: {cfg.val} ({len(val_ds)} images)", file=sys.stderr)
+    if val_ds is not None and verbose and _names_test(cfg.val):
+        print(f"warning: checkpoints/best.pt is picked on {cfg.val}, a split named test: its metrics are then "
+              "tuned to the test set and overstate accuracy — give a validation split with --val PATH:val "
+              "and keep test for the final `detlab eval`", file=sys.stderr)
     if val_ds is not None and verbose:
         train_files = {str(r.file) for r in train_ds.records.images}
         shared = sum(str(r.file) in train_files for r in val_ds.records.images)
@@ -591,6 +595,14 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
                   f"{cfg.data}; its metrics overstate accuracy — give disjoint splits (PATH:train, --val PATH:val)",
                   file=sys.stderr)
     return train_ds, val_ds
+
+
+def _names_test(spec: str) -> bool:
+    """Whether a data spec selects a split (``:test``) or a split folder (``…/test``) named test."""
+    from detlab.data.formats import split_spec
+
+    return any((split or Path(path).name).lower() in ("test", "testing")
+               for path, split in (split_spec(part) for part in str(spec).split("+")))
 
 
 def _default_train_split(data: str) -> str:
