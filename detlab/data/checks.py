@@ -263,6 +263,16 @@ def is_image_level(problem: Problem) -> bool:
     return problem.field in IMAGE_FIELDS or problem.field.startswith("images[")
 
 
+def _reader_counts(records: Records) -> CheckResult:
+    """The counts a check starts from: what the reader read, and what it already skipped (reported)."""
+    reader_skips = [p for p in records.problems if p.severity == "skipped"]
+    result = CheckResult(images_read=len(records.images), boxes_read=records.num_boxes)
+    result.images_skipped = sum(map(is_image_level, reader_skips))
+    result.boxes_skipped = len(reader_skips) - result.images_skipped
+    result.boxes_read += result.boxes_skipped
+    return result
+
+
 def validate_records(records: Records, decode: bool = False) -> CheckResult:
     """Run every check on a Records in place: fix what is safe, skip what is not, record Problems.
 
@@ -275,11 +285,7 @@ def validate_records(records: Records, decode: bool = False) -> CheckResult:
         The counts (reader skips included).
     """
     problems = records.problems
-    reader_skips = [p for p in problems if p.severity == "skipped"]
-    result = CheckResult(images_read=len(records.images), boxes_read=records.num_boxes)
-    result.images_skipped = sum(map(is_image_level, reader_skips))
-    result.boxes_skipped = len(reader_skips) - result.images_skipped
-    result.boxes_read += result.boxes_skipped
+    result = _reader_counts(records)
     kept, seen_files = [], {}
     for rec, facts in zip(records.images, probe_images([str(r.file) for r in records.images], decode)):
         if isinstance(facts, tuple) and (thin := too_thin(facts[0])) is not None:
@@ -329,11 +335,7 @@ def validate_annotations(records: Records) -> CheckResult:
         The counts (reader skips included; ``sizes_fixed`` = sizes read from headers).
     """
     problems = records.problems
-    reader_skips = [p for p in problems if p.severity == "skipped"]
-    result = CheckResult(images_read=len(records.images), boxes_read=records.num_boxes)
-    result.images_skipped = sum(map(is_image_level, reader_skips))
-    result.boxes_skipped = len(reader_skips) - result.images_skipped
-    result.boxes_read += result.boxes_skipped
+    result = _reader_counts(records)
     present = [os.path.isfile(r.file) for r in records.images]
     if records.images and not any(present):
         problems.append(Problem(str(records.root), "images", f"none of the {len(present)} image files is here",
