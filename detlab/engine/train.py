@@ -543,6 +543,14 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
     validate(cfg)
     if changes:
         print(f"resume: changed {', '.join(sorted(changes))} from the saved config", file=sys.stderr)
+    planned = int(ckpt["config"].get("epochs", cfg.epochs))
+    if cfg.epochs > planned and cfg.schedule != "constant":
+        # The scheduler resumes its own state, planned over the saved length: say so rather than let
+        # the extra epochs pass unseen at the schedule's final learning rate.
+        print(f"resume: epochs {planned} -> {cfg.epochs}: the {cfg.schedule} learning-rate schedule keeps its "
+              f"plan for {planned} epochs, so epochs {planned + 1}-{cfg.epochs} run at its final rate; to train "
+              "longer with a full schedule, start a new run from this one's weights (--weights "
+              f"{run}/checkpoints/last.pt)", file=sys.stderr)
     return cfg, ckpt
 
 
