@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from detlab.data.formats.images import IMAGE_EXTS, list_images
 from detlab.data.records import Problem
 from detlab.errors import ConfigError, DataError, writing
 from detlab.evaluation.evaluator import THRESHOLDED_SCORE
 from detlab.models.precision import amp_dtype, autocast_network
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 DRAW_SCORE = 0.5  # default --score: what is drawn, and written when no --data asks for results to score
 
@@ -53,7 +52,9 @@ def expand_sources(sources: Iterable[str | Path]) -> list[Path]:
     for src in sources:
         path = Path(src)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            found, left_out = list_images(path)
+            for problem in left_out:
+                print(problem.line(), file=sys.stderr)
             if not found:
                 raise DataError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)}) — point at a folder of images")
         elif path.is_file():

@@ -14,6 +14,11 @@ What is kept, per target:
   boxes (normalised with 10 decimals: < 1e-6 px error). YOLO has no ``difficult`` /
   ``iscrowd``: such boxes are written as normal boxes and counted in a warning.
 
+Every target gets boxes and sizes in the frame of the image as displayed (EXIF
+orientation applied), the frame its readers use: an EXIF-rotated image annotated in
+its raw pixel grid (see ``dataset.boxes_in_display_frame``) has its boxes turned and
+its width/height swapped before writing (see :func:`to_display_frame`).
+
 Images are hard-linked into the destination (no copy, same bytes); when the
 destination is on another file system they are copied. Writing a second split into
 the same destination adds to it (``data.yaml`` and ``ImageSets`` are updated).
@@ -241,6 +246,9 @@ def convert(src: str | Path, dst: str | Path, to: str, split: str | None = None,
     records = read_records(src, split=split, images=images, classes=classes)
     result = validate_records(records, decode=False)
     print_load_summary(records, result, str(src), file=sys.stderr)
+    if turned := to_display_frame(records):
+        print(f"detlab: {turned} EXIF-rotated images annotated in their raw frame: boxes written in the displayed frame",
+              file=sys.stderr)
     if to == "yolo":
         flagged = int(sum(r.difficult.sum() + r.iscrowd.sum() for r in records.images))
         if flagged:
@@ -248,6 +256,35 @@ def convert(src: str | Path, dst: str | Path, to: str, split: str | None = None,
                                             "written as normal boxes", "warning"))
             print(f"detlab: {records.problems[-1].line()}", file=sys.stderr)
     return write_all_or_nothing(WRITERS[to], records, Path(dst), link), records
+
+
+def to_display_frame(records: Records) -> int:
+    """Move records annotated in an EXIF-rotated image's raw frame into its displayed frame, in place.
+
+    YOLO normalises by the displayed size, and EXIF-aware COCO/VOC tools read boxes in
+    the displayed frame, so a converter that wrote the raw frame would put them off the
+    object. The rule for which records are in the raw frame is detlab's one rule,
+    :func:`detlab.data.dataset.boxes_in_display_frame`.
+
+    Args:
+        records: after the load-time checks (image headers readable).
+
+    Returns:
+        How many records were turned (``boxes`` xyxy continuous pixels, ``width``/``height`` swapped).
+    """
+    from detlab.data.checks import probe_images
+    from detlab.data.dataset import boxes_in_display_frame
+
+    turned = 0
+    for rec, facts in zip(records.images, probe_images([str(r.file) for r in records.images], decode=False)):
+        if not isinstance(facts, tuple):
+            continue
+        shown, raw, orientation = facts
+        boxes = boxes_in_display_frame(rec, raw, orientation)
+        if boxes is not rec.boxes:
+            rec.boxes, (rec.width, rec.height) = boxes, shown
+            turned += 1
+    return turned
 
 
 def write_all_or_nothing(writer, records: Records, dst: Path, link: str = "hardlink") -> Path:

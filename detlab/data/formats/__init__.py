@@ -46,9 +46,9 @@ def detect_format(path: Path, split: str | None = None) -> str:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder — give a dataset path (VOC, COCO JSON, YOLO or images with XML)")
     if path.is_file():
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             return "coco"
-        if path.suffix in (".yaml", ".yml"):
+        if path.suffix.lower() in (".yaml", ".yml"):
             return "yolo"
         raise DataError(f"{path}: not a dataset file — give a COCO .json, a YOLO data.yaml or a dataset folder")
     if is_voc_year(path):

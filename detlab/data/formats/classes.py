@@ -4,6 +4,11 @@ Order rules (one place): VOC and image folders sort the names found; COCO keeps
 category-id order; YOLO keeps its ``names`` order. A user-given list keeps the
 user's order; names found in the data but not in the list are reported and their
 boxes skipped (counted), never silently dropped.
+
+Clashes: names are exact strings. Two spellings that differ only in case (``RBC``,
+``rbc``) stay two classes and are reported as a warning naming both; a name listed
+twice in a list that maps indices to names (YOLO ``names``, ``classes.txt``) is an
+error, since the boxes of both indices would merge into one class.
 """
 
 from __future__ import annotations
@@ -63,6 +68,45 @@ def resolve_names(found: list[str], given: list[str] | None, sort: bool) -> list
         return list(given)
     unique = list(dict.fromkeys(found))
     return sorted(unique) if sort else unique
+
+
+def case_clashes(names: list[str]) -> list[tuple[str, str]]:
+    """Pairs ``(first, other)`` of distinct names that are equal ignoring case, in ``names`` order."""
+    first: dict[str, str] = {}
+    pairs = []
+    for n in names:
+        key = n.casefold()
+        if key in first and first[key] != n:
+            pairs.append((first[key], n))
+        first.setdefault(key, n)
+    return pairs
+
+
+def indexed_names(names: list, where: str) -> list[str]:
+    """Check a list whose position is the class index (YOLO ``names``, ``classes.txt``).
+
+    Args:
+        names: the entries, index ``i`` names class ``i``.
+        where: ``file: field`` for messages.
+
+    Returns:
+        The names as strings.
+
+    Raises:
+        DataError: an empty or non-text entry, or a name listed twice (its indices would merge).
+    """
+    out = []
+    for i, n in enumerate(names):
+        if isinstance(n, (dict, list)) or n is None or not str(n).strip():
+            raise DataError(f"{where}[{i}]: {n!r} is not a class name — give one name per index")
+        out.append(str(n).strip())
+    seen: dict[str, int] = {}
+    for i, n in enumerate(out):
+        if n in seen:
+            raise DataError(f"{where}: {n!r} is listed twice (indices {seen[n]} and {i}) — boxes of both would merge into "
+                            "one class; give each index its own name")
+        seen[n] = i
+    return out
 
 
 def label_lookup(names: list[str]) -> dict[str, int]:

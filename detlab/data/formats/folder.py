@@ -1,26 +1,36 @@
 """A folder of images with VOC XML files beside them, or in a sibling folder of any name.
 
-Images pair with XML files by file stem (``a.jpg`` ↔ ``a.xml``). An image without an
-XML file is not read (no annotation means "not labelled", not "no objects"; write an
-XML with no ``<object>`` for a negative) and is reported; an XML without an image is
-reported by the checks as a missing image. Box coordinates follow ``formats/voc.py``.
+Images pair with XML files by file stem (``a.jpg`` ↔ ``a.xml``; extensions in any
+case, see ``formats/images.py``). An image without an XML file is not read (no
+annotation means "not labelled", not "no objects"; write an XML with no ``<object>``
+for a negative) and is reported; an XML without an image is reported by the checks as
+a missing image. Box coordinates and image lookup follow ``formats/voc.py``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from detlab.data.formats.voc import IMAGE_EXTS, annotations_to_records, image_for, read_xml_or_problem
-from detlab.data.records import Problem, Records
+from detlab.data.formats.images import ImageIndex, has_ext, is_appledouble, is_image_name, nfc
+from detlab.data.formats.voc import annotations_to_records, list_xml, pair_annotations, report_unannotated
+from detlab.data.records import Records
 from detlab.errors import DataError
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix in IMAGE_EXTS and p.is_file())
+def _stems(folder: Path, test) -> set[str]:
+    try:
+        return {nfc(Path(n).stem) for n in os.listdir(folder) if test(n) and not is_appledouble(n)}
+    except OSError:
+        return set()
+
+
+def _image_stems(folder: Path) -> set[str]:
+    return _stems(folder, is_image_name)
 
 
 def _xml_stems(folder: Path) -> set[str]:
-    return {p.stem for p in folder.glob("*.xml")}
+    return _stems(folder, lambda n: has_ext(n, ".xml"))
 
 
 def find_folders(path: Path) -> tuple[Path, Path] | None:
@@ -31,10 +41,10 @@ def find_folders(path: Path) -> tuple[Path, Path] | None:
     if not path.is_dir():
         return None
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
-    image_dir = path if _images_in(path) else next((d for d in subdirs if _images_in(d)), None)
+    image_dir = path if _image_stems(path) else next((d for d in subdirs if _image_stems(d)), None)
     if image_dir is None:
         return None
-    stems = {p.stem for p in _images_in(image_dir)}
+    stems = _image_stems(image_dir)
     candidates = [image_dir] + sorted(p for p in image_dir.parent.iterdir() if p.is_dir() and p != image_dir)
     best = max(candidates, key=lambda d: len(_xml_stems(d) & stems))
     return (image_dir, best) if _xml_stems(best) & stems else None
@@ -59,19 +69,13 @@ def read_folder(path: Path, classes: list[str] | None = None) -> Records:
     if folders is None:
         raise DataError(f"{path}: no images with matching .xml files found — put each image's VOC XML beside it or in a sibling folder")
     image_dir, xml_dir = folders
-    problems: list[Problem] = []
-    pairs = []
-    xml_by_stem = {p.stem: p for p in xml_dir.glob("*.xml")}
-    for image in _images_in(image_dir):
-        if image.stem not in xml_by_stem:
-            problems.append(Problem(str(image), "annotation", f"no {image.stem}.xml in {xml_dir}",
-                                    "image not read — add an XML (one with no <object> for a negative)", "skipped"))
-    for stem in sorted(xml_by_stem):
-        ann, problem = read_xml_or_problem(xml_by_stem[stem])
-        if ann is None:
-            problems.append(problem)
-            continue
-        image = image_for(ann, image_dir, stem, problems)
-        if image is not None:
-            pairs.append((ann, image))
+    index = ImageIndex(image_dir)
+    xml_by_stem, problems = list_xml(xml_dir)
+    if xml_dir != image_dir:
+        problems += index.problems
+    else:
+        seen = {p.file for p in problems}
+        problems += [p for p in index.problems if p.file not in seen]
+    pairs, covered = pair_annotations(sorted(xml_by_stem), xml_by_stem, index, problems)
+    report_unannotated(index, pairs, covered, f"{xml_dir}{os.sep}", problems)
     return annotations_to_records(pairs, classes, path, "folder", None, problems)
