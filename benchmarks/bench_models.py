@@ -27,7 +27,14 @@ from detlab.models.catalogue import build_model
 from detlab.models.precision import autocast_network, cpu_has_native_bf16
 
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "BCCD"
-MODELS = ["ssdlite_effl0", "fcos_r18_fpn", "fcos_effl0_fpn", "faster_rcnn_effl0_fpn", "retinanet_r50_fpn", "detr_r18"]
+MODELS = [
+    "ssdlite_effl0",
+    "fcos_r18_fpn",
+    "fcos_effl0_fpn",
+    "faster_rcnn_effl0_fpn",
+    "retinanet_r50_fpn",
+    "detr_r18",
+]
 SIZE = {"min_size": 320, "max_size": 448}
 
 
@@ -56,13 +63,18 @@ def measure(name: str, image: torch.Tensor, iters: int, threads: int) -> dict:
     bench = run_bench(model, images=[image], iters=max(3, iters // 2), warmup=1, device="cpu")
     median = lambda xs: sorted(xs)[len(xs) // 2] * 1000  # noqa: E731
     bf16 = "bf16" in times
-    return {"eager_ms": median(times["eager"]), "onnx_ms": median(times["onnx"]),
-            "speedup": round_ratio(times, "eager", "onnx"),
-            "bf16_ms": median(times["bf16"]) if bf16 else float("nan"),
-            "bf16_speedup": round_ratio(times, "eager", "bf16") if bf16 else float("nan"),
-            "export_s": export_s, "parity": parity["ok"],
-            "post_share": bench["eager"]["postprocess_share"], "peak_mb": bench["eager"]["peak_mem_mb"],
-            "dets": bench["eager"]["detections_per_image"]}
+    return {
+        "eager_ms": median(times["eager"]),
+        "onnx_ms": median(times["onnx"]),
+        "speedup": round_ratio(times, "eager", "onnx"),
+        "bf16_ms": median(times["bf16"]) if bf16 else float("nan"),
+        "bf16_speedup": round_ratio(times, "eager", "bf16") if bf16 else float("nan"),
+        "export_s": export_s,
+        "parity": parity["ok"],
+        "post_share": bench["eager"]["postprocess_share"],
+        "peak_mb": bench["eager"]["peak_mem_mb"],
+        "dets": bench["eager"]["detections_per_image"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,16 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     image = load_dataset(str(BCCD), split="val")[0][0]  # [3, 480, 640]
-    print(f"CPU, {args.threads} threads, 1 BCCD image [3, 480, 640], inner size {SIZE['min_size']}/{SIZE['max_size']} "
-          f"(SSD {SIZE['min_size']} square), random-init heads, {args.iters} interleaved rounds")
-    print(f"{'model':<24} {'eager ms':>9} {'onnx ms':>8} {'onnx speed-up':>14} {'bf16 ms':>8} "
-          f"{'bf16 speed-up':>14} {'parity':>7} {'post share':>10} {'peak MiB':>8} {'dets':>5}")
+    print(
+        f"CPU, {args.threads} threads, 1 BCCD image [3, 480, 640], inner size {SIZE['min_size']}/{SIZE['max_size']} "
+        f"(SSD {SIZE['min_size']} square), random-init heads, {args.iters} interleaved rounds"
+    )
+    print(
+        f"{'model':<24} {'eager ms':>9} {'onnx ms':>8} {'onnx speed-up':>14} {'bf16 ms':>8} "
+        f"{'bf16 speed-up':>14} {'parity':>7} {'post share':>10} {'peak MiB':>8} {'dets':>5}"
+    )
     for name in args.models.split(","):
         r = measure(name, image, args.iters, args.threads)
-        print(f"{name:<24} {r['eager_ms']:>9.0f} {r['onnx_ms']:>8.0f} {r['speedup']:>13.2f}× "
-              f"{r['bf16_ms']:>8.0f} {r['bf16_speedup']:>13.2f}× "
-              f"{'ok' if r['parity'] else 'DIFF':>7} {100 * r['post_share']:>9.1f}% {r['peak_mb']:>8.0f} "
-              f"{r['dets']:>5.0f}", flush=True)
+        print(
+            f"{name:<24} {r['eager_ms']:>9.0f} {r['onnx_ms']:>8.0f} {r['speedup']:>13.2f}× "
+            f"{r['bf16_ms']:>8.0f} {r['bf16_speedup']:>13.2f}× "
+            f"{'ok' if r['parity'] else 'DIFF':>7} {100 * r['post_share']:>9.1f}% {r['peak_mb']:>8.0f} "
+            f"{r['dets']:>5.0f}",
+            flush=True,
+        )
     return 0
 
 

@@ -60,7 +60,9 @@ print(json.dumps(dict(wall=wall, cpu=cpu, rss_mib=after.ru_maxrss / 1024, import
 """
 
 
-def write_synthetic_coco(path: Path, num_images: int, num_boxes: int, points: int = 12, seed: int = 0) -> None:
+def write_synthetic_coco(
+    path: Path, num_images: int, num_boxes: int, points: int = 12, seed: int = 0
+) -> None:
     """Write a COCO instances JSON shaped like train2017's (sizes, keys, polygons, crowd RLE).
 
     Args:
@@ -72,7 +74,9 @@ def write_synthetic_coco(path: Path, num_images: int, num_boxes: int, points: in
         seed: random seed.
     """
     rng = np.random.default_rng(seed)
-    sizes = rng.choice([[640, 480], [480, 640], [640, 427], [500, 375], [640, 640]], num_images)  # [I, 2] w, h
+    sizes = rng.choice(
+        [[640, 480], [480, 640], [640, 427], [500, 375], [640, 640]], num_images
+    )  # [I, 2] w, h
     weights = rng.gamma(1.2, 1.0, num_images) * (rng.random(num_images) > 0.01)
     image_of = np.sort(rng.choice(num_images, num_boxes, p=weights / weights.sum()))
     ids = rng.permutation(np.arange(1, 10 * num_images))[:num_images] + 1  # unique, unordered, like COCO's
@@ -81,16 +85,29 @@ def write_synthetic_coco(path: Path, num_images: int, num_boxes: int, points: in
     boxes = np.round(np.concatenate([xy, wh], 1), 2)  # [A, 4] xywh
     crowd = rng.random(num_boxes) < 0.01
     cats = rng.choice(COCO_IDS, num_boxes)
-    images = [{"license": int(rng.integers(1, 9)), "file_name": f"{ids[i]:012d}.jpg",
-               "coco_url": f"http://images.cocodataset.org/train2017/{ids[i]:012d}.jpg",
-               "height": int(sizes[i, 1]), "width": int(sizes[i, 0]), "date_captured": "2013-11-14 11:18:45",
-               "flickr_url": f"http://farm4.staticflickr.com/3153/{ids[i]}_c6b4bbd1c4_z.jpg", "id": int(ids[i])}
-              for i in range(num_images)]
+    images = [
+        {
+            "license": int(rng.integers(1, 9)),
+            "file_name": f"{ids[i]:012d}.jpg",
+            "coco_url": f"http://images.cocodataset.org/train2017/{ids[i]:012d}.jpg",
+            "height": int(sizes[i, 1]),
+            "width": int(sizes[i, 0]),
+            "date_captured": "2013-11-14 11:18:45",
+            "flickr_url": f"http://farm4.staticflickr.com/3153/{ids[i]}_c6b4bbd1c4_z.jpg",
+            "id": int(ids[i]),
+        }
+        for i in range(num_images)
+    ]
     verts = np.maximum(3, rng.poisson(points, num_boxes))  # [A] vertices per polygon
     at = np.concatenate([[0], np.cumsum(2 * verts)]).tolist()
     owner = np.repeat(np.arange(num_boxes), verts)
-    poly = np.stack([boxes[owner, 0] + boxes[owner, 2] * rng.random(len(owner)),
-                     boxes[owner, 1] + boxes[owner, 3] * rng.random(len(owner))], 1)  # [V, 2]
+    poly = np.stack(
+        [
+            boxes[owner, 0] + boxes[owner, 2] * rng.random(len(owner)),
+            boxes[owner, 1] + boxes[owner, 3] * rng.random(len(owner)),
+        ],
+        1,
+    )  # [V, 2]
     flat = np.round(poly, 2).ravel().tolist()
     box_list, area = boxes.tolist(), np.round(boxes[:, 2] * boxes[:, 3] * 0.6, 4).tolist()
     img_of, cat_of, hw = ids[image_of].tolist(), cats.tolist(), sizes[image_of][:, ::-1].tolist()
@@ -99,13 +116,28 @@ def write_synthetic_coco(path: Path, num_images: int, num_boxes: int, points: in
         if crowd[k]:
             seg = {"counts": rng.integers(0, 400, 2 * int(rng.integers(10, 60))).tolist(), "size": hw[k]}
         else:
-            seg = [flat[at[k]:at[k + 1]]]
-        anns.append({"segmentation": seg, "area": area[k], "iscrowd": int(crowd[k]), "image_id": img_of[k],
-                     "bbox": box_list[k], "category_id": cat_of[k], "id": k + 1})
-    data = {"info": {"description": "synthetic COCO train2017-sized file", "version": "1.0", "year": 2017},
-            "licenses": [{"url": f"http://creativecommons.org/licenses/{i}/", "id": i, "name": f"License {i}"} for i in range(1, 9)],
-            "images": images, "annotations": anns,
-            "categories": [{"supercategory": "thing", "id": c, "name": f"class_{c}"} for c in COCO_IDS]}
+            seg = [flat[at[k] : at[k + 1]]]
+        anns.append(
+            {
+                "segmentation": seg,
+                "area": area[k],
+                "iscrowd": int(crowd[k]),
+                "image_id": img_of[k],
+                "bbox": box_list[k],
+                "category_id": cat_of[k],
+                "id": k + 1,
+            }
+        )
+    data = {
+        "info": {"description": "synthetic COCO train2017-sized file", "version": "1.0", "year": 2017},
+        "licenses": [
+            {"url": f"http://creativecommons.org/licenses/{i}/", "id": i, "name": f"License {i}"}
+            for i in range(1, 9)
+        ],
+        "images": images,
+        "annotations": anns,
+        "categories": [{"supercategory": "thing", "id": c, "name": f"class_{c}"} for c in COCO_IDS],
+    }
     with open(path, "w") as f:
         json.dump(data, f, separators=(",", ":"))
 
@@ -137,19 +169,38 @@ def main() -> None:
             path = Path(tmp) / "instances_train2017.json"
             # In its own process: a child's ru_maxrss starts at its parent's peak at fork time
             # (Linux carries the pre-exec high-water mark over), so this process must stay small.
-            subprocess.run([sys.executable, __file__, "--write", str(path), "--images", str(args.images),
-                            "--boxes", str(args.boxes), "--points", str(args.points)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--write",
+                    str(path),
+                    "--images",
+                    str(args.images),
+                    "--boxes",
+                    str(args.boxes),
+                    "--points",
+                    str(args.points),
+                ],
+                check=True,
+            )
         print(f"{path.name}: {path.stat().st_size / 2**20:.0f} MiB")
         rounds: dict[str, list[dict]] = {"pycocotools": [], "detlab": []}
         for r in range(args.repeat):
-            for which in (("pycocotools", "detlab") if r % 2 == 0 else ("detlab", "pycocotools")):
+            for which in ("pycocotools", "detlab") if r % 2 == 0 else ("detlab", "pycocotools"):
                 rounds[which].append(run_child(which, path))
-    print(f"{'':12} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13}   (medians of {args.repeat} rounds; imports ~30 MiB)")
+    print(
+        f"{'':12} {'wall s':>8} {'CPU s':>8} {'peak RSS MiB':>13}   (medians of {args.repeat} rounds; imports ~30 MiB)"
+    )
     for which, runs in rounds.items():
         med = {k: statistics.median(r[k] for r in runs) for k in ("wall", "cpu", "rss_mib")}
-        print(f"{which:12} {med['wall']:8.2f} {med['cpu']:8.2f} {med['rss_mib']:13.0f}   images: {runs[0]['images']}")
-    ratio = {k: statistics.median(d[k] / p[k] for d, p in zip(rounds["detlab"], rounds["pycocotools"]))
-             for k in ("wall", "cpu", "rss_mib")}
+        print(
+            f"{which:12} {med['wall']:8.2f} {med['cpu']:8.2f} {med['rss_mib']:13.0f}   images: {runs[0]['images']}"
+        )
+    ratio = {
+        k: statistics.median(d[k] / p[k] for d, p in zip(rounds["detlab"], rounds["pycocotools"]))
+        for k in ("wall", "cpu", "rss_mib")
+    }
     print(f"{'detlab/pct':12} {ratio['wall']:7.2f}× {ratio['cpu']:7.2f}× {ratio['rss_mib']:12.2f}×")
     ok = ratio["cpu"] <= 1.0 and ratio["rss_mib"] <= 1.0
     print("target: CPU and peak RSS ratios ≤ 1.0:", "PASS" if ok else "FAIL")

@@ -75,16 +75,30 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = TrainConfig()
     model = build_model(args.model, 3, weights="none")
-    dataset = load_dataset(str(BCCD), split="train",
-                           transforms=build_transforms(model.transform_recipe, train=True))
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        collate_fn=collate, persistent_workers=False)
+    dataset = load_dataset(
+        str(BCCD), split="train", transforms=build_transforms(model.transform_recipe, train=True)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.num_workers,
+        collate_fn=collate,
+        persistent_workers=False,
+    )
     ips_loader, first = loader_speed(loader, args.batches)
-    batches = [b for _, b in zip(range(2), DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                                      num_workers=0, collate_fn=collate))]
+    batches = [
+        b
+        for _, b in zip(
+            range(2),
+            DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=0, collate_fn=collate),
+        )
+    ]
     ips_train = train_speed(model, batches, args.steps)
-    print(f"CPU, {args.threads} torch threads; BCCD train, '{model.transform_recipe}' training transforms, "
-          f"batch {cfg.batch_size}, {cfg.num_workers} workers; model {args.model} (default size)")
+    print(
+        f"CPU, {args.threads} torch threads; BCCD train, '{model.transform_recipe}' training transforms, "
+        f"batch {cfg.batch_size}, {cfg.num_workers} workers; model {args.model} (default size)"
+    )
     print(f"loader only: {ips_loader:.1f} images/s (first batch after {first:.1f} s of worker start-up)")
     print(f"train step:  {ips_train:.2f} images/s")
     ratio = ips_loader / ips_train

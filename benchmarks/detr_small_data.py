@@ -59,7 +59,10 @@ def encode_all(model, items: list, flips: bool) -> list:
 def run_batch(model, items: list, cached: list | None, indices, flips: list[bool]) -> dict:
     """Raw outputs for ``items[indices]`` (mirrored where ``flips``): cached features when given."""
     if cached is None:
-        images = [items[i][0].float().div(255).flip(-1) if f else items[i][0].float().div(255) for i, f in zip(indices, flips)]
+        images = [
+            items[i][0].float().div(255).flip(-1) if f else items[i][0].float().div(255)
+            for i, f in zip(indices, flips)
+        ]
         return model.forward_raw(images)
     parts = [cached[i][int(f)] for i, f in zip(indices, flips)]  # same image size throughout: no padding
     return model.decode(*(torch.cat([p[j] for p in parts]) for j in range(3)))
@@ -77,14 +80,18 @@ def flipped_targets(items: list, indices, flips: list[bool]) -> tuple[list, list
     return shapes, targets
 
 
-def train_epoch(model, items, cached, optimizer, batch_size: int, clip: float, rng: np.random.Generator) -> float:
+def train_epoch(
+    model, items, cached, optimizer, batch_size: int, clip: float, rng: np.random.Generator
+) -> float:
     model.train()
     order, losses = rng.permutation(len(items)), []
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         flips = [bool(rng.random() < 0.5) for _ in indices]
         images, targets = flipped_targets(items, indices, flips)
-        loss_dict = model.criterion(run_batch(model, items, cached, indices, flips), model.targets_to_detr(images, targets))
+        loss_dict = model.criterion(
+            run_batch(model, items, cached, indices, flips), model.targets_to_detr(images, targets)
+        )
         loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
         optimizer.zero_grad()
         loss.backward()
@@ -98,7 +105,11 @@ def coco_ap(model, items: list, cached: list | None, class_names: list[str]) -> 
     """COCO metrics of ``model`` on ``items`` with faster-coco-eval (AP50 = IoU 0.5, maxDets 100)."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    gt = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(class_names)]}
+    gt = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": n} for i, n in enumerate(class_names)],
+    }
     dets = []
     model.eval()
     with torch.no_grad():
@@ -106,12 +117,28 @@ def coco_ap(model, items: list, cached: list | None, class_names: list[str]) -> 
             gt["images"].append({"id": image_id, "height": image.shape[1], "width": image.shape[2]})
             for b, c in zip(boxes.tolist(), labels.tolist()):
                 w, h = b[2] - b[0], b[3] - b[1]
-                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": c,
-                                          "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
-            out = model.postprocess(run_batch(model, items, cached, [n], [False]), [tuple(image.shape[-2:])])[0]
+                gt["annotations"].append(
+                    {
+                        "id": len(gt["annotations"]) + 1,
+                        "image_id": image_id,
+                        "category_id": c,
+                        "bbox": [b[0], b[1], w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
+            out = model.postprocess(run_batch(model, items, cached, [n], [False]), [tuple(image.shape[-2:])])[
+                0
+            ]
             for b, s, c in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
-                dets.append({"image_id": image_id, "category_id": c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                             "score": s})
+                dets.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": c,
+                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                        "score": s,
+                    }
+                )
     coco_gt = COCO(gt)
     ev = COCOeval_faster(coco_gt, coco_gt.loadRes(dets), "bbox", print_function=lambda *a: None)
     ev.evaluate()
@@ -128,7 +155,12 @@ def query_spread(model, items: list, cached: list | None, n: int = 8) -> float:
     """
     model.eval()
     with torch.no_grad():
-        boxes = torch.stack([run_batch(model, items, cached, [i], [False])["pred_boxes"][0] for i in range(min(n, len(items)))])
+        boxes = torch.stack(
+            [
+                run_batch(model, items, cached, [i], [False])["pred_boxes"][0]
+                for i in range(min(n, len(items)))
+            ]
+        )
     return float(boxes.std(0).mean())  # boxes: [n, Q, 4]
 
 
@@ -139,18 +171,29 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=r["epochs"])
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs")
-    p.add_argument("--eval-train", action="store_true",
-                   help="at those evaluations, also score the training images (underfit or overfit?)")
-    p.add_argument("--cache", type=Path, default=None,
-                   help="file keeping the frozen backbone's features between runs of the same size")
+    p.add_argument(
+        "--eval-train",
+        action="store_true",
+        help="at those evaluations, also score the training images (underfit or overfit?)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="file keeping the frozen backbone's features between runs of the same size",
+    )
     p.add_argument("--size", type=int, default=k["min_size"])
     p.add_argument("--queries", type=int, default=k["num_queries"])
     p.add_argument("--lr", type=float, default=r["lr"])
     p.add_argument("--batch", type=int, default=r["batch_size"])
-    p.add_argument("--lr-drop", type=int, default=None, help="epoch of the lr × 0.1 step (default: the recipe's, scaled)")
+    p.add_argument(
+        "--lr-drop", type=int, default=None, help="epoch of the lr × 0.1 step (default: the recipe's, scaled)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--knob", action="append", default=[], help="extra model knob, e.g. --knob train_backbone=false")
+    p.add_argument(
+        "--knob", action="append", default=[], help="extra model knob, e.g. --knob train_backbone=false"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -163,17 +206,28 @@ def main() -> None:
         key, value = item.split("=", 1)
         knobs[key] = yaml.safe_load(value)
     model = build_detr(r["model"], len(class_names), weights=r["weights"], **knobs)
-    backbone = [p for n, p in model.named_parameters() if n.startswith(model.backbone_prefixes) and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if not n.startswith(model.backbone_prefixes) and p.requires_grad]
+    backbone = [
+        p for n, p in model.named_parameters() if n.startswith(model.backbone_prefixes) and p.requires_grad
+    ]
+    rest = [
+        p
+        for n, p in model.named_parameters()
+        if not n.startswith(model.backbone_prefixes) and p.requires_grad
+    ]
     optimizer = torch.optim.AdamW(
         [{"params": rest}, {"params": backbone, "lr": args.lr * r["backbone_lr_mult"]}],
-        lr=args.lr, weight_decay=r["weight_decay"],
+        lr=args.lr,
+        weight_decay=r["weight_decay"],
     )
-    drop_at = args.lr_drop if args.lr_drop is not None else round(args.epochs * r["lr_drop_epoch"] / r["epochs"])
+    drop_at = (
+        args.lr_drop if args.lr_drop is not None else round(args.epochs * r["lr_drop_epoch"] / r["epochs"])
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(drop_at, 1), gamma=0.1)
     print(f"{r['model']} {knobs} lr={args.lr} batch={args.batch} epochs={args.epochs} (lr drop at {drop_at})")
     start = time.time()
-    frozen = not any(p.requires_grad for n, p in model.named_parameters() if n.startswith(model.backbone_prefixes))
+    frozen = not any(
+        p.requires_grad for n, p in model.named_parameters() if n.startswith(model.backbone_prefixes)
+    )
     # A frozen backbone gives the same features every epoch: computing them once (both flips)
     # trains exactly as running it every step would, in a fraction of the CPU time.
     train_cache = val_cache = None
@@ -183,7 +237,10 @@ def main() -> None:
         train_cache, val_cache = encode_all(model, train, flips=True), encode_all(model, val, flips=False)
         if args.cache is not None:
             torch.save((train_cache, val_cache), args.cache)
-    print(f"backbone features {'cached' if frozen else 'computed every step'}: {time.time() - start:.0f}s", flush=True)
+    print(
+        f"backbone features {'cached' if frozen else 'computed every step'}: {time.time() - start:.0f}s",
+        flush=True,
+    )
     for epoch in range(args.epochs):
         loss = train_epoch(model, train, train_cache, optimizer, args.batch, r["clip_grad_norm"], rng)
         scheduler.step()
@@ -198,8 +255,10 @@ def main() -> None:
             break
     train_s = time.time() - start
     metrics = coco_ap(model, val, val_cache, class_names)
-    print(f"bccd val: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
-          f"spread {query_spread(model, val, val_cache):.4f}  (train {train_s:.0f}s wall, {time.process_time():.0f}s CPU in all, {epoch + 1} epochs, {args.threads} threads)")
+    print(
+        f"bccd val: AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  "
+        f"spread {query_spread(model, val, val_cache):.4f}  (train {train_s:.0f}s wall, {time.process_time():.0f}s CPU in all, {epoch + 1} epochs, {args.threads} threads)"
+    )
 
 
 if __name__ == "__main__":

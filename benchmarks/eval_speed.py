@@ -39,8 +39,9 @@ from detlab.evaluation.coco import category_ids, coco_ground_truth
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 
 
-def synthetic_split(num_images: int = 5000, num_classes: int = 80, seed: int = 0,
-                    size: tuple[int, int] = (640, 480)) -> Records:
+def synthetic_split(
+    num_images: int = 5000, num_classes: int = 80, seed: int = 0, size: tuple[int, int] = (640, 480)
+) -> Records:
     """Ground truth: 0..15 boxes per image, sizes 4..320 px, ~5% difficult, ~1% crowd."""
     rng = np.random.default_rng(seed)
     w, h = size
@@ -50,15 +51,30 @@ def synthetic_split(num_images: int = 5000, num_classes: int = 80, seed: int = 0
         wh = rng.uniform(4, 320, (n, 2))
         xy = rng.uniform(0, 1, (n, 2)) * (np.array([w, h]) - wh)
         boxes = np.round(np.concatenate([xy, xy + wh], 1), 2).astype(np.float32)  # [N, 4] xyxy
-        images.append(ImageRecord(image_id=i + 1, file=Path(f"img_{i:05d}.jpg"), width=w, height=h, boxes=boxes,
-                                  labels=rng.integers(0, num_classes, n).astype(np.int64),
-                                  difficult=rng.random(n) < 0.05, iscrowd=rng.random(n) < 0.01))
+        images.append(
+            ImageRecord(
+                image_id=i + 1,
+                file=Path(f"img_{i:05d}.jpg"),
+                width=w,
+                height=h,
+                boxes=boxes,
+                labels=rng.integers(0, num_classes, n).astype(np.int64),
+                difficult=rng.random(n) < 0.05,
+                iscrowd=rng.random(n) < 0.01,
+            )
+        )
     ids = COCO_IDS[:num_classes] if num_classes <= len(COCO_IDS) else list(range(1, num_classes + 1))
     return Records(images, [f"class{c}" for c in range(num_classes)], ids, "coco", Path("synthetic"), "val")
 
 
-def jittered_detections(records: Records, per_image: int = 100, seed: int = 1, keep: float = 0.9,
-                        noise: float = 0.08, wrong_class: float = 0.05) -> list[dict]:
+def jittered_detections(
+    records: Records,
+    per_image: int = 100,
+    seed: int = 1,
+    keep: float = 0.9,
+    noise: float = 0.08,
+    wrong_class: float = 0.05,
+) -> list[dict]:
     """Realistic detections as a COCO results list (xywh, the records' category ids).
 
     Per image: each GT box is found with probability ``keep`` (box jittered by ``noise``
@@ -74,10 +90,12 @@ def jittered_detections(records: Records, per_image: int = 100, seed: int = 1, k
         found = rng.random(len(b)) < keep
         dup = found & (rng.random(len(b)) < 0.1)
         src = np.concatenate([np.flatnonzero(found), np.flatnonzero(dup)])
-        wh = (b[src, 2:] - b[src, :2])
+        wh = b[src, 2:] - b[src, :2]
         xy = b[src, :2] + rng.normal(0, noise, (len(src), 2)) * wh
         wh = wh * np.exp(rng.normal(0, noise, (len(src), 2)))
-        labels = np.where(rng.random(len(src)) < wrong_class, rng.integers(0, len(cats), len(src)), r.labels[src])
+        labels = np.where(
+            rng.random(len(src)) < wrong_class, rng.integers(0, len(cats), len(src)), r.labels[src]
+        )
         scores = rng.uniform(0.3, 1.0, len(src))
         n_fp = max((per_image or 2 * len(b)) - len(src), 0)
         fwh = rng.uniform(4, 200, (n_fp, 2))
@@ -135,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     records = synthetic_split(args.images, args.classes)
     results = jittered_detections(records, args.dets)
     gt_dict = mask_like_areas(coco_ground_truth(records))
-    print(f"{len(records.images)} images, {records.num_boxes} GT boxes, {len(results)} detections, "
-          f"{records.num_classes} classes; no image files")
+    print(
+        f"{len(records.images)} images, {records.num_boxes} GT boxes, {len(results)} detections, "
+        f"{records.num_classes} classes; no image files"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path, gt_path = Path(tmp) / "results.json", Path(tmp) / "instances_val.json"
         path.write_text(json.dumps(results))
@@ -158,12 +178,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"COCO parity with pycocotools: max |diff| over the 12 numbers = {diff:.2e}")
     t_ours, t_fce = min(ours), min(fce)
     print(f"detlab  coco+voc07+voc12+per-class (reading both JSON): {t_ours:6.2f} s")
-    print(f"faster-coco-eval coco only:                            {t_fce:7.2f} s   ratio detlab/fce = {t_ours / t_fce:.3f}")
+    print(
+        f"faster-coco-eval coco only:                            {t_fce:7.2f} s   ratio detlab/fce = {t_ours / t_fce:.3f}"
+    )
     if ref:
-        print(f"pycocotools coco only:                                 {ref[0]:7.2f} s   "
-              f"ratio detlab/pycocotools = {t_ours / ref[0]:.3f}")
-    print(f"COCO AP {result['coco']['AP']:.4f}  VOC07 mAP {result['voc07']['mAP']:.4f}  "
-          f"VOC12 mAP {result['voc12']['mAP']:.4f}")
+        print(
+            f"pycocotools coco only:                                 {ref[0]:7.2f} s   "
+            f"ratio detlab/pycocotools = {t_ours / ref[0]:.3f}"
+        )
+    print(
+        f"COCO AP {result['coco']['AP']:.4f}  VOC07 mAP {result['voc07']['mAP']:.4f}  "
+        f"VOC12 mAP {result['voc12']['mAP']:.4f}"
+    )
     return 0
 
 

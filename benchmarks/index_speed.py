@@ -34,10 +34,20 @@ def write_synthetic_coco(path: Path, num_images: int, boxes_per_image: int = 7, 
     image_of = np.repeat(np.arange(num_images), counts)
     cats = rng.choice(cat_ids, n)
     data = {
-        "images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 640} for i in range(num_images)],
-        "annotations": [{"id": k + 1, "image_id": int(image_of[k]), "category_id": int(cats[k]),
-                         "bbox": [*xy[k].tolist(), *wh[k].tolist()], "area": float(wh[k].prod()), "iscrowd": 0}
-                        for k in range(n)],
+        "images": [
+            {"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 640} for i in range(num_images)
+        ],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": int(image_of[k]),
+                "category_id": int(cats[k]),
+                "bbox": [*xy[k].tolist(), *wh[k].tolist()],
+                "area": float(wh[k].prod()),
+                "iscrowd": 0,
+            }
+            for k in range(n)
+        ],
         "categories": [{"id": int(c), "name": f"class_{c}"} for c in cat_ids],
     }
     path.write_text(json.dumps(data))

@@ -37,6 +37,7 @@ SIZE = {"min_size": 320, "max_size": 448}  # shorter/longer side inside the mode
 def plain_peer(model: nn.Module):
     """The torchvision class the detlab model subclasses, sharing its state; DETR: its inner modules."""
     if model.family == "detr":
+
         def detr_inner(images, targets=None):
             batch, mask = model.preprocess(images)
             feature, mask, pos = model.backbone(batch, mask)
@@ -81,6 +82,7 @@ def measure(name: str, images, targets, iters: int) -> dict:
         def call():
             with torch.inference_mode():
                 fn(images)
+
         return call
 
     inference = interleaved({"detlab": infer(model), "peer": infer(peer)}, iters, warmup=1)
@@ -91,16 +93,20 @@ def measure(name: str, images, targets, iters: int) -> dict:
             # torchvision's FCOS / RetinaNet name losses without the ``loss_`` prefix detlab adds
             sum(v for k, v in losses.items() if k.startswith("loss_") or fn is not model).backward()
             model.zero_grad(set_to_none=True)
+
         return call
 
     model.train()
-    training = interleaved({"detlab": step(model, targets), "peer": step(peer, tgt_peer)}, iters,
-                           warmup=1)
+    training = interleaved({"detlab": step(model, targets), "peer": step(peer, tgt_peer)}, iters, warmup=1)
     model.eval()
     bench = run_bench(model, images=images, batch=len(images), iters=iters, warmup=1, device="cpu")
-    return {"infer_ratio": round_ratio(inference, "detlab", "peer"), "train_ratio": round_ratio(training, "detlab", "peer"),
-            "infer_ms": 1000 * sorted(inference["detlab"])[len(inference["detlab"]) // 2] / len(images),
-            "post_share": bench["eager"]["postprocess_share"], "dets": bench["eager"]["detections_per_image"]}
+    return {
+        "infer_ratio": round_ratio(inference, "detlab", "peer"),
+        "train_ratio": round_ratio(training, "detlab", "peer"),
+        "infer_ms": 1000 * sorted(inference["detlab"])[len(inference["detlab"]) // 2] / len(images),
+        "post_share": bench["eager"]["postprocess_share"],
+        "dets": bench["eager"]["detections_per_image"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,16 +121,23 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [dataset[i] for i in range(args.images)]
     images_cache[:] = [p[0] for p in pairs]
     targets = [{k: v for k, v in p[1].items() if k in ("boxes", "labels", "iscrowd")} for p in pairs]
-    print(f"CPU, {args.threads} threads, {args.images} BCCD val images [3, 480, 640] per call, inner size "
-          f"{SIZE['min_size']}/{SIZE['max_size']} (SSD {SIZE['min_size']} square), {args.iters} interleaved rounds")
-    print(f"{'model':<24} {'infer detlab/peer':>17} {'train detlab/peer':>17} {'ms/img':>8} {'post share':>10} {'dets/img':>8}")
+    print(
+        f"CPU, {args.threads} threads, {args.images} BCCD val images [3, 480, 640] per call, inner size "
+        f"{SIZE['min_size']}/{SIZE['max_size']} (SSD {SIZE['min_size']} square), {args.iters} interleaved rounds"
+    )
+    print(
+        f"{'model':<24} {'infer detlab/peer':>17} {'train detlab/peer':>17} {'ms/img':>8} {'post share':>10} {'dets/img':>8}"
+    )
     worst = 0.0
     for name in args.models.split(","):
         torch.manual_seed(0)
         r = measure(name, images_cache, targets, args.iters)
         worst = max(worst, r["infer_ratio"], r["train_ratio"])
-        print(f"{name:<24} {r['infer_ratio']:>16.3f}× {r['train_ratio']:>16.3f}× {r['infer_ms']:>8.0f} "
-              f"{100 * r['post_share']:>9.1f}% {r['dets']:>8.1f}", flush=True)
+        print(
+            f"{name:<24} {r['infer_ratio']:>16.3f}× {r['train_ratio']:>16.3f}× {r['infer_ms']:>8.0f} "
+            f"{100 * r['post_share']:>9.1f}% {r['dets']:>8.1f}",
+            flush=True,
+        )
     print(f"worst ratio {worst:.3f}× (target ≤ 1.05×)")
     return 0 if worst <= 1.05 else 1
 

@@ -41,7 +41,6 @@ from torch import Tensor, nn
 
 from detlab.errors import ConfigError
 
-
 # --- memory -----------------------------------------------------------------------
 
 
@@ -80,7 +79,9 @@ class _PeakMemory:
             self._base = torch.cuda.memory_allocated(self.device)
         else:
             self._exact = _reset_peak_rss() and _rss_mb("VmHWM") is not None
-            self._base = _rss_mb("VmRSS") if self._exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            self._base = (
+                _rss_mb("VmRSS") if self._exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            )
         return self
 
     def __exit__(self, *exc):
@@ -91,7 +92,9 @@ class _PeakMemory:
         elif self._exact:
             self.mb, self.how = _rss_mb("VmHWM") - self._base, "peak RSS (VmHWM) over RSS before"
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+                1024 if sys.platform != "darwin" else 2**20
+            )
             self.mb, self.how = peak - self._base, "getrusage maxrss growth"
         return False
 
@@ -192,7 +195,7 @@ def time_calls(fn, iters: int, warmup: int, sync=None, clock: StageClock | None 
         out = fn()
         sync()
         record["total"].append(time.perf_counter() - start)
-        for stage, seconds in (clock.times.items() if clock is not None else ()):
+        for stage, seconds in clock.times.items() if clock is not None else ():
             record[stage].append(seconds)
     record["out"] = out
     return record
@@ -204,8 +207,12 @@ def _stage_summary(rec: dict) -> dict:
     pre = rec.get("preprocess", [0.0] * n)
     post = rec.get("postprocess", [0.0] * n)
     forward = [t - a - b for t, a, b in zip(rec["total"], pre, post)]
-    stages = {"total": spread(rec["total"]), "preprocess": spread(pre), "forward": spread(forward),
-              "postprocess": spread(post)}
+    stages = {
+        "total": spread(rec["total"]),
+        "preprocess": spread(pre),
+        "forward": spread(forward),
+        "postprocess": spread(post),
+    }
     if "proposals" in rec:
         stages["proposals"] = spread(rec["proposals"])
     share = statistics.median(b / t for b, t in zip(post, rec["total"]))
@@ -216,14 +223,16 @@ def _summary(rec: dict, batch: int) -> dict:
     latency = spread(rec["total"])
     out = rec["out"]
     return {
-        "latency_ms": latency, "per_image_ms": latency["median"] / batch,
+        "latency_ms": latency,
+        "per_image_ms": latency["median"] / batch,
         "throughput_ips": batch * 1000.0 / latency["median"],
         "detections_per_image": sum(len(d["boxes"]) for d in out) / max(1, len(out)),
     }
 
 
-def bench_eager(model: nn.Module, images: list[Tensor], iters: int, warmup: int, device: torch.device,
-                amp: bool = False) -> dict:
+def bench_eager(
+    model: nn.Module, images: list[Tensor], iters: int, warmup: int, device: torch.device, amp: bool = False
+) -> dict:
     """Time ``model(images)`` (eval, ``inference_mode``; with ``amp`` the network in bf16 on CPU,
     fp16 on CUDA, decoding in float32 — :mod:`detlab.models.precision`) and its stages."""
     from detlab.models.precision import amp_dtype, autocast_network
@@ -281,9 +290,18 @@ def bench_images(size: tuple[int, int], batch: int, images: list[Tensor] | None 
     return [torch.rand(3, size[0], size[1], generator=gen) for _ in range(batch)]
 
 
-def run_bench(model: nn.Module, size: int | tuple[int, int] | None = None, batch: int = 1,
-              threads: int | None = None, iters: int = 20, warmup: int = 3, device: str | None = None,
-              amp: bool = False, onnx: bool = False, images: list[Tensor] | None = None) -> dict:
+def run_bench(
+    model: nn.Module,
+    size: int | tuple[int, int] | None = None,
+    batch: int = 1,
+    threads: int | None = None,
+    iters: int = 20,
+    warmup: int = 3,
+    device: str | None = None,
+    amp: bool = False,
+    onnx: bool = False,
+    images: list[Tensor] | None = None,
+) -> dict:
     """Benchmark one model, eager and (with ``onnx``) ONNX Runtime.
 
     Args:
@@ -325,11 +343,17 @@ def run_bench(model: nn.Module, size: int | tuple[int, int] | None = None, batch
     finally:
         torch.set_num_threads(old_threads)
     return {
-        "model": getattr(model, "name", type(model).__name__), "family": getattr(model, "family", "?"),
-        "device": dev.type, "threads": int(threads or old_threads),
+        "model": getattr(model, "name", type(model).__name__),
+        "family": getattr(model, "family", "?"),
+        "device": dev.type,
+        "threads": int(threads or old_threads),
         "amp": ("fp16" if dev.type == "cuda" else "bf16") if amp else None,
-        "size": list(inputs[0].shape[-2:]), "batch": batch, "iters": iters, "warmup": warmup,
-        "eager": eager, "onnx": result_onnx,
+        "size": list(inputs[0].shape[-2:]),
+        "batch": batch,
+        "iters": iters,
+        "warmup": warmup,
+        "eager": eager,
+        "onnx": result_onnx,
         "onnx_speedup": eager["latency_ms"]["median"] / result_onnx["latency_ms"]["median"] if onnx else None,
     }
 
@@ -350,39 +374,56 @@ def load_bench_model(spec: str, num_classes: int = 20, checkpoint: str = "best")
 
 def format_report(result: dict) -> str:
     """The human-readable table ``detlab bench`` prints."""
-    lines = [f"{result['model']} ({result['family']}): batch {result['batch']} × [3, {result['size'][0]}, "
-             f"{result['size'][1]}], {result['device']}{' +amp ' + result['amp'] if result['amp'] else ''}, {result['threads']} threads, "
-             f"{result['iters']} timed calls after {result['warmup']} warm-up",
-             f"{'backend':<8} {'ms/img':>8} {'p10–p90 ms/call':>17} {'img/s':>7} {'peak MiB':>9} {'dets/img':>8}"]
+    lines = [
+        f"{result['model']} ({result['family']}): batch {result['batch']} × [3, {result['size'][0]}, "
+        f"{result['size'][1]}], {result['device']}{' +amp ' + result['amp'] if result['amp'] else ''}, {result['threads']} threads, "
+        f"{result['iters']} timed calls after {result['warmup']} warm-up",
+        f"{'backend':<8} {'ms/img':>8} {'p10–p90 ms/call':>17} {'img/s':>7} {'peak MiB':>9} {'dets/img':>8}",
+    ]
     for name in ("eager", "onnx"):
         r = result.get(name)
         if r:
             lat = r["latency_ms"]
             mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "?"
-            lines.append(f"{name:<8} {r['per_image_ms']:>8.1f} {lat['p10']:>8.1f}–{lat['p90']:<8.1f} "
-                         f"{r['throughput_ips']:>7.2f} {mem:>9} {r['detections_per_image']:>8.1f}")
+            lines.append(
+                f"{name:<8} {r['per_image_ms']:>8.1f} {lat['p10']:>8.1f}–{lat['p90']:<8.1f} "
+                f"{r['throughput_ips']:>7.2f} {mem:>9} {r['detections_per_image']:>8.1f}"
+            )
     stages = result["eager"]["stages_ms"]
     if stages:
         parts = ", ".join(f"{k} {v['median']:.1f}" for k, v in stages.items() if k != "total")
-        lines.append(f"eager stages, median ms/call: {parts}; postprocess share "
-                     f"{100 * result['eager']['postprocess_share']:.1f}%")
+        lines.append(
+            f"eager stages, median ms/call: {parts}; postprocess share "
+            f"{100 * result['eager']['postprocess_share']:.1f}%"
+        )
     if result.get("onnx_speedup"):
-        lines.append(f"onnx vs eager: {result['onnx_speedup']:.2f}× (export {result['onnx']['export_s']:.1f} s)")
+        lines.append(
+            f"onnx vs eager: {result['onnx_speedup']:.2f}× (export {result['onnx']['export_s']:.1f} s)"
+        )
     return "\n".join(lines)
 
 
 def bench_command(args) -> int:
     """``detlab bench --model NAME|RUN [--size S] [--batch B] [--threads T] [--iters N] [--device D] [--amp] [--onnx]``."""
-    from detlab.export import parse_size
+    from detlab.export import check_images, parse_size
 
-    from detlab.export import check_images
-
-    model = load_bench_model(args.model, getattr(args, "num_classes", 20), getattr(args, "checkpoint", "best"))
+    model = load_bench_model(
+        args.model, getattr(args, "num_classes", 20), getattr(args, "checkpoint", "best")
+    )
     data = getattr(args, "data", None)
     images, what = check_images(data, count=max(args.batch, 4)) if data else (None, "")
-    result = run_bench(model, size=parse_size(args.size), batch=args.batch, threads=args.threads,
-                       iters=args.iters, warmup=getattr(args, "warmup", 3), device=args.device,
-                       amp=args.amp, onnx=args.onnx, images=images)
+    result = run_bench(
+        model,
+        size=parse_size(args.size),
+        batch=args.batch,
+        threads=args.threads,
+        iters=args.iters,
+        warmup=getattr(args, "warmup", 3),
+        device=args.device,
+        amp=args.amp,
+        onnx=args.onnx,
+        images=images,
+    )
     if data:
         print(f"inputs: {what}, cycled")
     print(format_report(result))
@@ -405,7 +446,7 @@ def interleaved(calls: dict, iters: int, warmup: int = 1, sync=None) -> dict[str
             fn()
     times: dict[str, list[float]] = {name: [] for name, _ in items}
     for i in range(iters):
-        for name, fn in (items if i % 2 == 0 else items[::-1]):
+        for name, fn in items if i % 2 == 0 else items[::-1]:
             sync()
             start = time.perf_counter()
             fn()

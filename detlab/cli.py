@@ -14,16 +14,26 @@ from detlab.errors import DetlabError
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--split", default=None, help="split name (default: train, or the only one); or use DATA:split")
-    p.add_argument("--images", default=None, help="image folder, when it cannot be found from a COCO JSON's location")
-    p.add_argument("--classes", default=None, help="class names, comma separated or a text file (one per line); order is kept")
+    p.add_argument(
+        "--split", default=None, help="split name (default: train, or the only one); or use DATA:split"
+    )
+    p.add_argument(
+        "--images", default=None, help="image folder, when it cannot be found from a COCO JSON's location"
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="class names, comma separated or a text file (one per line); order is kept",
+    )
 
 
 # --- demo ---------------------------------------------------------------------
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic shapes dataset → train a small model on CPU → evaluate → report (≤ 5 min)")
+    p = sub.add_parser(
+        "demo", help="synthetic shapes dataset → train a small model on CPU → evaluate → report (≤ 5 min)"
+    )
     p.add_argument("--out", default="demo_out", help="output folder (dataset and run)")
     p.add_argument("--quick", action="store_true", help="a much shorter schedule, for smoke tests")
 
@@ -60,7 +70,9 @@ def _add_convert(sub) -> None:
 def _run_convert(args) -> int:
     from detlab.data.convert import convert_command
 
-    return convert_command(args.src, args.dst, to=args.to, split=args.split, images=args.images, classes=args.classes)
+    return convert_command(
+        args.src, args.dst, to=args.to, split=args.split, images=args.images, classes=args.classes
+    )
 
 
 def _add_show(sub) -> None:
@@ -74,16 +86,23 @@ def _add_show(sub) -> None:
 def _run_show(args) -> int:
     from detlab.report.draw import show_command
 
-    return show_command(args.data, out=args.out, n=args.n, split=args.split, images=args.images, classes=args.classes)
+    return show_command(
+        args.data, out=args.out, n=args.n, split=args.split, images=args.images, classes=args.classes
+    )
 
 
 # --- models -------------------------------------------------------------------
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="the model catalogue: params, GFLOPs, pretrained weights and their availability")
-    p.add_argument("--flops", action="store_true",
-                   help="count the GFLOPs not counted before (about a minute on 2 CPU cores; kept for next time)")
+    p = sub.add_parser(
+        "models", help="the model catalogue: params, GFLOPs, pretrained weights and their availability"
+    )
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="count the GFLOPs not counted before (about a minute on 2 CPU cores; kept for next time)",
+    )
 
 
 def _run_models(args) -> int:
@@ -103,7 +122,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out", default=None, help="run folder")
     p.add_argument("--weights", default=None, help="none | imagenet | coco | PATH")
     p.add_argument("--config", default=None, help="YAML config file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
     p.add_argument("--resume", default=None, metavar="RUN", help="continue a run exactly where it stopped")
 
 
@@ -124,15 +145,25 @@ def _add_eval(sub) -> None:
     p.add_argument("--dets", default=None, help="COCO-format results JSON, with --gt")
     p.add_argument("--protocol", default="coco,voc07,voc12", help="comma list of coco, voc07, voc12")
     p.add_argument("--checkpoint", default="best", help="best | last | PATH")
-    p.add_argument("--out", default=None, help="where to write eval/*.json (default: RUN/eval or beside --dets)")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU threshold of voc07/voc12, PR curves, confusion and errors")
+    p.add_argument(
+        "--out", default=None, help="where to write eval/*.json (default: RUN/eval or beside --dets)"
+    )
+    p.add_argument(
+        "--iou", type=float, default=0.5, help="IoU threshold of voc07/voc12, PR curves, confusion and errors"
+    )
     p.add_argument("--max-dets", default="1,10,100", help="COCO maxDets, comma list (AP uses the last)")
     p.add_argument("--score", type=float, default=0.5, help="score threshold of the confusion matrix")
-    p.add_argument("--no-analysis", action="store_true", help="skip PR curves, confusion matrix and error breakdown")
+    p.add_argument(
+        "--no-analysis", action="store_true", help="skip PR curves, confusion matrix and error breakdown"
+    )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available), with RUN")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass, with RUN")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "amp"],
-                   help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32; with RUN")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16", "amp"],
+        help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32; with RUN",
+    )
     _add_data_args(p)
 
 
@@ -147,16 +178,28 @@ def _add_predict(sub) -> None:
     p.add_argument("run", help="run folder or checkpoint")
     p.add_argument("sources", nargs="*", help="images, folders or globs (default with --data: its images)")
     p.add_argument("--out", required=True)
-    p.add_argument("--score", type=float, default=None,
-                   help="keep detections scoring at least this (default 0.5; with --data every detection is "
-                   "written to detections.json, as evaluation scores them, and 0.5 is what is drawn)")
+    p.add_argument(
+        "--score",
+        type=float,
+        default=None,
+        help="keep detections scoring at least this (default 0.5; with --data every detection is "
+        "written to detections.json, as evaluation scores them, and 0.5 is what is drawn)",
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "amp"],
-                   help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16", "amp"],
+        help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32",
+    )
     p.add_argument("--checkpoint", default="best")
-    p.add_argument("--data", default=None, help="dataset (DATA or DATA:split) whose image and category ids the "
-                   "results use, so `detlab eval --gt DATA --dets OUT/detections.json` scores them")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset (DATA or DATA:split) whose image and category ids the "
+        "results use, so `detlab eval --gt DATA --dets OUT/detections.json` scores them",
+    )
 
 
 def _run_predict(args) -> int:
@@ -181,7 +224,9 @@ def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="compare runs: table, curves, per-class AP, disagreement gallery")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
-    p.add_argument("--data", default=None, help="dataset to compare on (default: the first run's validation data)")
+    p.add_argument(
+        "--data", default=None, help="dataset to compare on (default: the first run's validation data)"
+    )
 
 
 def _run_compare(args) -> int:
@@ -201,14 +246,20 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed-precision network: bf16 on CPU (needs native bf16), fp16 on CUDA; boxes stay float32")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed-precision network: bf16 on CPU (needs native bf16), fp16 on CUDA; boxes stay float32",
+    )
     p.add_argument("--onnx", action="store_true", help="also export and time ONNX Runtime")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument("--num-classes", type=int, default=20, help="classes of a catalogue model (random init)")
     p.add_argument("--checkpoint", default="best", help="with a run folder: best | last | PATH")
-    p.add_argument("--data", default=None,
-                   help="time on the first images of this dataset (DATA or DATA:split) instead of noise")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="time on the first images of this dataset (DATA or DATA:split) instead of noise",
+    )
 
 
 def _run_bench(args) -> int:
@@ -224,8 +275,12 @@ def _add_export(sub) -> None:
     p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx)")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--size", default=None, help="exported input H,W or S (default: the check images' size)")
-    p.add_argument("--check", default=None, metavar="DATA",
-                   help="dataset whose first images check ONNX against eager (default: the run's val data)")
+    p.add_argument(
+        "--check",
+        default=None,
+        metavar="DATA",
+        help="dataset whose first images check ONNX against eager (default: the run's val data)",
+    )
 
 
 def _run_export(args) -> int:
@@ -234,7 +289,20 @@ def _run_export(args) -> int:
     return export_command(args)
 
 
-COMMANDS = ["demo", "check", "convert", "show", "models", "train", "eval", "predict", "report", "compare", "bench", "export"]
+COMMANDS = [
+    "demo",
+    "check",
+    "convert",
+    "show",
+    "models",
+    "train",
+    "eval",
+    "predict",
+    "report",
+    "compare",
+    "bench",
+    "export",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

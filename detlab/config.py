@@ -17,9 +17,10 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -41,10 +42,16 @@ class TrainConfig:
     # --- schedule length and batches -----------------------------------------
     epochs: int = 12  # passes over the training data
     batch_size: int = 4  # images per step per process
-    accumulate: int = 1  # batches summed into one optimizer step (effective batch = batch_size·accumulate·world)
+    accumulate: int = (
+        1  # batches summed into one optimizer step (effective batch = batch_size·accumulate·world)
+    )
     num_workers: int = 2  # DataLoader worker processes (0 = load in the main process)
-    transform_kwargs: dict = field(default_factory=dict)  # size knobs for build_transforms; {} = the model's size
-    augment: str | None = None  # training transforms recipe (data.transforms); None = the model's transform_recipe
+    transform_kwargs: dict = field(
+        default_factory=dict
+    )  # size knobs for build_transforms; {} = the model's size
+    augment: str | None = (
+        None  # training transforms recipe (data.transforms); None = the model's transform_recipe
+    )
 
     # --- optimizer -----------------------------------------------------------
     optimizer: str = "sgd"  # sgd | adamw
@@ -61,7 +68,9 @@ class TrainConfig:
     schedule: str = "step"  # step | cosine | constant (after warmup)
     warmup_iters: int = 500  # linear warmup length, capped at a fifth of the run so short runs reach full lr
     warmup_factor: float = 0.001  # lr multiplier at iteration 0 of the warmup
-    milestones: list = field(default_factory=lambda: [0.67, 0.89])  # step: fractions of the run where lr drops
+    milestones: list = field(
+        default_factory=lambda: [0.67, 0.89]
+    )  # step: fractions of the run where lr drops
     gamma: float = 0.1  # step: lr multiplier at each milestone
     min_lr_factor: float = 0.0  # cosine: final lr as a fraction of the peak
 
@@ -79,9 +88,13 @@ class TrainConfig:
     eval_before: str = "auto"  # auto (when weights != none) | true | false: evaluate before the first step
     protocols: list = field(default_factory=lambda: ["coco", "voc07"])  # evaluation protocols
     eval_batch_size: int = 4  # images per evaluation batch
-    metric: str = "coco/AP50"  # flattened metric that picks checkpoints/best.pt (higher is better; val/* lower)
+    metric: str = (
+        "coco/AP50"  # flattened metric that picks checkpoints/best.pt (higher is better; val/* lower)
+    )
     patience: int = 0  # early stopping: evaluations without improvement before stopping; 0 = never
-    checkpoint_every: int = 0  # also write checkpoints/last.pt every N iterations (mid-epoch resume); 0 = per epoch
+    checkpoint_every: int = (
+        0  # also write checkpoints/last.pt every N iterations (mid-epoch resume); 0 = per epoch
+    )
 
     # --- logging -------------------------------------------------------------
     log_every: int = 20  # iterations between metrics.jsonl train lines (window means)
@@ -105,28 +118,72 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Clipping: short runs cap the warmup at a fifth of the run, and without it the RoI
     # classifier of a fresh head diverged on BCCD (loss 650 then NaN at iteration 22).
     "faster_rcnn": dict(
-        optimizer="sgd", base_lr=0.02, base_batch=16, momentum=0.9, weight_decay=1e-4,
-        schedule="step", warmup_iters=500, warmup_factor=0.001, clip_grad_norm=10.0, epochs=12, batch_size=4,
+        optimizer="sgd",
+        base_lr=0.02,
+        base_batch=16,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="step",
+        warmup_iters=500,
+        warmup_factor=0.001,
+        clip_grad_norm=10.0,
+        epochs=12,
+        batch_size=4,
     ),
     # FCOS / RetinaNet papers: SGD 0.01 at 16 images; gradient clipping keeps early centerness stable.
     "fcos": dict(
-        optimizer="sgd", base_lr=0.01, base_batch=16, momentum=0.9, weight_decay=1e-4,
-        schedule="step", warmup_iters=500, warmup_factor=1 / 3, clip_grad_norm=35.0, epochs=12, batch_size=4,
+        optimizer="sgd",
+        base_lr=0.01,
+        base_batch=16,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="step",
+        warmup_iters=500,
+        warmup_factor=1 / 3,
+        clip_grad_norm=35.0,
+        epochs=12,
+        batch_size=4,
     ),
     "retinanet": dict(
-        optimizer="sgd", base_lr=0.01, base_batch=16, momentum=0.9, weight_decay=1e-4,
-        schedule="step", warmup_iters=500, warmup_factor=0.001, clip_grad_norm=35.0, epochs=12, batch_size=4,
+        optimizer="sgd",
+        base_lr=0.01,
+        base_batch=16,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="step",
+        warmup_iters=500,
+        warmup_factor=0.001,
+        clip_grad_norm=35.0,
+        epochs=12,
+        batch_size=4,
     ),
     # torchvision SSD300 reference: SGD 0.002 at 32 images, wd 5e-4, cosine, long schedule.
     "ssd": dict(
-        optimizer="sgd", base_lr=0.002, base_batch=32, momentum=0.9, weight_decay=5e-4,
-        schedule="cosine", warmup_iters=1000, warmup_factor=0.001, epochs=60, batch_size=8,
+        optimizer="sgd",
+        base_lr=0.002,
+        base_batch=32,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_iters=1000,
+        warmup_factor=0.001,
+        epochs=60,
+        batch_size=8,
     ),
     # DETR paper: AdamW 1e-4, backbone x0.1, wd 1e-4, clip 0.1; no linear scaling of AdamW lr.
     "detr": dict(
-        optimizer="adamw", base_lr=1e-4, base_batch=0, momentum=0.9, weight_decay=1e-4,
-        backbone_lr_mult=0.1, clip_grad_norm=0.1, schedule="step", milestones=[0.67],
-        warmup_iters=0, epochs=50, batch_size=4,
+        optimizer="adamw",
+        base_lr=1e-4,
+        base_batch=0,
+        momentum=0.9,
+        weight_decay=1e-4,
+        backbone_lr_mult=0.1,
+        clip_grad_norm=0.1,
+        schedule="step",
+        milestones=[0.67],
+        warmup_iters=0,
+        epochs=50,
+        batch_size=4,
     ),
 }
 
@@ -143,7 +200,9 @@ def family_of(model_name: str) -> str:
     for prefix in _FAMILY_PREFIXES:
         if model_name.startswith(prefix):
             return prefix
-    raise ConfigError(f"model: {model_name!r} has no known family prefix {_FAMILY_PREFIXES}; see `detlab models`")
+    raise ConfigError(
+        f"model: {model_name!r} has no known family prefix {_FAMILY_PREFIXES}; see `detlab models`"
+    )
 
 
 def family_recipe(family: str, model_name: str | None = None) -> dict[str, Any]:
@@ -201,7 +260,9 @@ def apply_overrides(base: dict, overrides: dict, source: str) -> dict:
                 raise ConfigError(f"{source}: key {key!r}: {head!r} is not a dict; use --set {head}=VALUE")
             out[head] = {**out.get(head, {}), rest: value}
         elif head in _DICT_FIELDS and not isinstance(value, dict):
-            raise ConfigError(f"{source}: key {head!r} must be a mapping, got {value!r}; use {head}.NAME=VALUE")
+            raise ConfigError(
+                f"{source}: key {head!r} must be a mapping, got {value!r}; use {head}.NAME=VALUE"
+            )
         else:
             out[head] = value
     return out
@@ -217,7 +278,9 @@ def parse_set(items: list[str]) -> dict:
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__}); quote it") from None
+            raise ConfigError(
+                f"--set {item!r}: value is not valid YAML ({e.__class__.__name__}); quote it"
+            ) from None
     apply_overrides(TrainConfig().to_dict(), out, "--set")  # unknown keys fail here, named as --set
     return out
 
@@ -287,29 +350,70 @@ def _within(lo: float, hi: float, hi_open: bool = False) -> Callable[[Any], bool
 
 # Beyond its annotated type, what a field accepts: (test on a well-typed value, what the message expects).
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{k: (_at_least(1), "an integer ≥ 1") for k in ("epochs", "batch_size", "accumulate", "eval_batch_size",
-                                                      "log_every")},
-    **{k: (_at_least(0), "an integer ≥ 0") for k in ("num_workers", "warmup_iters", "checkpoint_every", "patience",
-                                                      "eval_every", "base_batch", "seed")},
-    **{k: (_at_least(0), "a number ≥ 0") for k in ("base_lr", "weight_decay", "norm_weight_decay",
-                                                    "backbone_lr_mult", "clip_grad_norm", "gamma")},
+    **{
+        k: (_at_least(1), "an integer ≥ 1")
+        for k in ("epochs", "batch_size", "accumulate", "eval_batch_size", "log_every")
+    },
+    **{
+        k: (_at_least(0), "an integer ≥ 0")
+        for k in (
+            "num_workers",
+            "warmup_iters",
+            "checkpoint_every",
+            "patience",
+            "eval_every",
+            "base_batch",
+            "seed",
+        )
+    },
+    **{
+        k: (_at_least(0), "a number ≥ 0")
+        for k in (
+            "base_lr",
+            "weight_decay",
+            "norm_weight_decay",
+            "backbone_lr_mult",
+            "clip_grad_norm",
+            "gamma",
+        )
+    },
     "lr": (lambda v: v is None or v > 0, "a positive number, or null to scale base_lr"),
     "momentum": (_within(0, 1, hi_open=True), "a number in [0, 1)"),
     "warmup_factor": (_within(0, 1), "a number in [0, 1]"),
     "min_lr_factor": (_within(0, 1), "a number in [0, 1]"),
     "ema_decay": (_within(0, 1, hi_open=True), "a number in [0, 1)"),
-    "milestones": (lambda v: all(_is_number(m) and 0 < m < 1 for m in v),
-                   "a list of fractions of the run in (0, 1), e.g. [0.67, 0.89]"),
+    "milestones": (
+        lambda v: all(_is_number(m) and 0 < m < 1 for m in v),
+        "a list of fractions of the run in (0, 1), e.g. [0.67, 0.89]",
+    ),
     "protocols": (lambda v: bool(v) and all(p in PROTOCOLS for p in v), f"a list of {', '.join(PROTOCOLS)}"),
-    "transform_kwargs": (lambda v: set(v) <= {"min_size", "max_size", "size"},
-                         "a mapping of min_size, max_size or size"),
+    "transform_kwargs": (
+        lambda v: set(v) <= {"min_size", "max_size", "size"},
+        "a mapping of min_size, max_size or size",
+    ),
     **{k: (lambda v, c=c: v in c, "one of " + ", ".join(c)) for k, c in _CHOICES.items()},
 }
 
-_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "list": "a list",
-          "tuple": "a list", "dict": "a mapping", "None": "null"}
-_PY_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": (list, tuple),
-             "dict": dict, "None": type(None)}
+_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "list": "a list",
+    "tuple": "a list",
+    "dict": "a mapping",
+    "None": "null",
+}
+_PY_TYPES = {
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str": str,
+    "list": list,
+    "tuple": (list, tuple),
+    "dict": dict,
+    "None": type(None),
+}
 
 
 def _is_number(v: Any) -> bool:
@@ -373,8 +477,9 @@ def validate(cfg: TrainConfig, family: str | None = None) -> None:
         cfg.protocols = [p.strip() for p in cfg.protocols.split(",") if p.strip()]
     unknown = [p for p in cfg.protocols if p not in PROTOCOLS] if isinstance(cfg.protocols, list) else []
     if unknown:
-        raise ConfigError(f"config key 'protocols': {unknown[0]!r} is not a protocol; use a list of "
-                          f"{', '.join(PROTOCOLS)}")
+        raise ConfigError(
+            f"config key 'protocols': {unknown[0]!r} is not a protocol; use a list of {', '.join(PROTOCOLS)}"
+        )
     for name, f in FIELDS.items():
         test, expected = _RULES.get(name, (None, None))
         value = check_typed(name, getattr(cfg, name), str(f.type), expected)
@@ -383,9 +488,11 @@ def validate(cfg: TrainConfig, family: str | None = None) -> None:
         setattr(cfg, name, value)
     cfg.protocols = list(dict.fromkeys(cfg.protocols))
     if cfg.weights == "none" and cfg.model_kwargs.get("train_backbone") is False:
-        raise ConfigError("config: weights=none with model_kwargs.train_backbone=false (DETR's small-data recipe) "
-                          "would train on a frozen random backbone — use --weights imagenet (offline for "
-                          "detr_effl0) or --set model_kwargs.train_backbone=true")
+        raise ConfigError(
+            "config: weights=none with model_kwargs.train_backbone=false (DETR's small-data recipe) "
+            "would train on a frozen random backbone — use --weights imagenet (offline for "
+            "detr_effl0) or --set model_kwargs.train_backbone=true"
+        )
     if family is None and cfg.model and cfg.model.startswith(_FAMILY_PREFIXES):
         family = family_of(cfg.model)
     _validate_metric(cfg.metric, cfg.protocols, family)
@@ -395,7 +502,10 @@ def validate(cfg: TrainConfig, family: str | None = None) -> None:
 
 # Metrics that can pick the best checkpoint (evaluator.flatten_metrics names; val/* from the engine).
 _METRICS = [f"coco/{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")] + [
-    "voc07/mAP", "voc12/mAP", "val/loss"]
+    "voc07/mAP",
+    "voc12/mAP",
+    "val/loss",
+]
 
 # The loss parts each family's model returns (its docstring's train-mode keys), so that
 # metric=val/loss_<part> is checked before training instead of after the first evaluation.
@@ -412,16 +522,20 @@ def _validate_metric(metric: str, protocols: list, family: str | None) -> None:
     head = metric.split("/")[0]
     if metric in _METRICS:
         if head not in (*protocols, "val"):
-            raise ConfigError(f"config key 'metric': {metric!r} needs protocol {head!r}, which is not in protocols "
-                              f"{protocols}; add it or pick e.g. metric={protocols[0]}/{'AP50' if protocols[0] == 'coco' else 'mAP'}")
+            raise ConfigError(
+                f"config key 'metric': {metric!r} needs protocol {head!r}, which is not in protocols "
+                f"{protocols}; add it or pick e.g. metric={protocols[0]}/{'AP50' if protocols[0] == 'coco' else 'mAP'}"
+            )
         return
     part = metric.removeprefix("val/loss_") if metric.startswith("val/loss_") else None
     if part is not None and (family not in _LOSS_PARTS or re.fullmatch(_LOSS_PARTS[family], part)):
         return
     if part is not None:
         parts = ", ".join(f"val/loss_{p}" for p in _LOSS_PARTS[family].split("|") if p.isidentifier())
-        raise ConfigError(f"config key 'metric': {metric!r} is not a loss part of {family} models; use val/loss "
-                          f"or one of {parts}")
+        raise ConfigError(
+            f"config key 'metric': {metric!r} is not a loss part of {family} models; use val/loss "
+            f"or one of {parts}"
+        )
     close = difflib.get_close_matches(metric, _METRICS, n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(_METRICS)} or val/loss_<part>"
     raise ConfigError(f"config key 'metric': {metric!r} is not a metric detlab computes; {hint}")
@@ -436,19 +550,27 @@ def _validate_device(device: str, amp: str) -> None:
 
     if device == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError("config key 'device': 'mps' is not available: no Apple GPU here; use device=cpu or auto")
+            raise ConfigError(
+                "config key 'device': 'mps' is not available: no Apple GPU here; use device=cpu or auto"
+            )
         return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(device.partition(":")[2] or 0)
     if count == 0:
-        raise ConfigError(f"config key 'device': {device!r} is not available: torch sees no CUDA GPU here; use "
-                          "device=cpu or auto")
+        raise ConfigError(
+            f"config key 'device': {device!r} is not available: torch sees no CUDA GPU here; use "
+            "device=cpu or auto"
+        )
     if index >= count:
-        raise ConfigError(f"config key 'device': {device!r} is not available: torch sees {count} CUDA GPU(s), "
-                          f"cuda:0..cuda:{count - 1}")
+        raise ConfigError(
+            f"config key 'device': {device!r} is not available: torch sees {count} CUDA GPU(s), "
+            f"cuda:0..cuda:{count - 1}"
+        )
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"config key 'amp': 'bf16' is not supported by {torch.cuda.get_device_name(index)}; "
-                          "use amp=fp16 or auto")
+        raise ConfigError(
+            f"config key 'amp': 'bf16' is not supported by {torch.cuda.get_device_name(index)}; "
+            "use amp=fp16 or auto"
+        )
 
 
 def _validate_model_kwargs(model: str | None, knobs: dict) -> None:
@@ -464,8 +586,10 @@ def _validate_model_kwargs(model: str | None, knobs: dict) -> None:
         if key not in annotations:
             close = difflib.get_close_matches(key, annotations, n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"config key 'model_kwargs.{key}': not a knob of {model}; {hint}knobs: "
-                              f"{', '.join(annotations)}")
+            raise ConfigError(
+                f"config key 'model_kwargs.{key}': not a knob of {model}; {hint}knobs: "
+                f"{', '.join(annotations)}"
+            )
         knobs[key] = check_typed(f"model_kwargs.{key}", value, annotations[key])
 
 

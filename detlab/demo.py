@@ -22,8 +22,14 @@ FULL = {
     "model": "fcos_effl0_fpn",
     "knobs": {"min_size": 128, "max_size": 128, "fpn_channels": 128},
     "data": {"num_train": 120, "num_val": 30, "size": 128},
-    "train": {"epochs": 12, "batch_size": 4, "lr": 0.01, "warmup_iters": 30, "schedule": "cosine",
-              "eval_every": 6},
+    "train": {
+        "epochs": 12,
+        "batch_size": 4,
+        "lr": 0.01,
+        "warmup_iters": 30,
+        "schedule": "cosine",
+        "eval_every": 6,
+    },
 }
 QUICK = {
     "model": FULL["model"],
@@ -55,12 +61,28 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> int:
     data = write_shapes_dataset(out / "data", seed=0, **recipe["data"])
     train_ds = load_dataset(str(data), split="train")
     val_ds = load_dataset(str(data), split="val", classes=list(train_ds.class_names))
-    print(f"demo: {len(train_ds)} training and {len(val_ds)} validation images of "
-          f"{', '.join(train_ds.class_names)} in {data}", file=sys.stderr)
+    print(
+        f"demo: {len(train_ds)} training and {len(val_ds)} validation images of "
+        f"{', '.join(train_ds.class_names)} in {data}",
+        file=sys.stderr,
+    )
     model = build_model(recipe["model"], train_ds.num_classes, weights="imagenet", **recipe["knobs"])
-    run = train(model, train_ds, val_ds, out=out / "run", data=f"{data}:train", val=f"{data}:val",
-                weights="imagenet", eval_before="false", protocols=["coco", "voc07"], metric="coco/AP50",
-                model_kwargs=recipe["knobs"], num_workers=0 if quick else 1, seed=0, **recipe["train"])
+    run = train(
+        model,
+        train_ds,
+        val_ds,
+        out=out / "run",
+        data=f"{data}:train",
+        val=f"{data}:val",
+        weights="imagenet",
+        eval_before="false",
+        protocols=["coco", "voc07"],
+        metric="coco/AP50",
+        model_kwargs=recipe["knobs"],
+        num_workers=0 if quick else 1,
+        seed=0,
+        **recipe["train"],
+    )
     _print_summary(run, time.perf_counter() - t0)
     return 0
 
@@ -69,8 +91,10 @@ def _print_summary(run, seconds: float) -> None:
     """The headline metrics, per-class AP50 and where the files are, on stdout."""
     m = run.metrics
     print(f"\ndetlab demo finished in {seconds:.0f} s")
-    print(f"  COCO AP {m.get('coco/AP', float('nan')):.3f}   AP50 {m.get('coco/AP50', float('nan')):.3f}   "
-          f"AP75 {m.get('coco/AP75', float('nan')):.3f}   VOC07 mAP {m.get('voc07/mAP', float('nan')):.3f}")
+    print(
+        f"  COCO AP {m.get('coco/AP', float('nan')):.3f}   AP50 {m.get('coco/AP50', float('nan')):.3f}   "
+        f"AP75 {m.get('coco/AP75', float('nan')):.3f}   VOC07 mAP {m.get('voc07/mAP', float('nan')):.3f}"
+    )
     best = run.out / "eval" / "best.json"
     if best.is_file():
         per_class = json.loads(best.read_text()).get("voc07", {}).get("per_class", {})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class DetlabError(Exception):
@@ -63,8 +63,10 @@ def output_error(path: str | os.PathLike, what: str, err: OSError, after: str = 
     reason = err.strerror or str(err) or type(err).__name__
     where = f" at {err.filename}" if err.filename and os.fspath(err.filename) != os.fspath(path) else ""
     advice = _WRITE_ADVICE.get(err.errno, "check the path and the disk")
-    return OutputError(f"{os.fspath(path)}: cannot write {what}: {reason}{where} — {advice}"
-                       + (f"; {after}" if after else ""))
+    return OutputError(
+        f"{os.fspath(path)}: cannot write {what}: {reason}{where} — {advice}"
+        + (f"; {after}" if after else "")
+    )
 
 
 @contextlib.contextmanager

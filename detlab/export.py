@@ -103,14 +103,37 @@ def _bilinear_antialias(g, image, output_size, align_corners, scale_factors):
     mode = "align_corners" if sh._maybe_get_const(align_corners, "b") else "half_pixel"
     if sh._is_none(output_size):
         scales = [1.0, 1.0] + list(sh._maybe_get_const(scale_factors, "fs"))
-        return g.op("Resize", image, empty, g.op("Constant", value_t=torch.tensor(scales)), mode_s="linear",
-                    antialias_i=1, exclude_outside_i=1, coordinate_transformation_mode_s=mode)
-    batch_channels = g.op("Slice", g.op("Shape", image), g.op("Constant", value_t=torch.tensor([0])),
-                          g.op("Constant", value_t=torch.tensor([2])))
-    size = g.op("Constant", value_t=torch.tensor(list(sh._maybe_get_const(output_size, "is")), dtype=torch.int64))
+        return g.op(
+            "Resize",
+            image,
+            empty,
+            g.op("Constant", value_t=torch.tensor(scales)),
+            mode_s="linear",
+            antialias_i=1,
+            exclude_outside_i=1,
+            coordinate_transformation_mode_s=mode,
+        )
+    batch_channels = g.op(
+        "Slice",
+        g.op("Shape", image),
+        g.op("Constant", value_t=torch.tensor([0])),
+        g.op("Constant", value_t=torch.tensor([2])),
+    )
+    size = g.op(
+        "Constant", value_t=torch.tensor(list(sh._maybe_get_const(output_size, "is")), dtype=torch.int64)
+    )
     sizes = g.op("Concat", batch_channels, size, axis_i=0)
-    return g.op("Resize", image, empty, empty, sizes, mode_s="linear", antialias_i=1, exclude_outside_i=1,
-                coordinate_transformation_mode_s=mode)
+    return g.op(
+        "Resize",
+        image,
+        empty,
+        empty,
+        sizes,
+        mode_s="linear",
+        antialias_i=1,
+        exclude_outside_i=1,
+        coordinate_transformation_mode_s=mode,
+    )
 
 
 def _export_legacy(wrapper: nn.Module, example: Tensor, path: Path, opset: int) -> None:
@@ -119,8 +142,15 @@ def _export_legacy(wrapper: nn.Module, example: Tensor, path: Path, opset: int) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about constants: expected for a fixed-size graph
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=["image"], output_names=["boxes", "scores", "labels"])
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["boxes", "scores", "labels"],
+            )
     finally:
         torch.onnx.unregister_custom_op_symbolic(op, 18)
 
@@ -130,8 +160,15 @@ def _export_dynamo(wrapper: nn.Module, example: Tensor, path: Path, opset: int) 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (example,), str(path), dynamo=True, opset_version=opset,
-                          input_names=["image"], output_names=["boxes", "scores", "labels"])
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["boxes", "scores", "labels"],
+        )
 
 
 def _first_line(e: BaseException) -> str:
@@ -139,8 +176,13 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset: int = 18,
-                class_names: list[str] | None = None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    size: tuple[int, int],
+    opset: int = 18,
+    class_names: list[str] | None = None,
+) -> Path:
     """Export a contract model to ONNX for one image of a fixed size.
 
     Args:
@@ -172,14 +214,19 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset
         except Exception as e:  # exporters raise many types; one line per exporter goes to the user
             reasons.append(f"{exporter} exporter: {_first_line(e)}")
     else:
-        raise ExportError(f"family '{family}' ({getattr(model, 'name', '?')}) cannot be exported to ONNX: "
-                          + "; ".join(reasons))
+        raise ExportError(
+            f"family '{family}' ({getattr(model, 'name', '?')}) cannot be exported to ONNX: "
+            + "; ".join(reasons)
+        )
     num_classes = int(getattr(model, "num_classes", 0) or len(class_names or []))
     meta = {
-        "name": getattr(model, "name", type(model).__name__), "family": family,
-        "num_classes": num_classes, "input_size": [int(size[0]), int(size[1])],
+        "name": getattr(model, "name", type(model).__name__),
+        "family": family,
+        "num_classes": num_classes,
+        "input_size": [int(size[0]), int(size[1])],
         "class_names": class_names or [f"class_{i}" for i in range(num_classes)],
-        "pad_value": pad_value(model), "exporter": exporter,
+        "pad_value": pad_value(model),
+        "exporter": exporter,
     }
     _write_metadata(path, meta)
     return path
@@ -203,7 +250,9 @@ def ort_session(path: str | Path, threads: int | None = None, providers: list[st
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ConfigError("onnxruntime is not installed; install the extra: pip install 'detlab[onnx]'") from None
+        raise ConfigError(
+            "onnxruntime is not installed; install the extra: pip install 'detlab[onnx]'"
+        ) from None
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -238,13 +287,17 @@ class OnnxModel:
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"{self.path}: ONNX file not found; write one with `detlab export RUN --format onnx`")
+            raise DataError(
+                f"{self.path}: ONNX file not found; write one with `detlab export RUN --format onnx`"
+            )
         self.session = ort_session(self.path, threads, providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         if _META_PREFIX + "input_size" not in meta:
-            raise DataError(f"{self.path}: metadata 'detlab.input_size' missing; not written by detlab export — "
-                            "re-export it with `detlab export RUN --format onnx`")
-        info = {k[len(_META_PREFIX):]: json.loads(v) for k, v in meta.items() if k.startswith(_META_PREFIX)}
+            raise DataError(
+                f"{self.path}: metadata 'detlab.input_size' missing; not written by detlab export — "
+                "re-export it with `detlab export RUN --format onnx`"
+            )
+        info = {k[len(_META_PREFIX) :]: json.loads(v) for k, v in meta.items() if k.startswith(_META_PREFIX)}
         self.name, self.family = info.get("name", "?"), info.get("family", "?")
         self.num_classes = int(info.get("num_classes", 0))
         self.class_names = list(info.get("class_names", []))
@@ -254,9 +307,14 @@ class OnnxModel:
 
     def run_one(self, image: Tensor) -> dict[str, Tensor]:
         """Detections for one image ``[3, H, W]`` of exactly :attr:`input_size` (no letterbox)."""
-        boxes, scores, labels = self.session.run(None, {self._input: image.detach().float().cpu().contiguous().numpy()})
-        return {"boxes": torch.from_numpy(boxes).float(), "scores": torch.from_numpy(scores).float(),
-                "labels": torch.from_numpy(labels).long()}
+        boxes, scores, labels = self.session.run(
+            None, {self._input: image.detach().float().cpu().contiguous().numpy()}
+        )
+        return {
+            "boxes": torch.from_numpy(boxes).float(),
+            "scores": torch.from_numpy(scores).float(),
+            "labels": torch.from_numpy(labels).long(),
+        }
 
     def letterbox(self, image: Tensor) -> tuple[Tensor, float]:
         """``image [3, h, w]`` → ``([3, H, W]`` at :attr:`input_size`, scale applied).
@@ -267,8 +325,9 @@ class OnnxModel:
         h, w = image.shape[-2:]
         scale = min(H / h, W / w)
         nh, nw = min(H, round(h * scale)), min(W, round(w * scale))
-        resized = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                                antialias=scale < 1)[0]
+        resized = F.interpolate(
+            image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1
+        )[0]
         canvas = self._pad.expand(3, H, W).clone()
         canvas[:, :nh, :nw] = resized
         return canvas, scale
@@ -279,7 +338,9 @@ class OnnxModel:
         results = []
         for image in images:
             if image.dim() != 3 or image.shape[0] != 3:
-                raise DataError(f"{self.path}: input image shape {tuple(image.shape)}; expected [3, H, W] RGB in 0..1")
+                raise DataError(
+                    f"{self.path}: input image shape {tuple(image.shape)}; expected [3, H, W] RGB in 0..1"
+                )
             h, w = image.shape[-2:]
             if (h, w) == self.input_size:
                 results.append(self.run_one(image))
@@ -290,7 +351,9 @@ class OnnxModel:
             keep = (boxes[:, 0] < w) & (boxes[:, 1] < h)  # drop boxes lying wholly in the pad
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            results.append({"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep]})
+            results.append(
+                {"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep]}
+            )
         return results
 
     def __repr__(self) -> str:
@@ -300,8 +363,13 @@ class OnnxModel:
 # --- the eager-parity check -------------------------------------------------------
 
 
-def compare_detections(eager: dict[str, Tensor], onnx: dict[str, Tensor], box_atol: float = BOX_ATOL,
-                       box_rtol: float = BOX_RTOL, score_atol: float = SCORE_ATOL) -> dict:
+def compare_detections(
+    eager: dict[str, Tensor],
+    onnx: dict[str, Tensor],
+    box_atol: float = BOX_ATOL,
+    box_rtol: float = BOX_RTOL,
+    score_atol: float = SCORE_ATOL,
+) -> dict:
     """Match one image's eager and ONNX detections one-to-one.
 
     Two detections match when their labels are equal, every box coordinate (xyxy px) differs
@@ -334,8 +402,14 @@ def compare_detections(eager: dict[str, Tensor], onnx: dict[str, Tensor], box_at
         matched += 1
         max_box = max(max_box, float(box_diff[i, j].max()))
         max_score = max(max_score, float(score_diff[i, j]))
-    return {"eager": len(eb), "onnx": len(ob), "matched": matched, "max_box_diff": max_box,
-            "max_score_diff": max_score, "ok": matched == len(eb) == len(ob)}
+    return {
+        "eager": len(eb),
+        "onnx": len(ob),
+        "matched": matched,
+        "max_box_diff": max_box,
+        "max_score_diff": max_score,
+        "ok": matched == len(eb) == len(ob),
+    }
 
 
 def check_export(model: nn.Module, onnx_model: OnnxModel, images: list[Tensor]) -> dict:
@@ -358,11 +432,13 @@ def check_export(model: nn.Module, onnx_model: OnnxModel, images: list[Tensor]) 
             eager = model([image])[0]
         per_image.append(compare_detections(eager, onnx_model([image])[0]))
     return {
-        "images": len(per_image), "detections": sum(r["eager"] for r in per_image),
+        "images": len(per_image),
+        "detections": sum(r["eager"] for r in per_image),
         "matched": sum(r["matched"] for r in per_image),
         "max_box_diff": max((r["max_box_diff"] for r in per_image), default=0.0),
         "max_score_diff": max((r["max_score_diff"] for r in per_image), default=0.0),
-        "ok": all(r["ok"] for r in per_image), "per_image": per_image,
+        "ok": all(r["ok"] for r in per_image),
+        "per_image": per_image,
     }
 
 
@@ -415,7 +491,9 @@ def export_command(args) -> int:
     config = detector.config
     data = getattr(args, "check", None) or config.get("val") or config.get("data")
     images, what = check_images(data) if data else ([], "no data")
-    size = parse_size(getattr(args, "size", None)) or (tuple(images[0].shape[-2:]) if images else default_size(model))
+    size = parse_size(getattr(args, "size", None)) or (
+        tuple(images[0].shape[-2:]) if images else default_size(model)
+    )
     run = Path(args.run)
     out = Path(args.out) if args.out else (run.parent.parent if run.is_file() else run) / "model.onnx"
     start = time.perf_counter()
@@ -426,17 +504,21 @@ def export_command(args) -> int:
         with contextlib.suppress(OSError):
             out.unlink(missing_ok=True)  # a torn file would load as a broken model in predict --backend onnx
         raise
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {getattr(model, 'family', '?')}, "
-          f"input [3, {size[0]}, {size[1]}], {time.perf_counter() - start:.1f} s)")
+    print(
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {getattr(model, 'family', '?')}, "
+        f"input [3, {size[0]}, {size[1]}], {time.perf_counter() - start:.1f} s)"
+    )
     if not images:
         print("note: no dataset to check against (give --check DATA); checking on 2 random images")
         gen = torch.Generator().manual_seed(0)
         images, what = [torch.rand(3, *size, generator=gen) for _ in range(2)], "2 random images"
     result = check_export(model, OnnxModel(out), images)
     verdict = "match" if result["ok"] else "MISMATCH"
-    print(f"check on {what}: {verdict} — {result['matched']}/{result['detections']} eager detections matched, "
-          f"max box diff {result['max_box_diff']:.2e} px (tol {BOX_ATOL:g} + {BOX_RTOL:g}·|x|), "
-          f"max score diff {result['max_score_diff']:.2e} (tol {SCORE_ATOL:g})")
+    print(
+        f"check on {what}: {verdict} — {result['matched']}/{result['detections']} eager detections matched, "
+        f"max box diff {result['max_box_diff']:.2e} px (tol {BOX_ATOL:g} + {BOX_RTOL:g}·|x|), "
+        f"max score diff {result['max_score_diff']:.2e} (tol {SCORE_ATOL:g})"
+    )
     return 0 if result["ok"] else 1
 
 

@@ -56,13 +56,17 @@ def expand_sources(sources: Iterable[str | Path]) -> list[Path]:
             for problem in left_out:
                 print(problem.line(), file=sys.stderr)
             if not found:
-                raise DataError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)}) — point at a folder of images")
+                raise DataError(
+                    f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)}) — point at a folder of images"
+                )
         elif path.is_file():
             found = [path]
         else:
             found = sorted(Path(p) for p in glob.glob(str(src), recursive=True) if Path(p).is_file())
             if not found:
-                raise DataError(f"{src}: no such file or folder, and no file matches it as a glob — check the path")
+                raise DataError(
+                    f"{src}: no such file or folder, and no file matches it as a glob — check the path"
+                )
         files.extend(found)
     seen: set[Path] = set()
     unique = []
@@ -101,7 +105,9 @@ def find_checkpoint(run_or_checkpoint: str | Path, checkpoint: str = "best") -> 
             raise DataError(f"{checkpoint}: checkpoint not found — use best, last or a .pt path")
         return path
     if not src.is_dir():
-        raise DataError(f"{src}: no such run folder or checkpoint file — give a run folder made by `detlab train`")
+        raise DataError(
+            f"{src}: no such run folder or checkpoint file — give a run folder made by `detlab train`"
+        )
     path = src / "checkpoints" / f"{checkpoint}.pt"
     if path.is_file():
         return path
@@ -119,9 +125,11 @@ def load_checkpoint(path: Path) -> dict:
     ckpt = load(path)
     missing = [k for k in ("model_name", "num_classes") if k not in ckpt]
     if missing:
-        raise DataError(f"{path}: holds weights but not the model they belong to (checkpoint field "
-                        f"{', '.join(missing)} missing) — use a checkpoint written by `detlab train`, or start a run "
-                        f"from these weights with `detlab train --weights {path}`")
+        raise DataError(
+            f"{path}: holds weights but not the model they belong to (checkpoint field "
+            f"{', '.join(missing)} missing) — use a checkpoint written by `detlab train`, or start a run "
+            f"from these weights with `detlab train --weights {path}`"
+        )
     return ckpt
 
 
@@ -156,14 +164,24 @@ class Detector:
             :meth:`predict` call (counted, reported, never silently dropped).
     """
 
-    def __init__(self, model: Any, class_names: Sequence[str], source_ids: Sequence | None = None,
-                 config: dict | None = None, model_name: str = "", device: str | torch.device | None = None,
-                 source_format: str | None = None, precision: str = "fp32"):
+    def __init__(
+        self,
+        model: Any,
+        class_names: Sequence[str],
+        source_ids: Sequence | None = None,
+        config: dict | None = None,
+        model_name: str = "",
+        device: str | torch.device | None = None,
+        source_format: str | None = None,
+        precision: str = "fp32",
+    ):
         self.device = _pick_device(device)
         self.precision = precision
         self.amp_dtype = amp_dtype(precision, self.device)
         if self.amp_dtype is not None and not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"precision {precision}: only the torch backend runs mixed precision — use fp32")
+            raise ConfigError(
+                f"precision {precision}: only the torch backend runs mixed precision — use fp32"
+            )
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         self.model = model
@@ -175,8 +193,13 @@ class Detector:
         self.skipped: list[Problem] = []
 
     @classmethod
-    def from_run(cls, run_or_checkpoint: str | Path, checkpoint: str = "best",
-                 device: str | torch.device | None = None, precision: str = "fp32") -> Detector:
+    def from_run(
+        cls,
+        run_or_checkpoint: str | Path,
+        checkpoint: str = "best",
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+    ) -> Detector:
         """Rebuild the model of a run (or of one checkpoint file) through the catalogue.
 
         Args:
@@ -198,8 +221,16 @@ class Detector:
         model = build_model(ckpt["model_name"], int(ckpt["num_classes"]), **kwargs)
         model.load_state_dict(ckpt["model"])
         names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
-        return cls(model, names, ckpt.get("source_ids"), ckpt.get("config"), ckpt["model_name"], device,
-                   ckpt.get("source_format"), precision)
+        return cls(
+            model,
+            names,
+            ckpt.get("source_ids"),
+            ckpt.get("config"),
+            ckpt["model_name"],
+            device,
+            ckpt.get("source_format"),
+            precision,
+        )
 
     @torch.no_grad()
     def detect(self, images: Sequence[torch.Tensor], score: float = 0.5) -> list[dict[str, np.ndarray]]:
@@ -219,11 +250,14 @@ class Detector:
             labels = torch.as_tensor(out["labels"]).detach().long().cpu().reshape(-1)  # [K]
             keep = torch.nonzero(scores >= score).flatten()
             keep = keep[scores[keep].argsort(descending=True, stable=True)]
-            dets.append({"boxes": boxes[keep].numpy(), "scores": scores[keep].numpy(), "labels": labels[keep].numpy()})
+            dets.append(
+                {"boxes": boxes[keep].numpy(), "scores": scores[keep].numpy(), "labels": labels[keep].numpy()}
+            )
         return dets
 
-    def iter_predict(self, files: Sequence[Path], score: float = 0.5, batch_size: int = 4,
-                     progress: bool = False) -> Iterator[tuple[dict, torch.Tensor]]:
+    def iter_predict(
+        self, files: Sequence[Path], score: float = 0.5, batch_size: int = 4, progress: bool = False
+    ) -> Iterator[tuple[dict, torch.Tensor]]:
         """Yield ``(detection, image)`` per readable file, ``batch_size`` images per model call.
 
         Unreadable files are appended to :attr:`skipped` and printed as one line each.
@@ -246,14 +280,21 @@ class Detector:
                 batch = []
         bar.close()
 
-    def _run_batch(self, batch: list[tuple[Path, torch.Tensor]], score: float) -> Iterator[tuple[dict, torch.Tensor]]:
+    def _run_batch(
+        self, batch: list[tuple[Path, torch.Tensor]], score: float
+    ) -> Iterator[tuple[dict, torch.Tensor]]:
         for (f, im), det in zip(batch, self.detect([im for _, im in batch], score)):
             det = {"file": str(f), "width": int(im.shape[-1]), "height": int(im.shape[-2]), **det}
             det["names"] = [self.class_names[int(c)] for c in det["labels"]]
             yield det, im
 
-    def predict(self, sources: Sequence[str | Path] | str | Path, score: float = 0.5,
-                batch_size: int = 4, progress: bool = False) -> list[dict]:
+    def predict(
+        self,
+        sources: Sequence[str | Path] | str | Path,
+        score: float = 0.5,
+        batch_size: int = 4,
+        progress: bool = False,
+    ) -> list[dict]:
         """Detect objects in image files, folders or globs.
 
         Args:
@@ -311,11 +352,20 @@ def onnx_detector(run: str | Path, checkpoint: str = "best") -> Detector:
     try:
         from detlab.export import OnnxModel
     except ImportError as e:
-        raise DataError(f"{onnx_path}: the ONNX backend is unavailable ({e}) — pip install 'detlab[onnx]'")
+        raise DataError(
+            f"{onnx_path}: the ONNX backend is unavailable ({e}) — pip install 'detlab[onnx]'"
+        ) from e
     ckpt = load_checkpoint(find_checkpoint(run, checkpoint))
     names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
-    return Detector(OnnxModel(onnx_path), names, ckpt.get("source_ids"), ckpt.get("config"),
-                    ckpt["model_name"], "cpu", ckpt.get("source_format"))
+    return Detector(
+        OnnxModel(onnx_path),
+        names,
+        ckpt.get("source_ids"),
+        ckpt.get("config"),
+        ckpt["model_name"],
+        "cpu",
+        ckpt.get("source_format"),
+    )
 
 
 # --- detlab predict -------------------------------------------------------------
@@ -335,8 +385,9 @@ def _save_drawn(detector: Detector, det: dict, image: torch.Tensor, path: Path, 
     from detlab.report.draw import draw_boxes
 
     keep = det["scores"] >= score
-    drawn = draw_boxes(image, det["boxes"][keep], det["labels"][keep], detector.class_names,
-                       scores=det["scores"][keep])  # uint8 [3, H, W]
+    drawn = draw_boxes(
+        image, det["boxes"][keep], det["labels"][keep], detector.class_names, scores=det["scores"][keep]
+    )  # uint8 [3, H, W]
     Image.fromarray(drawn.permute(1, 2, 0).cpu().numpy()).save(path)
 
 
@@ -347,23 +398,47 @@ def coco_results(detector: Detector, det: dict, image_id: int) -> list[dict]:
         category = detector.category_id(int(c))
         if category is None:  # a class the --data dataset lacks: counted by the caller
             continue
-        rows.append({"image_id": image_id, "category_id": category,
-                     "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                     "score": round(float(s), 5)})
+        rows.append(
+            {
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "score": round(float(s), 5),
+            }
+        )
     return rows
 
 
 def _image_json(detector: Detector, det: dict, image_id: int) -> dict:
-    objects = [{"box_xyxy": [round(v, 3) for v in box], "score": round(float(s), 5), "label": int(c),
-                "name": detector.class_names[int(c)], "category_id": detector.category_id(int(c))}
-               for box, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())]
-    return {"file": det["file"], "image_id": image_id, "width": det["width"], "height": det["height"],
-            "detections": objects}
+    objects = [
+        {
+            "box_xyxy": [round(v, 3) for v in box],
+            "score": round(float(s), 5),
+            "label": int(c),
+            "name": detector.class_names[int(c)],
+            "category_id": detector.category_id(int(c)),
+        }
+        for box, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())
+    ]
+    return {
+        "file": det["file"],
+        "image_id": image_id,
+        "width": det["width"],
+        "height": det["height"],
+        "detections": objects,
+    }
 
 
-def write_predictions(detector: Detector, files: Sequence[Path], out: Path, score: float = 0.5,
-                      batch_size: int = 4, progress: bool = True, image_ids: dict[str, int] | None = None,
-                      draw_score: float | None = None) -> dict:
+def write_predictions(
+    detector: Detector,
+    files: Sequence[Path],
+    out: Path,
+    score: float = 0.5,
+    batch_size: int = 4,
+    progress: bool = True,
+    image_ids: dict[str, int] | None = None,
+    draw_score: float | None = None,
+) -> dict:
     """Run ``detector`` on ``files`` and write everything ``detlab predict`` promises under ``out``.
 
     Writes ``detections.json`` (COCO results: ``image_id``, ``category_id`` in
@@ -393,20 +468,38 @@ def write_predictions(detector: Detector, files: Sequence[Path], out: Path, scor
         image_id, src = ids[det["file"]], Path(det["file"])
         stem = _unique_stem(src, used)
         suffix = src.suffix.lower() if src.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
-        _save_drawn(detector, det, image, out / "drawn" / f"{stem}{suffix}", score if draw_score is None else draw_score)
+        _save_drawn(
+            detector,
+            det,
+            image,
+            out / "drawn" / f"{stem}{suffix}",
+            score if draw_score is None else draw_score,
+        )
         (out / "json" / f"{stem}.json").write_text(json.dumps(_image_json(detector, det, image_id), indent=1))
-        images.append({"id": image_id, "file_name": det["file"], "width": det["width"], "height": det["height"]})
+        images.append(
+            {"id": image_id, "file_name": det["file"], "width": det["width"], "height": det["height"]}
+        )
         rows = coco_results(detector, det, image_id)
         left_out += len(det["labels"]) - len(rows)
         results.extend(rows)
     (out / "detections.json").write_text(json.dumps(results))
-    categories = [{"id": detector.category_id(i), "name": n} for i, n in enumerate(detector.class_names)
-                  if detector.category_id(i) is not None]
+    categories = [
+        {"id": detector.category_id(i), "name": n}
+        for i, n in enumerate(detector.class_names)
+        if detector.category_id(i) is not None
+    ]
     (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
-    return {"images": len(images), "detections": len(results), "skipped": len(detector.skipped), "left_out": left_out}
+    return {
+        "images": len(images),
+        "detections": len(results),
+        "skipped": len(detector.skipped),
+        "left_out": left_out,
+    }
 
 
-def align_to_dataset(detector: Detector, files: Sequence[Path], data: str) -> tuple[list[Path], dict[str, int]]:
+def align_to_dataset(
+    detector: Detector, files: Sequence[Path], data: str
+) -> tuple[list[Path], dict[str, int]]:
     """Use a dataset's image and category ids, so the results score with ``detlab eval --gt DATA``.
 
     Args:
@@ -431,11 +524,16 @@ def align_to_dataset(detector: Detector, files: Sequence[Path], data: str) -> tu
     by_name = dict(zip(records.class_names, category_ids(records)))
     missing = [n for n in detector.class_names if n not in by_name]
     if len(missing) == len(detector.class_names):
-        raise DataError(f"{data}: none of the model's classes ({', '.join(missing)}) is in this dataset's classes "
-                        f"({', '.join(records.class_names)}) — use the dataset the run was trained on")
+        raise DataError(
+            f"{data}: none of the model's classes ({', '.join(missing)}) is in this dataset's classes "
+            f"({', '.join(records.class_names)}) — use the dataset the run was trained on"
+        )
     if missing:
-        print(f"note: model classes {', '.join(missing)} are not in {data}'s classes; their detections are "
-              f"left out of detections.json (counted below)", file=sys.stderr)
+        print(
+            f"note: model classes {', '.join(missing)} are not in {data}'s classes; their detections are "
+            f"left out of detections.json (counted below)",
+            file=sys.stderr,
+        )
     detector.category_ids = [by_name.get(n) for n in detector.class_names]
     files = list(files) or [Path(r.file) for r in records.images]
     known = {Path(r.file).resolve(): int(r.image_id) for r in records.images}
@@ -448,7 +546,10 @@ def align_to_dataset(detector: Detector, files: Sequence[Path], data: str) -> tu
             known[key], next_id, outside = next_id, next_id + 1, outside + 1
         ids[str(f)] = known[key]
     if outside:
-        print(f"note: {outside} of {len(files)} images are not in {data}; they get new image ids", file=sys.stderr)
+        print(
+            f"note: {outside} of {len(files)} images are not in {data}; they get new image ids",
+            file=sys.stderr,
+        )
     return files, ids
 
 
@@ -461,7 +562,9 @@ def predict_command(args) -> int:
     precision = getattr(args, "precision", "fp32")
     if args.backend == "onnx":
         if precision != "fp32":
-            raise ConfigError(f"--precision {precision}: only --backend torch runs mixed precision — use fp32")
+            raise ConfigError(
+                f"--precision {precision}: only --backend torch runs mixed precision — use fp32"
+            )
         detector = onnx_detector(args.run, args.checkpoint)
     else:
         detector = Detector.from_run(args.run, checkpoint=args.checkpoint, precision=precision)
@@ -472,13 +575,27 @@ def predict_command(args) -> int:
     # scores them): a thresholded file cuts the PR curves short and AP/AR become a lower bound.
     score = args.score if args.score is not None else (0.0 if data else DRAW_SCORE)
     if data and score > THRESHOLDED_SCORE:
-        print(f"note: --score {score:g} with --data: detections.json holds only detections >= {score:g}, so AP/AR "
-              "scored from it are a lower bound — omit --score to keep every detection", file=sys.stderr)
+        print(
+            f"note: --score {score:g} with --data: detections.json holds only detections >= {score:g}, so AP/AR "
+            "scored from it are a lower bound — omit --score to keep every detection",
+            file=sys.stderr,
+        )
     out = Path(args.out)
     with writing(out, "predictions"):
-        counts = write_predictions(detector, files, out, score=score, batch_size=args.batch, image_ids=image_ids,
-                                   draw_score=args.score if args.score is not None else DRAW_SCORE)
-    left_out = f"; {counts['left_out']} detections of classes not in {data} left out" if counts["left_out"] else ""
-    print(f"predicted {counts['images']} images, {counts['detections']} detections at score >= {score:g}"
-          f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable{left_out} → {out}")
+        counts = write_predictions(
+            detector,
+            files,
+            out,
+            score=score,
+            batch_size=args.batch,
+            image_ids=image_ids,
+            draw_score=args.score if args.score is not None else DRAW_SCORE,
+        )
+    left_out = (
+        f"; {counts['left_out']} detections of classes not in {data} left out" if counts["left_out"] else ""
+    )
+    print(
+        f"predicted {counts['images']} images, {counts['detections']} detections at score >= {score:g}"
+        f" ({args.backend}, {detector.model_name}); skipped {counts['skipped']} unreadable{left_out} → {out}"
+    )
     return 0 if counts["images"] else 1

@@ -33,9 +33,19 @@ def tiny_faster_rcnn() -> nn.Module:
     torch.manual_seed(0)
     anchors = AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2)
     pool = MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)
-    return FasterRCNN(TinyBackbone(), 4, min_size=96, max_size=128, rpn_anchor_generator=anchors,
-                      box_roi_pool=pool, representation_size=32, rpn_pre_nms_top_n_test=200,
-                      rpn_post_nms_top_n_test=50, box_score_thresh=0.05, box_detections_per_img=50)
+    return FasterRCNN(
+        TinyBackbone(),
+        4,
+        min_size=96,
+        max_size=128,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pool,
+        representation_size=32,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+        box_score_thresh=0.05,
+        box_detections_per_img=50,
+    )
 
 
 def _check_backend(r: dict, batch: int) -> None:
@@ -58,13 +68,18 @@ def test_run_bench_eager_and_onnx_fields():
     # the stages partition each call: their medians add up to the total median within noise
     parts = stages["preprocess"]["median"] + stages["forward"]["median"] + stages["postprocess"]["median"]
     assert parts == pytest.approx(stages["total"]["median"], rel=0.15, abs=2.0)
-    assert stages["postprocess"]["median"] + stages["forward"]["median"] <= stages["total"]["median"] * 1.15 + 2
-    assert stages["proposals"]["median"] <= stages["forward"]["median"] * 1.15 + 2  # RPN NMS is inside forward
+    assert (
+        stages["postprocess"]["median"] + stages["forward"]["median"] <= stages["total"]["median"] * 1.15 + 2
+    )
+    assert (
+        stages["proposals"]["median"] <= stages["forward"]["median"] * 1.15 + 2
+    )  # RPN NMS is inside forward
     assert 0 < result["eager"]["postprocess_share"] < 1
     # the same detections come out of both backends (noise input, fixed seed)
     assert result["eager"]["detections_per_image"] == result["onnx"]["detections_per_image"] > 0
     assert result["onnx_speedup"] == pytest.approx(
-        result["eager"]["latency_ms"]["median"] / result["onnx"]["latency_ms"]["median"])
+        result["eager"]["latency_ms"]["median"] / result["onnx"]["latency_ms"]["median"]
+    )
     text = format_report(result)
     assert "eager" in text and "onnx vs eager" in text and "postprocess share" in text
 
@@ -90,10 +105,12 @@ def test_stage_clock_counts_nested_stages_once():
 
 def test_stage_probes_find_torchvision_and_detr_stages():
     names = {(type(o).__name__, n, s) for o, n, s in stage_probes(tiny_faster_rcnn())}
-    assert names == {("GeneralizedRCNNTransform", "forward", "preprocess"),
-                     ("GeneralizedRCNNTransform", "postprocess", "postprocess"),
-                     ("RegionProposalNetwork", "filter_proposals", "proposals"),
-                     ("RoIHeads", "postprocess_detections", "postprocess")}
+    assert names == {
+        ("GeneralizedRCNNTransform", "forward", "preprocess"),
+        ("GeneralizedRCNNTransform", "postprocess", "postprocess"),
+        ("RegionProposalNetwork", "filter_proposals", "proposals"),
+        ("RoIHeads", "postprocess_detections", "postprocess"),
+    }
 
 
 def test_spread_hand_case():
@@ -115,8 +132,25 @@ def test_cli_bench_catalogue_model(capsys):
     pytest.importorskip("detlab.models.catalogue")
     from detlab.cli import main
 
-    rc = main(["bench", "--model", "ssdlite_effl0", "--num-classes", "3", "--size", "128", "--iters", "2",
-               "--warmup", "0", "--threads", "2", "--device", "cpu"])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "ssdlite_effl0",
+            "--num-classes",
+            "3",
+            "--size",
+            "128",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "ssdlite_effl0 (ssd)" in out and "eager" in out and "postprocess share" in out
@@ -125,8 +159,25 @@ def test_cli_bench_catalogue_model(capsys):
 def test_cli_bench_on_real_images(capsys, bccd):
     from detlab.cli import main
 
-    rc = main(["bench", "--model", "ssdlite_effl0", "--num-classes", "3", "--iters", "1", "--warmup", "0",
-               "--threads", "2", "--device", "cpu", "--data", f"{bccd}:test"])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "ssdlite_effl0",
+            "--num-classes",
+            "3",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "2",
+            "--device",
+            "cpu",
+            "--data",
+            f"{bccd}:test",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert f"inputs: 4 images of {bccd}:test, cycled" in out

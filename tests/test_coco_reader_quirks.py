@@ -14,9 +14,12 @@ from detlab.errors import DataError
 
 def coco(images=None, annotations=None, categories=None) -> dict:
     return {
-        "images": images if images is not None else [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
-        "annotations": annotations if annotations is not None else
-        [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]}],
+        "images": images
+        if images is not None
+        else [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+        "annotations": annotations
+        if annotations is not None
+        else [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]}],
         "categories": categories if categories is not None else [{"id": 3, "name": "café"}],
     }
 
@@ -42,8 +45,10 @@ def test_latin1_json_is_one_line_naming_file_and_encoding(tmp_path: Path, capsys
     offset = path.read_bytes().index(b"\xe9")
     with pytest.raises(DataError) as err:
         read_records(path)
-    assert str(err.value) == (f"{path}: not UTF-8 text (byte 0xe9 at offset {offset} cannot be decoded) — "
-                              "JSON must be UTF-8: re-save the file as UTF-8")
+    assert str(err.value) == (
+        f"{path}: not UTF-8 text (byte 0xe9 at offset {offset} cannot be decoded) — "
+        "JSON must be UTF-8: re-save the file as UTF-8"
+    )
     assert main(["check", str(path)]) == 1
     captured = capsys.readouterr()
     assert captured.err == f"detlab: {err.value}\n" and "Traceback" not in captured.err + captured.out
@@ -52,8 +57,10 @@ def test_latin1_json_is_one_line_naming_file_and_encoding(tmp_path: Path, capsys
 def test_string_image_ids_are_reported_per_field(tmp_path: Path):
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in (1, 2, 3)]
     images.append({"id": "12", "file_name": "12.jpg", "width": 64, "height": 48})
-    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]},
-            {"id": 2, "image_id": "2", "category_id": 3, "bbox": [1, 2, 10, 10]}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]},
+        {"id": 2, "image_id": "2", "category_id": 3, "bbox": [1, 2, 10, 10]},
+    ]
     path = write(tmp_path, coco(images, anns))
     assert lines(path) == [
         f"skipped: {path}: images[3].id: '12' is a string — COCO ids are integers: write it without quotes — image skipped",
@@ -65,16 +72,20 @@ def test_string_image_ids_are_reported_per_field(tmp_path: Path):
 def test_string_annotation_id_is_reported_as_id_not_bbox(tmp_path: Path):
     anns = [{"id": "a1", "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]}]
     path = write(tmp_path, coco(annotations=anns))
-    assert lines(path) == [f"skipped: {path}: annotations[0].id: 'a1' is a string — COCO ids are integers: "
-                           "write it without quotes — box skipped",
-                           f"info: {path}: categories[id=3]: category 'café' has no boxes — not made a class "
-                           "(pass --classes to keep it)"]
+    assert lines(path) == [
+        f"skipped: {path}: annotations[0].id: 'a1' is a string — COCO ids are integers: "
+        "write it without quotes — box skipped",
+        f"info: {path}: categories[id=3]: category 'café' has no boxes — not made a class "
+        "(pass --classes to keep it)",
+    ]
 
 
 def test_category_name_as_category_id_is_reported_with_its_id(tmp_path: Path):
-    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]},
-            {"id": 2, "image_id": 1, "category_id": "café", "bbox": [1, 2, 10, 10]},
-            {"id": 3, "image_id": 1, "category_id": "dog", "bbox": [1, 2, 10, 10]}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]},
+        {"id": 2, "image_id": 1, "category_id": "café", "bbox": [1, 2, 10, 10]},
+        {"id": 3, "image_id": 1, "category_id": "dog", "bbox": [1, 2, 10, 10]},
+    ]
     path = write(tmp_path, coco(annotations=anns))
     assert lines(path) == [
         f"skipped: {path}: annotations[id=2].category_id: 'café' is a category name — give the category's id, 3 — box skipped",
@@ -87,19 +98,25 @@ def test_a_non_integer_category_id_in_the_category_list_is_one_line(tmp_path: Pa
     path = write(tmp_path, coco(categories=[{"id": "x", "name": "cat"}]))
     with pytest.raises(DataError) as err:
         read_records(path)
-    assert str(err.value) == f"{path}: categories[0].id: 'x' is a string — COCO ids are integers: write it without quotes"
+    assert (
+        str(err.value)
+        == f"{path}: categories[0].id: 'x' is a string — COCO ids are integers: write it without quotes"
+    )
 
 
 def test_two_categories_with_one_name_are_warned_and_read_as_one_class(tmp_path: Path):
-    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 2, 10, 10]},
-            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]},
-            {"id": 3, "image_id": 1, "category_id": 5, "bbox": [1, 2, 10, 10]}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 2, 10, 10]},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 10]},
+        {"id": 3, "image_id": 1, "category_id": 5, "bbox": [1, 2, 10, 10]},
+    ]
     cats = [{"id": 7, "name": "cat"}, {"id": 3, "name": "cat"}, {"id": 5, "name": "dog"}]
     path = write(tmp_path, coco(annotations=anns, categories=cats))
     records = read_records(path)
     assert [p.line() for p in records.problems] == [
         f"warning: {path}: categories[id=7].name: 'cat' is also the name of category 3 — rename one — "
-        "the boxes of both are read as one class 'cat'"]
+        "the boxes of both are read as one class 'cat'"
+    ]
     assert records.class_names == ["cat", "dog"] and records.source_ids == [3, 5]
     assert records.images[0].labels.tolist() == [0, 0, 1]
     given = read_records(path, classes=["dog", "cat"])

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-
 from test_report_html import assert_self_contained, parse
 from test_report_runfolder import build_tiny, make_run, one_thread  # noqa: F401  (autouse fixture)
 
@@ -23,7 +22,9 @@ def test_compare_two_runs(tmp_path, bccd, monkeypatch):
     from detlab.report import compare
 
     monkeypatch.setattr(compare, "GALLERY_POOL", 3)
-    monkeypatch.setattr(compare, "GALLERY_SCORE", 0.0)  # untrained models: keep their weak boxes so they differ
+    monkeypatch.setattr(
+        compare, "GALLERY_SCORE", 0.0
+    )  # untrained models: keep their weak boxes so they differ
     monkeypatch.setattr(compare, "GALLERY_SIZE", 2)
     monkeypatch.setattr(compare, "LATENCY_IMAGES", 1)
     monkeypatch.setattr(compare, "LATENCY_WARMUP", 1)
@@ -68,17 +69,24 @@ def test_compare_two_runs(tmp_path, bccd, monkeypatch):
 def test_pair_f1_hand_computed():
     from detlab.report.compare import disagreement, pair_f1
 
-    a = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32),
-         "labels": np.array([0, 0, 1])}
-    b = {"boxes": np.array([[0, 0, 10, 12], [21, 21, 31, 31], [50, 50, 60, 60]], np.float32),
-         "labels": np.array([0, 1, 0])}
+    a = {
+        "boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32),
+        "labels": np.array([0, 0, 1]),
+    }
+    b = {
+        "boxes": np.array([[0, 0, 10, 12], [21, 21, 31, 31], [50, 50, 60, 60]], np.float32),
+        "labels": np.array([0, 1, 0]),
+    }
     # class 0: a's first box matches b's first (IoU 100/120 ≥ .5); a's second has no class-0 partner left;
     # class 1: a[2] vs b[1] IoU 0 → 1 agreement of 3 + 3 boxes
     assert pair_f1(a, b) == pytest.approx(2 * 1 / 6)
     assert pair_f1(a, a) == 1.0
     empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, int)}
     assert pair_f1(empty, empty) == 1.0 and pair_f1(a, empty) == 0.0
-    point = {"boxes": np.array([[5, 5, 5, 5]], np.float32), "labels": np.array([0])}  # zero area: IoU 0, not NaN
+    point = {
+        "boxes": np.array([[5, 5, 5, 5]], np.float32),
+        "labels": np.array([0]),
+    }  # zero area: IoU 0, not NaN
     assert pair_f1(point, point) == 0.0
     assert disagreement([a, a, a]) == pytest.approx(0.0)
     assert disagreement([a, b, a]) == pytest.approx(1 - (1 / 3 + 1 / 3 + 1) / 3)

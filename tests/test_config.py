@@ -6,16 +6,39 @@ import pytest
 import yaml
 
 from detlab.cli import main
-from detlab.config import (TrainConfig, apply_overrides, effective_lr, family_of, load_yaml, parse_set, resolve,
-                           save_yaml)
+from detlab.config import (
+    TrainConfig,
+    apply_overrides,
+    effective_lr,
+    family_of,
+    load_yaml,
+    parse_set,
+    resolve,
+    save_yaml,
+)
 from detlab.errors import ConfigError
 
 
 def test_set_values_are_yaml_parsed():
-    assert parse_set(["lr=0.005", "ema=true", "milestones=[0.5, 0.9]", "amp=bf16", "model_kwargs.min_size=320",
-                      "val=", "protocols=coco,voc07"]) == {
-        "lr": 0.005, "ema": True, "milestones": [0.5, 0.9], "amp": "bf16", "model_kwargs.min_size": 320,
-        "val": None, "protocols": "coco,voc07"}
+    assert parse_set(
+        [
+            "lr=0.005",
+            "ema=true",
+            "milestones=[0.5, 0.9]",
+            "amp=bf16",
+            "model_kwargs.min_size=320",
+            "val=",
+            "protocols=coco,voc07",
+        ]
+    ) == {
+        "lr": 0.005,
+        "ema": True,
+        "milestones": [0.5, 0.9],
+        "amp": "bf16",
+        "model_kwargs.min_size": 320,
+        "val": None,
+        "protocols": "coco,voc07",
+    }
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_set(["lr"])
 
@@ -33,8 +56,19 @@ def test_unknown_key_names_the_nearest_valid_one():
 
 
 def test_cli_unknown_set_key_is_one_line_error(tmp_path, capsys):
-    code = main(["train", "--data", str(tmp_path), "--model", "fcos_r18_fpn", "--out", str(tmp_path / "r"),
-                 "--set", "warmup_iter=10"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path),
+            "--model",
+            "fcos_r18_fpn",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "warmup_iter=10",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err == "detlab: --set: unknown config key 'warmup_iter'; did you mean 'warmup_iters'?\n"
@@ -56,7 +90,12 @@ def test_yaml_round_trip_and_precedence(tmp_path):
     path.write_text("model: faster_rcnn_r18_fpn\nbatch_size: 8\nmodel_kwargs: {min_size: 320}\n")
     user = {**load_yaml(path), **parse_set(["model_kwargs.max_size=512", "epochs=3"])}
     cfg = resolve(user)
-    assert (cfg.batch_size, cfg.epochs, cfg.optimizer, cfg.base_lr) == (8, 3, "sgd", 0.02)  # recipe + YAML + --set
+    assert (cfg.batch_size, cfg.epochs, cfg.optimizer, cfg.base_lr) == (
+        8,
+        3,
+        "sgd",
+        0.02,
+    )  # recipe + YAML + --set
     assert cfg.model_kwargs == {"min_size": 320, "max_size": 512}
     save_yaml(cfg, tmp_path / "out.yaml")
     again = resolve(yaml.safe_load((tmp_path / "out.yaml").read_text()))
@@ -82,9 +121,13 @@ def test_family_recipes_and_lr_scaling():
     except ImportError:
         assert detr.base_lr == 1e-4
     else:  # the DETR module's published recipe is the default
-        assert detr.base_lr == DETR_SMALL_DATA_RECIPE["lr"] and detr.epochs == DETR_SMALL_DATA_RECIPE["epochs"]
+        assert (
+            detr.base_lr == DETR_SMALL_DATA_RECIPE["lr"] and detr.epochs == DETR_SMALL_DATA_RECIPE["epochs"]
+        )
         assert detr.model_kwargs == DETR_SMALL_DATA_RECIPE["model_knobs"]
-    assert resolve({"model": "detr_r18", "weights": "imagenet"}).model == "detr_r18"  # never the recipe's model
+    assert (
+        resolve({"model": "detr_r18", "weights": "imagenet"}).model == "detr_r18"
+    )  # never the recipe's model
     # the recipe freezes the backbone because it is pretrained: a random frozen one is refused
     with pytest.raises(ConfigError, match="train_backbone=false.*--weights imagenet"):
         resolve({"model": "detr_effl0"})
@@ -94,6 +137,8 @@ def test_family_recipes_and_lr_scaling():
 
 
 def test_metric_name_is_checked_up_front():
-    with pytest.raises(ConfigError, match=r"'coco/ap50' is not a metric detlab computes; did you mean 'coco/AP50'\?"):
+    with pytest.raises(
+        ConfigError, match=r"'coco/ap50' is not a metric detlab computes; did you mean 'coco/AP50'\?"
+    ):
         resolve({"metric": "coco/ap50"})
     assert resolve({"metric": "val/loss_classifier"}).metric == "val/loss_classifier"

@@ -27,25 +27,42 @@ BAD = [
     ("warmup_factor=abc", "config key 'warmup_factor': 'abc' is not a number in [0, 1]"),
     ("warmup_factor=2", "config key 'warmup_factor': 2 is not a number in [0, 1]"),
     ("min_lr_factor=-0.1", "config key 'min_lr_factor': -0.1 is not a number in [0, 1]"),
-    ("milestones=5", "config key 'milestones': 5 is not a list of fractions of the run in (0, 1), e.g. [0.67, 0.89]"),
-    ("milestones=[8,11]",
-     "config key 'milestones': [8, 11] is not a list of fractions of the run in (0, 1), e.g. [0.67, 0.89]"),
+    (
+        "milestones=5",
+        "config key 'milestones': 5 is not a list of fractions of the run in (0, 1), e.g. [0.67, 0.89]",
+    ),
+    (
+        "milestones=[8,11]",
+        "config key 'milestones': [8, 11] is not a list of fractions of the run in (0, 1), e.g. [0.67, 0.89]",
+    ),
     ("model_kwargs.min_size=abc", "config key 'model_kwargs.min_size': 'abc' is not an integer"),
     ("model_kwargs.score_thresh=high", "config key 'model_kwargs.score_thresh': 'high' is not a number"),
     ("model_kwargs.frozen_bn=3", "config key 'model_kwargs.frozen_bn': 3 is not true or false or null"),
-    ("model_kwargs.min_sise=320",
-     "config key 'model_kwargs.min_sise': not a knob of fcos_r18_fpn; did you mean 'min_size'? knobs: min_size, "
-     "max_size, center_sampling_radius, score_thresh, nms_thresh, detections_per_img, topk_candidates, "
-     "fpn_channels, trainable_layers, frozen_bn"),
-    ("transform_kwargs.scale=2", "config key 'transform_kwargs': {'scale': 2} is not a mapping of min_size, "
-     "max_size or size"),
+    (
+        "model_kwargs.min_sise=320",
+        "config key 'model_kwargs.min_sise': not a knob of fcos_r18_fpn; did you mean 'min_size'? knobs: min_size, "
+        "max_size, center_sampling_radius, score_thresh, nms_thresh, detections_per_img, topk_candidates, "
+        "fpn_channels, trainable_layers, frozen_bn",
+    ),
+    (
+        "transform_kwargs.scale=2",
+        "config key 'transform_kwargs': {'scale': 2} is not a mapping of min_size, max_size or size",
+    ),
     ("device=banana", "config key 'device': 'banana' is not one of auto, cpu, cuda, cuda:N, mps"),
-    ("protocols=[coco,foo]", "config key 'protocols': 'foo' is not a protocol; use a list of coco, voc07, voc12"),
+    (
+        "protocols=[coco,foo]",
+        "config key 'protocols': 'foo' is not a protocol; use a list of coco, voc07, voc12",
+    ),
     ("protocols=[]", "config key 'protocols': [] is not a list of coco, voc07, voc12"),
-    ("metric=val/loss_foo", f"config key 'metric': 'val/loss_foo' is not a loss part of fcos models; use val/loss "
-     f"or one of {FCOS_PARTS}"),
-    ("metric=coco/ap50", "config key 'metric': 'coco/ap50' is not a metric detlab computes; did you mean "
-     "'coco/AP50'?"),
+    (
+        "metric=val/loss_foo",
+        f"config key 'metric': 'val/loss_foo' is not a loss part of fcos models; use val/loss "
+        f"or one of {FCOS_PARTS}",
+    ),
+    (
+        "metric=coco/ap50",
+        "config key 'metric': 'coco/ap50' is not a metric detlab computes; did you mean 'coco/AP50'?",
+    ),
     ("epochs=true", "config key 'epochs': true is not an integer ≥ 1"),
     ("epochs=2.5", "config key 'epochs': 2.5 is not an integer ≥ 1"),
     ("epochs=0", "config key 'epochs': 0 is not an integer ≥ 1"),
@@ -83,13 +100,22 @@ def test_bad_value_is_one_line_naming_key_value_and_expectation(item, message):
 def test_metric_needs_its_protocol():
     with pytest.raises(ConfigError) as err:
         resolve({"model": "fcos_r18_fpn", "protocols": ["coco"], "metric": "voc07/mAP"})
-    assert str(err.value) == ("config key 'metric': 'voc07/mAP' needs protocol 'voc07', which is not in protocols "
-                              "['coco']; add it or pick e.g. metric=coco/AP50")
+    assert str(err.value) == (
+        "config key 'metric': 'voc07/mAP' needs protocol 'voc07', which is not in protocols "
+        "['coco']; add it or pick e.g. metric=coco/AP50"
+    )
 
 
-@pytest.mark.parametrize("model,part", [("faster_rcnn_r18_fpn", "rpn_box_reg"), ("retinanet_r50_fpn", "classification"),
-                                        ("ssd300_vgg16", "bbox_regression"), ("detr_r18", "giou_3"),
-                                        ("detr_r18", "ce_enc")])
+@pytest.mark.parametrize(
+    "model,part",
+    [
+        ("faster_rcnn_r18_fpn", "rpn_box_reg"),
+        ("retinanet_r50_fpn", "classification"),
+        ("ssd300_vgg16", "bbox_regression"),
+        ("detr_r18", "giou_3"),
+        ("detr_r18", "ce_enc"),
+    ],
+)
 def test_each_familys_own_loss_parts_are_metrics(model, part):
     cfg = resolve({"model": model, "weights": "imagenet", "metric": f"val/loss_{part}"})
     assert cfg.metric == f"val/loss_{part}"
@@ -105,8 +131,10 @@ def test_loss_part_of_another_family_is_refused():
 def test_cuda_without_a_gpu(device):
     with pytest.raises(ConfigError) as err:
         _resolve(f"device={device}")
-    assert str(err.value) == (f"config key 'device': {device!r} is not available: torch sees no CUDA GPU here; use "
-                              "device=cpu or auto")
+    assert str(err.value) == (
+        f"config key 'device': {device!r} is not available: torch sees no CUDA GPU here; use "
+        "device=cpu or auto"
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -118,9 +146,23 @@ def test_cuda_index_beyond_the_gpus():
 
 
 def test_good_values_are_kept_and_normalised():
-    cfg = resolve({"model": "fcos_r18_fpn", **parse_set(["lr=1e-4", "protocols=coco,voc07,coco", "eval_before=true",
-                                                         "model_kwargs.min_size=320", "ema_decay=0", "epochs=3",
-                                                         "model_kwargs.frozen_bn=null", "device=cpu"])})
+    cfg = resolve(
+        {
+            "model": "fcos_r18_fpn",
+            **parse_set(
+                [
+                    "lr=1e-4",
+                    "protocols=coco,voc07,coco",
+                    "eval_before=true",
+                    "model_kwargs.min_size=320",
+                    "ema_decay=0",
+                    "epochs=3",
+                    "model_kwargs.frozen_bn=null",
+                    "device=cpu",
+                ]
+            ),
+        }
+    )
     assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)  # YAML reads 1e-4 as a string
     assert cfg.protocols == ["coco", "voc07"] and cfg.eval_before == "true"
     assert cfg.model_kwargs == {"min_size": 320, "frozen_bn": None} and cfg.epochs == 3
@@ -154,8 +196,17 @@ def test_protocol_names_match_the_evaluator():
 def test_bad_value_in_a_yaml_file(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: true\n")
-    argv = ["train", "--data", str(tmp_path / "missing"), "--model", "fcos_r18_fpn", "--out", str(tmp_path / "r"),
-            "--config", str(config)]
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "missing"),
+        "--model",
+        "fcos_r18_fpn",
+        "--out",
+        str(tmp_path / "r"),
+        "--config",
+        str(config),
+    ]
     assert main(argv) == 2
     assert capsys.readouterr().err == "detlab: config key 'epochs': true is not an integer ≥ 1\n"
     assert not (tmp_path / "r").exists()  # nothing was created either
@@ -163,8 +214,24 @@ def test_bad_value_in_a_yaml_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("item,message", [BAD[0], BAD[14], BAD[17]], ids=["ema_decay", "device", "metric"])
 def test_end_to_end_before_any_data_is_read(tmp_path, item, message):
-    done = subprocess.run([sys.executable, "-m", "detlab", "train", "--data", str(tmp_path / "no_such_data"),
-                           "--model", "fcos_r18_fpn", "--out", str(tmp_path / "run"), "--set", item],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "detlab",
+            "train",
+            "--data",
+            str(tmp_path / "no_such_data"),
+            "--model",
+            "fcos_r18_fpn",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            item,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr == f"detlab: {message}\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BCCD
 from PIL import Image
 
 from detlab.cli import main
@@ -24,8 +25,6 @@ from detlab.data.checks import validate_records
 from detlab.data.dataset import load_dataset
 from detlab.data.formats import read_records
 from detlab.errors import DataError
-
-from conftest import BCCD
 
 A, B = "BloodImage_00000", "BloodImage_00001"
 CLASSES = ["Platelets", "RBC", "WBC"]
@@ -55,6 +54,7 @@ def case(name):
     def register(fn):
         CASES[name] = fn
         return fn
+
     return register
 
 
@@ -65,8 +65,12 @@ def real_xml(stem: str = A) -> str:
     return (BCCD / "Annotations" / f"{stem}.xml").read_text()
 
 
-def voc_year(tmp: Path, xml: dict[str, str | bytes] | None = None, images: dict[str, Path | Image.Image | None] | None = None,
-             split: str | bytes | None = None) -> Path:
+def voc_year(
+    tmp: Path,
+    xml: dict[str, str | bytes] | None = None,
+    images: dict[str, Path | Image.Image | None] | None = None,
+    split: str | bytes | None = None,
+) -> Path:
     """A VOC year folder: ``xml`` name -> text/bytes, ``images`` name -> source file/PIL image (default: BCCD A)."""
     year = tmp / "VOC"
     (year / "Annotations").mkdir(parents=True)
@@ -79,7 +83,9 @@ def voc_year(tmp: Path, xml: dict[str, str | bytes] | None = None, images: dict[
         put_image(year / "JPEGImages" / name, src)
     if split is not None:
         (year / "ImageSets" / "Main").mkdir(parents=True)
-        (year / "ImageSets" / "Main" / "train.txt").write_bytes(split if isinstance(split, bytes) else split.encode())
+        (year / "ImageSets" / "Main" / "train.txt").write_bytes(
+            split if isinstance(split, bytes) else split.encode()
+        )
     return year
 
 
@@ -99,8 +105,13 @@ def first_objects(xml: str, n: int) -> str:
 
 
 def small_xml(filename: str | None = f"{A}.jpg") -> str:
-    return first_objects(real_xml(), 3) if filename == f"{A}.jpg" else \
-        first_objects(real_xml(), 3).replace(f"<filename>{A}.jpg</filename>", f"<filename>{filename}</filename>" if filename else "")
+    return (
+        first_objects(real_xml(), 3)
+        if filename == f"{A}.jpg"
+        else first_objects(real_xml(), 3).replace(
+            f"<filename>{A}.jpg</filename>", f"<filename>{filename}</filename>" if filename else ""
+        )
+    )
 
 
 THREE = {f"{A}.jpg": [WBC0, RBC1, RBC2]}
@@ -116,8 +127,12 @@ def yolo_line(c: int, box: list[float], fmt: str = "{:.10f}", w: int = 640, h: i
 YOLO_LABEL = "\n".join([yolo_line(2, WBC0), yolo_line(1, RBC1), yolo_line(1, RBC2)]) + "\n"
 
 
-def yolo_root(tmp: Path, labels: dict[str, str | bytes] | None = None, images: dict[str, object] | None = None,
-              yaml_text: str | bytes | None = "names: [Platelets, RBC, WBC]\n") -> Path:
+def yolo_root(
+    tmp: Path,
+    labels: dict[str, str | bytes] | None = None,
+    images: dict[str, object] | None = None,
+    yaml_text: str | bytes | None = "names: [Platelets, RBC, WBC]\n",
+) -> Path:
     root = tmp / "yolo"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
@@ -147,7 +162,9 @@ def _(tmp):
 
 @case("voc_utf8_bom")
 def _(tmp):
-    return Expect(str(voc_year(tmp, {f"{A}.xml": b"\xef\xbb\xbf" + small_xml().encode()})), THREE, THREE_NAMES)
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": b"\xef\xbb\xbf" + small_xml().encode()})), THREE, THREE_NAMES
+    )
 
 
 @case("voc_utf16_windows_tool")
@@ -164,16 +181,39 @@ def _(tmp):
 
 @case("voc_prefixed_namespace")
 def _(tmp):
-    xml = small_xml().replace("<annotation>", '<v:annotation xmlns:v="urn:voc">').replace("</annotation>", "</v:annotation>")
-    for tag in ("object", "name", "bndbox", "xmin", "ymin", "xmax", "ymax", "size", "width", "height", "filename"):
+    xml = (
+        small_xml()
+        .replace("<annotation>", '<v:annotation xmlns:v="urn:voc">')
+        .replace("</annotation>", "</v:annotation>")
+    )
+    for tag in (
+        "object",
+        "name",
+        "bndbox",
+        "xmin",
+        "ymin",
+        "xmax",
+        "ymax",
+        "size",
+        "width",
+        "height",
+        "filename",
+    ):
         xml = xml.replace(f"<{tag}>", f"<v:{tag}>").replace(f"</{tag}>", f"</v:{tag}>")
     return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), THREE, THREE_NAMES)
 
 
 @case("voc_cvat_extra_tags")
 def _(tmp):
-    xml = small_xml().replace("<pose>", "<occluded>0</occluded><attributes><attribute><name>stage</name>"
-                              "<value>late</value></attribute></attributes><pose>").replace("<folder>", "<owner>lab</owner><folder>")
+    xml = (
+        small_xml()
+        .replace(
+            "<pose>",
+            "<occluded>0</occluded><attributes><attribute><name>stage</name>"
+            "<value>late</value></attribute></attributes><pose>",
+        )
+        .replace("<folder>", "<owner>lab</owner><folder>")
+    )
     return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), THREE, THREE_NAMES)
 
 
@@ -194,36 +234,62 @@ def _(tmp):
 @case("voc_negative_coordinate")
 def _(tmp):
     xml = small_xml().replace("<xmin>260</xmin>", "<xmin>-5</xmin>")
-    return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), {f"{A}.jpg": [[0, 176, 491, 376], RBC1, RBC2]},
-                  problems=[("fixed", f"{A}.xml", "object[0].bndbox", "box [-6.0, 176.0, 491.0, 376.0] crosses the 640x480 image border")])
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": xml})),
+        {f"{A}.jpg": [[0, 176, 491, 376], RBC1, RBC2]},
+        problems=[
+            (
+                "fixed",
+                f"{A}.xml",
+                "object[0].bndbox",
+                "box [-6.0, 176.0, 491.0, 376.0] crosses the 640x480 image border",
+            )
+        ],
+    )
 
 
 @case("voc_decimal_comma")
 def _(tmp):
     xml = small_xml().replace("<xmin>260</xmin>", "<xmin>260,5</xmin>")
-    return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), {f"{A}.jpg": [RBC1, RBC2]},
-                  problems=[("skipped", f"{A}.xml", "object[0].bndbox.xmin", "not a number: '260,5'")])
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": xml})),
+        {f"{A}.jpg": [RBC1, RBC2]},
+        problems=[("skipped", f"{A}.xml", "object[0].bndbox.xmin", "not a number: '260,5'")],
+    )
 
 
 @case("voc_swapped_corners")
 def _(tmp):
     xml = small_xml().replace("<xmin>260</xmin>", "<xmin>600</xmin>")
-    return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), {f"{A}.jpg": [RBC1, RBC2]},
-                  problems=[("skipped", f"{A}.xml", "object[0].bndbox", "zero or negative size (xmin=600 xmax=491")])
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": xml})),
+        {f"{A}.jpg": [RBC1, RBC2]},
+        problems=[("skipped", f"{A}.xml", "object[0].bndbox", "zero or negative size (xmin=600 xmax=491")],
+    )
 
 
 @case("voc_missing_size")
 def _(tmp):
     xml = small_xml().replace("<width>640</width>", "").replace("<height>480</height>", "")
-    return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), THREE,
-                  problems=[("info", f"{A}.xml", "size", "no usable <size><width>/<height>")])
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": xml})),
+        THREE,
+        problems=[("info", f"{A}.xml", "size", "no usable <size><width>/<height>")],
+    )
 
 
 @case("voc_size_zero")
 def _(tmp):
-    xml = small_xml().replace("<width>640</width>", "<width>0</width>").replace("<height>480</height>", "<height>0</height>")
-    return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), THREE,
-                  problems=[("info", f"{A}.xml", "size", "no usable <size><width>/<height>")])
+    xml = (
+        small_xml()
+        .replace("<width>640</width>", "<width>0</width>")
+        .replace("<height>480</height>", "<height>0</height>")
+    )
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": xml})),
+        THREE,
+        problems=[("info", f"{A}.xml", "size", "no usable <size><width>/<height>")],
+    )
 
 
 @case("voc_difficult_words")
@@ -244,15 +310,22 @@ def _(tmp):
 @case("voc_difficult_unknown_word")
 def _(tmp):
     xml = small_xml().replace("<difficult>0</difficult>", "<difficult>maybe</difficult>", 1)
-    return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), THREE, difficult={f"{A}.jpg": [False, False, False]},
-                  problems=[("warning", f"{A}.xml", "object[0].difficult", "not a flag: 'maybe'")])
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": xml})),
+        THREE,
+        difficult={f"{A}.jpg": [False, False, False]},
+        problems=[("warning", f"{A}.xml", "object[0].difficult", "not a flag: 'maybe'")],
+    )
 
 
 @case("voc_truncated_word")
 def _(tmp):
     xml = small_xml().replace("<truncated>0</truncated>", "<truncated>half</truncated>", 1)
-    return Expect(str(voc_year(tmp, {f"{A}.xml": xml})), THREE,
-                  problems=[("warning", f"{A}.xml", "object[0].truncated", "not a flag: 'half'")])
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": xml})),
+        THREE,
+        problems=[("warning", f"{A}.xml", "object[0].truncated", "not a flag: 'half'")],
+    )
 
 
 @case("voc_windows_absolute_filename")
@@ -268,14 +341,25 @@ def _(tmp):
 
 @case("voc_posix_absolute_filename")
 def _(tmp):
-    return Expect(str(voc_year(tmp, {"other_name.xml": small_xml(f"/home/pi/detection_dataset/JPEGImages/{A}.jpg")})), THREE)
+    return Expect(
+        str(voc_year(tmp, {"other_name.xml": small_xml(f"/home/pi/detection_dataset/JPEGImages/{A}.jpg")})),
+        THREE,
+    )
 
 
 @case("voc_filename_escapes")
 def _(tmp):
     year = voc_year(tmp, {f"{A}.xml": small_xml(f"../../{A}.jpg")})
-    return Expect(str(year), {}, problems=[("skipped", f"{A}.xml", "filename", f"'../../{A}.jpg' escapes the dataset folder"),
-                                           ("error", "VOC", "images", "no usable image")], skipped_images=1, exit_code=1)
+    return Expect(
+        str(year),
+        {},
+        problems=[
+            ("skipped", f"{A}.xml", "filename", f"'../../{A}.jpg' escapes the dataset folder"),
+            ("error", "VOC", "images", "no usable image"),
+        ],
+        skipped_images=1,
+        exit_code=1,
+    )
 
 
 @case("voc_filename_without_extension")
@@ -290,26 +374,39 @@ def _(tmp):
 
 @case("voc_uppercase_jpg_ext")
 def _(tmp):
-    return Expect(str(voc_year(tmp, {f"{A}.xml": small_xml()}, {f"{A}.Jpg": BCCD / "JPEGImages" / f"{A}.jpg"})),
-                  {f"{A}.Jpg": THREE[f"{A}.jpg"]})
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": small_xml()}, {f"{A}.Jpg": BCCD / "JPEGImages" / f"{A}.jpg"})),
+        {f"{A}.Jpg": THREE[f"{A}.jpg"]},
+    )
 
 
 @case("voc_no_filename_bmp_upper")
 def _(tmp):
     image = Image.open(BCCD / "JPEGImages" / f"{A}.jpg")
-    return Expect(str(voc_year(tmp, {f"{A}.xml": small_xml(None)}, {f"{A}.BMP": image})), {f"{A}.BMP": THREE[f"{A}.jpg"]})
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": small_xml(None)}, {f"{A}.BMP": image})),
+        {f"{A}.BMP": THREE[f"{A}.jpg"]},
+    )
 
 
 @case("voc_tif_upper")
 def _(tmp):
     image = Image.open(BCCD / "JPEGImages" / f"{A}.jpg")
-    return Expect(str(voc_year(tmp, {f"{A}.xml": small_xml(None)}, {f"{A}.TIF": image})), {f"{A}.TIF": THREE[f"{A}.jpg"]})
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": small_xml(None)}, {f"{A}.TIF": image})),
+        {f"{A}.TIF": THREE[f"{A}.jpg"]},
+    )
 
 
 @case("voc_filename_case_differs")
 def _(tmp):
-    return Expect(str(voc_year(tmp, {f"{A}.xml": small_xml(f"{A.lower()}.JPG")})), THREE,
-                  problems=[("info", f"{A}.xml", "filename", f"no image '{A.lower()}'; {A}.jpg matches it ignoring case")])
+    return Expect(
+        str(voc_year(tmp, {f"{A}.xml": small_xml(f"{A.lower()}.JPG")})),
+        THREE,
+        problems=[
+            ("info", f"{A}.xml", "filename", f"no image '{A.lower()}'; {A}.jpg matches it ignoring case")
+        ],
+    )
 
 
 @case("voc_uppercase_xml_ext")
@@ -320,8 +417,12 @@ def _(tmp):
 @case("voc_spaces_unicode_names")
 def _(tmp):
     stem = "blood smear ü 01"
-    year = voc_year(tmp, {f"{stem}.xml": small_xml(f"{stem}.jpg")}, {f"{stem}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"},
-                    split=f"{stem}\n")
+    year = voc_year(
+        tmp,
+        {f"{stem}.xml": small_xml(f"{stem}.jpg")},
+        {f"{stem}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"},
+        split=f"{stem}\n",
+    )
     return Expect(f"{year}:train", {f"{stem}.jpg": THREE[f"{A}.jpg"]})
 
 
@@ -329,23 +430,39 @@ def _(tmp):
 def _(tmp):
     stem = "Zelle_ü"
     nfd = unicodedata.normalize("NFD", stem)
-    year = voc_year(tmp, {f"{nfd}.xml": small_xml(f"{stem}.jpg")}, {f"{nfd}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"})
+    year = voc_year(
+        tmp, {f"{nfd}.xml": small_xml(f"{stem}.jpg")}, {f"{nfd}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"}
+    )
     return Expect(str(year), {f"{nfd}.jpg": THREE[f"{A}.jpg"]})
 
 
 @case("voc_split_file_bom_crlf")
 def _(tmp):
-    year = voc_year(tmp, {f"{A}.xml": small_xml(), f"{B}.xml": real_xml(B)},
-                    {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
-                    split=b"\xef\xbb\xbf" + f"{A}\r\n".encode())
+    year = voc_year(
+        tmp,
+        {f"{A}.xml": small_xml(), f"{B}.xml": real_xml(B)},
+        {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+        split=b"\xef\xbb\xbf" + f"{A}\r\n".encode(),
+    )
     return Expect(f"{year}:train", THREE)
 
 
 @case("voc_split_lists_missing_xml")
 def _(tmp):
     year = voc_year(tmp, {f"{A}.xml": small_xml()}, split=f"{A}\nBloodImage_09999\n")
-    return Expect(f"{year}:train", THREE, problems=[("skipped", "BloodImage_09999.xml", "file",
-                  "missing annotation for image id 'BloodImage_09999' listed in split 'train'")], skipped_images=1)
+    return Expect(
+        f"{year}:train",
+        THREE,
+        problems=[
+            (
+                "skipped",
+                "BloodImage_09999.xml",
+                "file",
+                "missing annotation for image id 'BloodImage_09999' listed in split 'train'",
+            )
+        ],
+        skipped_images=1,
+    )
 
 
 @case("voc_macos_junk_files")
@@ -360,20 +477,37 @@ def _(tmp):
 
 @case("voc_appledouble_files")
 def _(tmp):
-    year = voc_year(tmp, {f"{A}.xml": small_xml(), f"._{A}.xml": b"\x00\x05\x16\x07Mac OS X"},
-                    {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"})
+    year = voc_year(
+        tmp,
+        {f"{A}.xml": small_xml(), f"._{A}.xml": b"\x00\x05\x16\x07Mac OS X"},
+        {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"},
+    )
     (year / "JPEGImages" / f"._{A}.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")
     msg = "macOS AppleDouble metadata file (._*), not an image or annotation"
-    return Expect(str(year), THREE, problems=[("info", f"._{A}.xml", "file", msg), ("info", f"._{A}.jpg", "file", msg)])
+    return Expect(
+        str(year), THREE, problems=[("info", f"._{A}.xml", "file", msg), ("info", f"._{A}.jpg", "file", msg)]
+    )
 
 
 @case("voc_class_case_clash")
 def _(tmp):
-    year = voc_year(tmp, {f"{A}.xml": small_xml(), f"{B}.xml": first_objects(real_xml(B), 2).replace("<name>RBC</name>", "<name>rbc</name>")},
-                    {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"})
-    return Expect(str(year), {**THREE, f"{B}.jpg": [[67, 314, 286, 480], [345, 360, 446, 454]]},
-                  {**THREE_NAMES, f"{B}.jpg": ["WBC", "rbc"]}, classes=["RBC", "WBC", "rbc"],
-                  problems=[("warning", f"{B}.xml", "object[1].name", "class names 'RBC' and 'rbc' differ only in case")])
+    year = voc_year(
+        tmp,
+        {
+            f"{A}.xml": small_xml(),
+            f"{B}.xml": first_objects(real_xml(B), 2).replace("<name>RBC</name>", "<name>rbc</name>"),
+        },
+        {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+    )
+    return Expect(
+        str(year),
+        {**THREE, f"{B}.jpg": [[67, 314, 286, 480], [345, 360, 446, 454]]},
+        {**THREE_NAMES, f"{B}.jpg": ["WBC", "rbc"]},
+        classes=["RBC", "WBC", "rbc"],
+        problems=[
+            ("warning", f"{B}.xml", "object[1].name", "class names 'RBC' and 'rbc' differ only in case")
+        ],
+    )
 
 
 @case("voc_name_whitespace")
@@ -384,48 +518,85 @@ def _(tmp):
 
 @case("voc_two_xml_one_image")
 def _(tmp):
-    year = voc_year(tmp, {f"{A}.xml": small_xml(), f"{B}.xml": small_xml()},
-                    {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"})
-    return Expect(str(year), THREE, problems=[("skipped", f"{B}.xml", "filename",
-                  f"leads to {A}.jpg, which {A}.xml already annotates")], skipped_images=1)
+    year = voc_year(
+        tmp,
+        {f"{A}.xml": small_xml(), f"{B}.xml": small_xml()},
+        {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+    )
+    return Expect(
+        str(year),
+        THREE,
+        problems=[("skipped", f"{B}.xml", "filename", f"leads to {A}.jpg, which {A}.xml already annotates")],
+        skipped_images=1,
+    )
 
 
 @case("voc_xml_names_other_image")
 def _(tmp):
-    year = voc_year(tmp, {f"{B}.xml": small_xml()},
-                    {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"})
-    return Expect(str(year), THREE, problems=[("skipped", f"{B}.jpg", "annotation", f"{B}.xml is used for {A}.jpg, not for this image")],
-                  skipped_images=1)
+    year = voc_year(
+        tmp,
+        {f"{B}.xml": small_xml()},
+        {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+    )
+    return Expect(
+        str(year),
+        THREE,
+        problems=[("skipped", f"{B}.jpg", "annotation", f"{B}.xml is used for {A}.jpg, not for this image")],
+        skipped_images=1,
+    )
 
 
 @case("voc_image_without_xml")
 def _(tmp):
-    year = voc_year(tmp, {f"{A}.xml": small_xml()},
-                    {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"})
-    return Expect(str(year), THREE, problems=[("skipped", f"{B}.jpg", "annotation", f"no Annotations/{B}.xml")], skipped_images=1)
+    year = voc_year(
+        tmp,
+        {f"{A}.xml": small_xml()},
+        {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+    )
+    return Expect(
+        str(year),
+        THREE,
+        problems=[("skipped", f"{B}.jpg", "annotation", f"no Annotations/{B}.xml")],
+        skipped_images=1,
+    )
 
 
 @case("voc_stem_shared_by_jpg_and_png")
 def _(tmp):
     image = Image.open(BCCD / "JPEGImages" / f"{A}.jpg")
-    year = voc_year(tmp, {f"{A}.xml": small_xml(None)}, {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{A}.png": image})
-    return Expect(str(year), THREE, problems=[
-        ("warning", f"{A}.xml", "filename", f"images {A}.jpg, {A}.png share the stem '{A}'"),
-        ("skipped", f"{A}.png", "annotation", f"{A}.xml is used for {A}.jpg, not for this image")], skipped_images=1)
+    year = voc_year(
+        tmp, {f"{A}.xml": small_xml(None)}, {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{A}.png": image}
+    )
+    return Expect(
+        str(year),
+        THREE,
+        problems=[
+            ("warning", f"{A}.xml", "filename", f"images {A}.jpg, {A}.png share the stem '{A}'"),
+            ("skipped", f"{A}.png", "annotation", f"{A}.xml is used for {A}.jpg, not for this image"),
+        ],
+        skipped_images=1,
+    )
 
 
 @case("voc_broken_symlink_image")
 def _(tmp):
     year = voc_year(tmp, {f"{A}.xml": small_xml(), f"{B}.xml": small_xml(f"{B}.jpg")})
     (year / "JPEGImages" / f"{B}.jpg").symlink_to(tmp / "unplugged_drive" / f"{B}.jpg")
-    return Expect(str(year), THREE, problems=[("skipped", f"{B}.jpg", "file", "broken symbolic link to")], skipped_images=1)
+    return Expect(
+        str(year),
+        THREE,
+        problems=[("skipped", f"{B}.jpg", "file", "broken symbolic link to")],
+        skipped_images=1,
+    )
 
 
 @case("voc_symlink_loop_image")
 def _(tmp):
     year = voc_year(tmp, {f"{A}.xml": small_xml(), f"{B}.xml": small_xml(f"{B}.jpg")})
     (year / "JPEGImages" / f"{B}.jpg").symlink_to(year / "JPEGImages" / f"{B}.jpg")
-    return Expect(str(year), THREE, problems=[("skipped", f"{B}.jpg", "file", "symbolic link loop")], skipped_images=1)
+    return Expect(
+        str(year), THREE, problems=[("skipped", f"{B}.jpg", "file", "symbolic link loop")], skipped_images=1
+    )
 
 
 @case("voc_symlinked_image_ok")
@@ -438,22 +609,42 @@ def _(tmp):
 @case("voc_unescaped_ampersand")
 def _(tmp):
     year = voc_year(tmp, {f"{A}.xml": small_xml(), f"{B}.xml": small_xml("cells & more.jpg")})
-    return Expect(str(year), THREE, problems=[("skipped", f"{B}.xml", "xml", "malformed XML (not well-formed (invalid token)")],
-                  skipped_images=1)
+    return Expect(
+        str(year),
+        THREE,
+        problems=[("skipped", f"{B}.xml", "xml", "malformed XML (not well-formed (invalid token)")],
+        skipped_images=1,
+    )
 
 
 @case("voc_empty_xml_file")
 def _(tmp):
     year = voc_year(tmp, {f"{A}.xml": small_xml(), f"{B}.xml": ""})
-    return Expect(str(year), THREE, problems=[("skipped", f"{B}.xml", "xml", "malformed XML (no element found")], skipped_images=1)
+    return Expect(
+        str(year),
+        THREE,
+        problems=[("skipped", f"{B}.xml", "xml", "malformed XML (no element found")],
+        skipped_images=1,
+    )
 
 
 @case("voc_cvat_for_images_xml")
 def _(tmp):
     cvat = '<annotations><version>1.1</version><image id="0" name="x.jpg"><box label="RBC" xtl="1" ytl="1" xbr="9" ybr="9"/></image></annotations>'
     year = voc_year(tmp, {f"{A}.xml": small_xml(), "annotations.xml": cvat})
-    return Expect(str(year), THREE, problems=[("skipped", "annotations.xml", "xml",
-                  "root element <annotations> is not <annotation>: not a PASCAL VOC file")], skipped_images=1)
+    return Expect(
+        str(year),
+        THREE,
+        problems=[
+            (
+                "skipped",
+                "annotations.xml",
+                "xml",
+                "root element <annotations> is not <annotation>: not a PASCAL VOC file",
+            )
+        ],
+        skipped_images=1,
+    )
 
 
 @case("folder_roboflow_flat_export")
@@ -482,8 +673,12 @@ def _(tmp):
     shutil.copyfile(BCCD / "JPEGImages" / f"{A}.jpg", folder / f"{A}.jpg")
     shutil.copyfile(BCCD / "JPEGImages" / f"{B}.jpg", folder / f"{B}.webp")
     (folder / f"{A}.xml").write_text(small_xml())
-    return Expect(str(folder), THREE, problems=[("skipped", f"{B}.webp", "annotation", f"no {folder}{os.sep}{B}.xml")],
-                  skipped_images=1)
+    return Expect(
+        str(folder),
+        THREE,
+        problems=[("skipped", f"{B}.webp", "annotation", f"no {folder}{os.sep}{B}.xml")],
+        skipped_images=1,
+    )
 
 
 # --- YOLO cases --------------------------------------------------------------------------
@@ -496,14 +691,32 @@ def _(tmp):
 
 @case("yolo_crlf")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": YOLO_LABEL.replace("\n", "\r\n")}, yaml_text="names: [Platelets, RBC, WBC]\r\n")),
-                  THREE, THREE_NAMES)
+    return Expect(
+        str(
+            yolo_root(
+                tmp,
+                {f"{A}.txt": YOLO_LABEL.replace("\n", "\r\n")},
+                yaml_text="names: [Platelets, RBC, WBC]\r\n",
+            )
+        ),
+        THREE,
+        THREE_NAMES,
+    )
 
 
 @case("yolo_bom_label_and_yaml")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": b"\xef\xbb\xbf" + YOLO_LABEL.encode()},
-                                yaml_text=b"\xef\xbb\xbfnames: [Platelets, RBC, WBC]\n")), THREE, THREE_NAMES)
+    return Expect(
+        str(
+            yolo_root(
+                tmp,
+                {f"{A}.txt": b"\xef\xbb\xbf" + YOLO_LABEL.encode()},
+                yaml_text=b"\xef\xbb\xbfnames: [Platelets, RBC, WBC]\n",
+            )
+        ),
+        THREE,
+        THREE_NAMES,
+    )
 
 
 @case("yolo_tabs_and_trailing_spaces")
@@ -514,7 +727,10 @@ def _(tmp):
 
 @case("yolo_scientific_notation")
 def _(tmp):
-    text = "\n".join([yolo_line(2, WBC0, "{:.8e}"), yolo_line(1, RBC1, "{:.8E}"), yolo_line(1, RBC2, "{:.8e}")]) + "\n"
+    text = (
+        "\n".join([yolo_line(2, WBC0, "{:.8e}"), yolo_line(1, RBC1, "{:.8E}"), yolo_line(1, RBC2, "{:.8e}")])
+        + "\n"
+    )
     return Expect(str(yolo_root(tmp, {f"{A}.txt": text})), THREE, THREE_NAMES)
 
 
@@ -527,112 +743,177 @@ def _(tmp):
 @case("yolo_class_index_fraction")
 def _(tmp):
     text = YOLO_LABEL.replace("2 ", "1.5 ", 1)
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": text})), {f"{A}.jpg": [RBC1, RBC2]},
-                  problems=[("skipped", f"{A}.txt", "line 1.class", "class index 1.5 is not a whole number")])
+    return Expect(
+        str(yolo_root(tmp, {f"{A}.txt": text})),
+        {f"{A}.jpg": [RBC1, RBC2]},
+        problems=[("skipped", f"{A}.txt", "line 1.class", "class index 1.5 is not a whole number")],
+    )
 
 
 @case("yolo_class_index_negative")
 def _(tmp):
     text = YOLO_LABEL.replace("2 ", "-1 ", 1)
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": text})), {f"{A}.jpg": [RBC1, RBC2]},
-                  problems=[("skipped", f"{A}.txt", "line 1.class", "class index -1 out of range 0..2")])
+    return Expect(
+        str(yolo_root(tmp, {f"{A}.txt": text})),
+        {f"{A}.jpg": [RBC1, RBC2]},
+        problems=[("skipped", f"{A}.txt", "line 1.class", "class index -1 out of range 0..2")],
+    )
 
 
 @case("yolo_empty_label_file")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": ""})), {f"{A}.jpg": []},
-                  problems=[("error", "yolo", "boxes", "no usable box in the whole dataset")], exit_code=1)
+    return Expect(
+        str(yolo_root(tmp, {f"{A}.txt": ""})),
+        {f"{A}.jpg": []},
+        problems=[("error", "yolo", "boxes", "no usable box in the whole dataset")],
+        exit_code=1,
+    )
 
 
 @case("yolo_whitespace_label_file_and_a_good_one")
 def _(tmp):
-    root = yolo_root(tmp, {f"{A}.txt": YOLO_LABEL, f"{B}.txt": " \r\n\t\n"},
-                     {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"})
+    root = yolo_root(
+        tmp,
+        {f"{A}.txt": YOLO_LABEL, f"{B}.txt": " \r\n\t\n"},
+        {f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+    )
     return Expect(str(root), {**THREE, f"{B}.jpg": []})
 
 
 @case("yolo_missing_label_file")
 def _(tmp):
-    root = yolo_root(tmp, images={f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"})
-    return Expect(str(root), {**THREE, f"{B}.jpg": []},
-                  problems=[("info", f"{B}.jpg", "labels", f"no label file {B}.txt")])
+    root = yolo_root(
+        tmp,
+        images={f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+    )
+    return Expect(
+        str(root),
+        {**THREE, f"{B}.jpg": []},
+        problems=[("info", f"{B}.jpg", "labels", f"no label file {B}.txt")],
+    )
 
 
 @case("yolo_polygon_line")
 def _(tmp):
     x1, y1, x2, y2 = (v / s for v, s in zip(WBC0, (640, 480, 640, 480)))
     poly = f"2 {x1} {y1} {x2} {y1} {x2} {y2} {x1} {y2}\n"
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": poly})), {f"{A}.jpg": [WBC0]},
-                  problems=[("info", f"{A}.txt", "line 1", "polygon (segmentation) label")])
+    return Expect(
+        str(yolo_root(tmp, {f"{A}.txt": poly})),
+        {f"{A}.jpg": [WBC0]},
+        problems=[("info", f"{A}.txt", "line 1", "polygon (segmentation) label")],
+    )
 
 
 @case("yolo_pixel_coordinates")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": YOLO_LABEL + "1 320 240 100 80\n"})), THREE,
-                  problems=[("skipped", f"{A}.txt", "line 4", "coordinates 320 240 100 80 are not normalised to 0..1")])
+    return Expect(
+        str(yolo_root(tmp, {f"{A}.txt": YOLO_LABEL + "1 320 240 100 80\n"})),
+        THREE,
+        problems=[("skipped", f"{A}.txt", "line 4", "coordinates 320 240 100 80 are not normalised to 0..1")],
+    )
 
 
 @case("yolo_prediction_with_confidence")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, {f"{A}.txt": YOLO_LABEL + yolo_line(1, RBC1) + " 0.87\n"})), THREE,
-                  problems=[("skipped", f"{A}.txt", "line 4", "needs 5 numbers 'class cx cy w h', got 6")])
+    return Expect(
+        str(yolo_root(tmp, {f"{A}.txt": YOLO_LABEL + yolo_line(1, RBC1) + " 0.87\n"})),
+        THREE,
+        problems=[("skipped", f"{A}.txt", "line 4", "needs 5 numbers 'class cx cy w h', got 6")],
+    )
 
 
 @case("yolo_names_dict_by_index")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names:\n  0: Platelets\n  1: RBC\n  2: WBC\n")), THREE, THREE_NAMES, classes=CLASSES)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names:\n  0: Platelets\n  1: RBC\n  2: WBC\n")),
+        THREE,
+        THREE_NAMES,
+        classes=CLASSES,
+    )
 
 
 @case("yolo_names_dict_string_keys")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names: {'2': WBC, '0': Platelets, '1': RBC}\n")), THREE, THREE_NAMES, classes=CLASSES)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names: {'2': WBC, '0': Platelets, '1': RBC}\n")),
+        THREE,
+        THREE_NAMES,
+        classes=CLASSES,
+    )
 
 
 @case("yolo_names_dict_by_name")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names: {Platelets: 0, RBC: 1, WBC: 2}\n")), THREE, THREE_NAMES, classes=CLASSES)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names: {Platelets: 0, RBC: 1, WBC: 2}\n")),
+        THREE,
+        THREE_NAMES,
+        classes=CLASSES,
+    )
 
 
 @case("yolo_names_dict_ambiguous")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names: {blood: cells, WBC: big}\n")),
-                  error="names: a mapping must be {index: name} or {name: index}", exit_code=1)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names: {blood: cells, WBC: big}\n")),
+        error="names: a mapping must be {index: name} or {name: index}",
+        exit_code=1,
+    )
 
 
 @case("yolo_names_one_string")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names: Platelets RBC WBC\n")),
-                  error="names: expected a list or a mapping, got str 'Platelets RBC WBC'", exit_code=1)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names: Platelets RBC WBC\n")),
+        error="names: expected a list or a mapping, got str 'Platelets RBC WBC'",
+        exit_code=1,
+    )
 
 
 @case("yolo_names_duplicate")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names: [Platelets, RBC, RBC]\n")),
-                  error="names: 'RBC' is listed twice (indices 1 and 2)", exit_code=1)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names: [Platelets, RBC, RBC]\n")),
+        error="names: 'RBC' is listed twice (indices 1 and 2)",
+        exit_code=1,
+    )
 
 
 @case("yolo_names_null_entry")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names: [Platelets, null, WBC]\n")),
-                  error="names[1]: None is not a class name", exit_code=1)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names: [Platelets, null, WBC]\n")),
+        error="names[1]: None is not a class name",
+        exit_code=1,
+    )
 
 
 @case("yolo_names_case_variants")
 def _(tmp):
     root = yolo_root(tmp, yaml_text="names: [Platelets, RBC, rbc]\n")
-    return Expect(str(root), THREE, {f"{A}.jpg": ["rbc", "RBC", "RBC"]}, classes=["Platelets", "RBC", "rbc"],
-                  problems=[("warning", "data.yaml", "names[2]", "class names 'RBC' and 'rbc' differ only in case")])
+    return Expect(
+        str(root),
+        THREE,
+        {f"{A}.jpg": ["rbc", "RBC", "RBC"]},
+        classes=["Platelets", "RBC", "rbc"],
+        problems=[("warning", "data.yaml", "names[2]", "class names 'RBC' and 'rbc' differ only in case")],
+    )
 
 
 @case("yolo_nc_disagrees")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="nc: 4\nnames: [Platelets, RBC, WBC]\n")),
-                  error="nc: 4 but names lists 3 classes", exit_code=1)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="nc: 4\nnames: [Platelets, RBC, WBC]\n")),
+        error="nc: 4 but names lists 3 classes",
+        exit_code=1,
+    )
 
 
 @case("yolo_yaml_with_tab_indent")
 def _(tmp):
-    return Expect(str(yolo_root(tmp, yaml_text="names:\n\t- Platelets\n")), error="invalid YAML (", exit_code=1)
+    return Expect(
+        str(yolo_root(tmp, yaml_text="names:\n\t- Platelets\n")), error="invalid YAML (", exit_code=1
+    )
 
 
 @case("yolo_classes_txt_at_root")
@@ -661,28 +942,39 @@ def _(tmp):
     src = Image.open(BCCD / "JPEGImages" / f"{A}.jpg")
     images = {"a.Jpg": BCCD / "JPEGImages" / f"{A}.jpg", "b.BMP": src, "c.TIF": src, "d.WEBP": src}
     root = yolo_root(tmp, {f"{n}.txt": YOLO_LABEL for n in "abcd"}, images)
-    return Expect(str(root), {n: THREE[f"{A}.jpg"] for n in images})
+    return Expect(str(root), dict.fromkeys(images, THREE[f"{A}.jpg"]))
 
 
 @case("yolo_label_without_image")
 def _(tmp):
     root = yolo_root(tmp, {f"{A}.txt": YOLO_LABEL, f"{B}.txt": YOLO_LABEL})
-    return Expect(str(root), THREE, problems=[("skipped", f"{B}.txt", "file", f"label file without an image (no {B}.<image ext> in")],
-                  skipped_images=1)
+    return Expect(
+        str(root),
+        THREE,
+        problems=[("skipped", f"{B}.txt", "file", f"label file without an image (no {B}.<image ext> in")],
+        skipped_images=1,
+    )
 
 
 @case("yolo_broken_symlink_image")
 def _(tmp):
     root = yolo_root(tmp, {f"{A}.txt": YOLO_LABEL, f"{B}.txt": YOLO_LABEL})
     (root / "images" / f"{B}.jpg").symlink_to(tmp / "gone" / f"{B}.jpg")
-    return Expect(str(root), THREE, problems=[("skipped", f"{B}.jpg", "file", "broken symbolic link to")], skipped_images=1)
+    return Expect(
+        str(root),
+        THREE,
+        problems=[("skipped", f"{B}.jpg", "file", "broken symbolic link to")],
+        skipped_images=1,
+    )
 
 
 @case("yolo_symlink_loop_image")
 def _(tmp):
     root = yolo_root(tmp)
     (root / "images" / f"{B}.png").symlink_to(root / "images" / f"{B}.png")
-    return Expect(str(root), THREE, problems=[("skipped", f"{B}.png", "file", "symbolic link loop")], skipped_images=1)
+    return Expect(
+        str(root), THREE, problems=[("skipped", f"{B}.png", "file", "symbolic link loop")], skipped_images=1
+    )
 
 
 @case("yolo_folder_link_loop")
@@ -696,8 +988,16 @@ def _(tmp):
 def _(tmp):
     root = yolo_root(tmp, {})
     (root / "labels" / f"{A}.txt").symlink_to(tmp / "gone.txt")
-    return Expect(str(root), {}, problems=[("skipped", f"{A}.txt", "file", "label file is a broken symbolic link"),
-                                           ("error", "yolo", "images", "no usable image")], skipped_images=1, exit_code=1)
+    return Expect(
+        str(root),
+        {},
+        problems=[
+            ("skipped", f"{A}.txt", "file", "label file is a broken symbolic link"),
+            ("error", "yolo", "images", "no usable image"),
+        ],
+        skipped_images=1,
+        exit_code=1,
+    )
 
 
 @case("yolo_appledouble_and_ds_store")
@@ -707,7 +1007,9 @@ def _(tmp):
         (root / folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (root / "images" / f"._{A}.jpg").write_bytes(b"\x00\x05\x16\x07")
     (root / "labels" / f"._{A}.txt").write_bytes(b"\x00\x05\x16\x07")
-    return Expect(str(root), THREE, problems=[("info", f"._{A}.jpg", "file", "macOS AppleDouble metadata file")])
+    return Expect(
+        str(root), THREE, problems=[("info", f"._{A}.jpg", "file", "macOS AppleDouble metadata file")]
+    )
 
 
 @case("yolo_roboflow_split_folders")
@@ -718,7 +1020,9 @@ def _(tmp):
         (root / split / "labels").mkdir()
         shutil.copyfile(BCCD / "JPEGImages" / f"{stem}.jpg", root / split / "images" / f"{stem}.jpg")
         (root / split / "labels" / f"{stem}.txt").write_text(YOLO_LABEL)
-    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 3\nnames: ['Platelets', 'RBC', 'WBC']\n")
+    (root / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\nnc: 3\nnames: ['Platelets', 'RBC', 'WBC']\n"
+    )
     return Expect(f"{root}:valid", {f"{B}.jpg": THREE[f"{A}.jpg"]})
 
 
@@ -735,14 +1039,19 @@ def _(tmp):
 
 @case("yolo_colab_absolute_path")
 def _(tmp):
-    root = yolo_root(tmp, yaml_text="path: /content/datasets/bccd\ntrain: images\nnames: [Platelets, RBC, WBC]\n")
+    root = yolo_root(
+        tmp, yaml_text="path: /content/datasets/bccd\ntrain: images\nnames: [Platelets, RBC, WBC]\n"
+    )
     return Expect(str(root), THREE)
 
 
 @case("yolo_image_list_file_bom_crlf")
 def _(tmp):
-    root = yolo_root(tmp, images={f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
-                     yaml_text="train: train.txt\nnames: [Platelets, RBC, WBC]\n")
+    root = yolo_root(
+        tmp,
+        images={f"{A}.jpg": BCCD / "JPEGImages" / f"{A}.jpg", f"{B}.jpg": BCCD / "JPEGImages" / f"{B}.jpg"},
+        yaml_text="train: train.txt\nnames: [Platelets, RBC, WBC]\n",
+    )
     (root / "train.txt").write_bytes(b"\xef\xbb\xbf" + f"./images/{A}.jpg\r\n".encode())
     return Expect(str(root), THREE)
 
@@ -764,9 +1073,17 @@ def _(tmp):
 @case("yolo_unicode_and_spaces_in_names")
 def _(tmp):
     stem = "frotti sanguin é 2"
-    root = yolo_root(tmp, {f"{stem}.txt": YOLO_LABEL}, {f"{stem}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"},
-                     yaml_text="names: [plaquette, globule rouge, globule blanc ü]\n")
-    return Expect(str(root), {f"{stem}.jpg": THREE[f"{A}.jpg"]}, {f"{stem}.jpg": ["globule blanc ü", "globule rouge", "globule rouge"]})
+    root = yolo_root(
+        tmp,
+        {f"{stem}.txt": YOLO_LABEL},
+        {f"{stem}.jpg": BCCD / "JPEGImages" / f"{A}.jpg"},
+        yaml_text="names: [plaquette, globule rouge, globule blanc ü]\n",
+    )
+    return Expect(
+        str(root),
+        {f"{stem}.jpg": THREE[f"{A}.jpg"]},
+        {f"{stem}.jpg": ["globule blanc ü", "globule rouge", "globule rouge"]},
+    )
 
 
 # --- running a case ----------------------------------------------------------------------
@@ -801,7 +1118,12 @@ def test_corpus_case(name: str, have_bccd, tmp_path: Path, capsys):
         got = box_map(records)
         assert sorted(got) == sorted(expect.boxes), (sorted(got), [p.line() for p in records.problems])
         for file, boxes in expect.boxes.items():
-            np.testing.assert_allclose(got[file].boxes.reshape(-1, 4), np.asarray(boxes, np.float32).reshape(-1, 4), atol=2e-3, err_msg=file)
+            np.testing.assert_allclose(
+                got[file].boxes.reshape(-1, 4),
+                np.asarray(boxes, np.float32).reshape(-1, 4),
+                atol=2e-3,
+                err_msg=file,
+            )
         for file, names in (expect.names or {}).items():
             assert [records.class_names[i] for i in got[file].labels] == names, file
         for file, flags in (expect.difficult or {}).items():
@@ -809,11 +1131,16 @@ def test_corpus_case(name: str, have_bccd, tmp_path: Path, capsys):
         if expect.classes is not None:
             assert records.class_names == expect.classes
         assert result.images_skipped == expect.skipped_images, [p.line() for p in records.problems]
-        wanted = [p for p in expect.problems if p[3] != "no usable box in the whole dataset"]  # added by `check` only
+        wanted = [
+            p for p in expect.problems if p[3] != "no usable box in the whole dataset"
+        ]  # added by `check` only
         actual = [(p.severity, Path(p.file).name, p.field, p.message) for p in records.problems]
         assert len(actual) == len(wanted), ([p.line() for p in records.problems], wanted)
         for sev, file, fld, start in wanted:
-            assert any(a[:3] == (sev, file, fld) and a[3].startswith(start) for a in actual), ((sev, file, fld, start), actual)
+            assert any(a[:3] == (sev, file, fld) and a[3].startswith(start) for a in actual), (
+                (sev, file, fld, start),
+                actual,
+            )
     code, out, err = run_check(expect.spec, capsys)
     assert "Traceback" not in out + err
     assert code == expect.exit_code, out + err
@@ -821,7 +1148,9 @@ def test_corpus_case(name: str, have_bccd, tmp_path: Path, capsys):
         assert err.startswith("detlab: ") and err.count("\n") == 1 and expect.error in err, err
     else:
         for sev, file, fld, start in expect.problems:
-            assert any(ln.startswith(f"{sev}: ") and f"{file}: {fld}: {start}" in ln for ln in out.splitlines()), (sev, file, fld, out)
+            assert any(
+                ln.startswith(f"{sev}: ") and f"{file}: {fld}: {start}" in ln for ln in out.splitlines()
+            ), (sev, file, fld, out)
 
 
 def test_check_in_a_subprocess_prints_no_traceback(have_bccd, tmp_path: Path):
@@ -831,7 +1160,12 @@ def test_check_in_a_subprocess_prints_no_traceback(have_bccd, tmp_path: Path):
 
     for name in ("voc_default_namespace", "yolo_names_duplicate"):
         expect = CASES[name](tmp_path / name)
-        run = subprocess.run([sys.executable, "-m", "detlab", "check", expect.spec], capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "detlab", "check", expect.spec],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert "Traceback" not in run.stdout + run.stderr and run.returncode == expect.exit_code, run.stderr
 
 
@@ -843,18 +1177,27 @@ def test_predict_folder_reports_links_it_cannot_follow(have_bccd, tmp_path: Path
     (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
     assert expand_sources([tmp_path]) == [tmp_path / f"{A}.JPG"]
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"skipped: {tmp_path / 'gone.png'}: file: broken symbolic link to '{tmp_path / 'nowhere.png'}' (target missing) "
-                   "— restore the target or delete the link — skipped",
-                   f"skipped: {tmp_path / 'loop.jpg'}: file: symbolic link loop (the link leads back to itself) "
-                   "— point it at a real file or delete it — skipped"]
+    assert err == [
+        f"skipped: {tmp_path / 'gone.png'}: file: broken symbolic link to '{tmp_path / 'nowhere.png'}' (target missing) "
+        "— restore the target or delete the link — skipped",
+        f"skipped: {tmp_path / 'loop.jpg'}: file: symbolic link loop (the link leads back to itself) "
+        "— point it at a real file or delete it — skipped",
+    ]
 
 
 # --- EXIF round trips through `detlab convert` ---------------------------------------------
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 RAW_W, RAW_H = 64, 40  # not square: a 90° turn is visible in the size
-SHOW = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+SHOW = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 UNSHOW = {**SHOW, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}  # the inverse of each
 
 
@@ -878,7 +1221,8 @@ def exif_source(root: Path) -> Path:
             (year / "Annotations" / f"{stem}.xml").write_text(
                 f"<annotation><filename>{stem}.jpg</filename><size><width>{size[0]}</width><height>{size[1]}</height></size>"
                 f"<object><name>blob</name><difficult>0</difficult><bndbox><xmin>{box[0] + 1}</xmin><ymin>{box[1] + 1}</ymin>"
-                f"<xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object></annotation>")
+                f"<xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object></annotation>"
+            )
     return year
 
 
@@ -892,7 +1236,9 @@ def exif_converted(tmp_path_factory):
 
     def displayed(spec):
         ds = load_dataset(spec)
-        return {Path(r.file).name: (ds[i][0], ds[i][1]["boxes"].numpy()) for i, r in enumerate(ds.records.images)}
+        return {
+            Path(r.file).name: (ds[i][0], ds[i][1]["boxes"].numpy()) for i, r in enumerate(ds.records.images)
+        }
 
     out = {"src": displayed(src)}
     for to in ("coco", "voc", "yolo"):
@@ -904,7 +1250,9 @@ def exif_converted(tmp_path_factory):
 @pytest.mark.parametrize("to", ["coco", "voc", "yolo"])
 @pytest.mark.parametrize("frame", ["raw", "shown"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_round_trip_keeps_boxes_on_the_same_pixels(exif_converted, orientation: int, frame: str, to: str):
+def test_exif_round_trip_keeps_boxes_on_the_same_pixels(
+    exif_converted, orientation: int, frame: str, to: str
+):
     name = f"o{orientation}_{frame}.jpg"
     image, source = exif_converted["src"][name]
     back_image, back = exif_converted[to][name]
@@ -914,5 +1262,5 @@ def test_exif_round_trip_keeps_boxes_on_the_same_pixels(exif_converted, orientat
     # detlab reads it as displayed (dataset.boxes_in_display_frame), and only the pixels, not the object, must match.
     if frame == "shown" or orientation in (1, 5, 6, 7, 8):
         x1, y1, x2, y2 = np.round(back[0]).astype(int)
-        inside = back_image[:, y1 + 2:y2 - 2, x1 + 2:x2 - 2]
+        inside = back_image[:, y1 + 2 : y2 - 2, x1 + 2 : x2 - 2]
         assert inside[0].mean() > 0.8 and inside[2].mean() < 0.2, back[0]

@@ -20,10 +20,14 @@ RED, BLUE = (230, 20, 20), (20, 20, 230)
 
 
 def voc_xml(filename: str, objects: list[tuple], size: tuple[int, int] | None = (64, 48)) -> str:
-    size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
+    size_xml = (
+        f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>" if size else ""
+    )
     objs = "".join(
         f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b, d in objects)
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b, d in objects
+    )
     return f"<annotation><filename>{filename}</filename>{size_xml}{objs}</annotation>"
 
 
@@ -65,11 +69,21 @@ def voc(tmp_path: Path) -> Path:
     add(year, "nosize", solid(), voc_xml("nosize.jpg", box, size=None))
     add(year, "negative", solid(), voc_xml("negative.jpg", box + [("cat", (30, 10, 20, 30), 0)]))
     add(year, "nan", solid(), voc_xml("nan.jpg", box + [("cat", ("nan", 10, 20, 30), 0)]))
-    add(year, "outside", solid(), voc_xml("outside.jpg", [("cat", (50, 40, 90, 60), 0), ("cat", (100, 100, 120, 120), 0)]))
+    add(
+        year,
+        "outside",
+        solid(),
+        voc_xml("outside.jpg", [("cat", (50, 40, 90, 60), 0), ("cat", (100, 100, 120, 120), 0)]),
+    )
     add(year, "unknown", solid(), voc_xml("unknown.jpg", box + [("zebra", (1, 1, 9, 9), 0)]))
     add(year, "noxml", solid(), None)
     add(year, "escape", None, voc_xml("../../etc/passwd", box))
-    add(year, "resized", solid((32, 24)), voc_xml("resized.jpg", [("cat", (11, 11, 30, 30), 0)], size=(64, 48)))
+    add(
+        year,
+        "resized",
+        solid((32, 24)),
+        voc_xml("resized.jpg", [("cat", (11, 11, 30, 30), 0)], size=(64, 48)),
+    )
     add(year, "negative_image", solid(), voc_xml("negative_image.jpg", []))
     return year
 
@@ -88,23 +102,50 @@ def test_voc_corpus_each_case_reported(voc: Path):
     assert any("xml: malformed XML" in ln for ln in by_file(lines, "malformed.xml"))
     assert any(": size: no usable <size>" in ln for ln in by_file(lines, "nosize.xml"))
     assert any("object[1].bndbox: zero or negative size" in ln for ln in by_file(lines, "negative.xml"))
-    assert any("object[1].bndbox.xmin: not a number" in ln or "object[1].bndbox: NaN" in ln for ln in by_file(lines, "nan.xml"))
+    assert any(
+        "object[1].bndbox.xmin: not a number" in ln or "object[1].bndbox: NaN" in ln
+        for ln in by_file(lines, "nan.xml")
+    )
     outside = by_file(lines, "outside.xml")
     assert any("object[0].bndbox" in ln and "clipped" in ln and ln.startswith("fixed") for ln in outside)
     assert any("object[1].bndbox" in ln and "outside" in ln and ln.startswith("skipped") for ln in outside)
-    assert any("object[1].name: class 'zebra' is not in the class list" in ln for ln in by_file(lines, "unknown.xml"))
+    assert any(
+        "object[1].name: class 'zebra' is not in the class list" in ln for ln in by_file(lines, "unknown.xml")
+    )
     assert any("annotation: no Annotations/noxml.xml" in ln for ln in by_file(lines, "noxml.jpg"))
-    assert any("filename: '../../etc/passwd' escapes the dataset folder" in ln for ln in by_file(lines, "escape.xml"))
-    assert any("size: annotated 64x48 but resized.jpg is 32x24" in ln and "scaled" in ln for ln in by_file(lines, "resized.xml"))
+    assert any(
+        "filename: '../../etc/passwd' escapes the dataset folder" in ln for ln in by_file(lines, "escape.xml")
+    )
+    assert any(
+        "size: annotated 64x48 but resized.jpg is 32x24" in ln and "scaled" in ln
+        for ln in by_file(lines, "resized.xml")
+    )
     kept = {Path(r.file).stem: r for r in records.images}
-    assert set(kept) == {"good", "rgba", "cmyk", "gray16", "gray", "palette", "nosize", "negative", "nan", "outside",
-                         "unknown", "resized", "negative_image"}
+    assert set(kept) == {
+        "good",
+        "rgba",
+        "cmyk",
+        "gray16",
+        "gray",
+        "palette",
+        "nosize",
+        "negative",
+        "nan",
+        "outside",
+        "unknown",
+        "resized",
+        "negative_image",
+    }
     assert (kept["nosize"].width, kept["nosize"].height) == (64, 48)
     np.testing.assert_allclose(kept["outside"].boxes, [[49, 39, 64, 48]])
     np.testing.assert_allclose(kept["resized"].boxes, [[5, 5, 15, 15]])  # VOC (11..30) → (10, 30) px, halved
     assert kept["good"].difficult.tolist() == [False, True]
-    assert result.negatives == 1 and result.images_skipped == 6  # trunc, zero, missing, malformed, noxml, escape
-    assert result.boxes_skipped == 4 and result.boxes_fixed == 1  # skipped: negative, nan, zebra, outside[1]; fixed: outside[0]
+    assert (
+        result.negatives == 1 and result.images_skipped == 6
+    )  # trunc, zero, missing, malformed, noxml, escape
+    assert (
+        result.boxes_skipped == 4 and result.boxes_fixed == 1
+    )  # skipped: negative, nan, zebra, outside[1]; fixed: outside[0]
     for problem in lines:
         assert "\n" not in problem.line() and problem.file and problem.field
 
@@ -145,19 +186,23 @@ def test_exif_rotated_boxes_land_on_the_object(tmp_path: Path):
     raw = solid((60, 40))
     raw.paste(RED, (5, 10, 20, 30))
     exif_jpeg(year / "JPEGImages" / "raw.jpg", raw, 6)
-    (year / "Annotations" / "raw.xml").write_text(voc_xml("raw.jpg", [("obj", (6, 11, 20, 30), 0)], size=(60, 40)))
+    (year / "Annotations" / "raw.xml").write_text(
+        voc_xml("raw.jpg", [("obj", (6, 11, 20, 30), 0)], size=(60, 40))
+    )
     # Displayed frame 40x60 annotated as displayed; stored turned so that orientation 8 restores it.
     shown = solid((40, 60))
     shown.paste(RED, (22, 35, 38, 55))
     exif_jpeg(year / "JPEGImages" / "shown.jpg", shown.transpose(Image.Transpose.ROTATE_270), 8)
-    (year / "Annotations" / "shown.xml").write_text(voc_xml("shown.jpg", [("obj", (23, 36, 38, 55), 0)], size=(40, 60)))
+    (year / "Annotations" / "shown.xml").write_text(
+        voc_xml("shown.jpg", [("obj", (23, 36, 38, 55), 0)], size=(40, 60))
+    )
     ds = load_dataset(year)
     assert any("raw frame of an EXIF-rotated image (orientation 6)" in p.line() for p in ds.records.problems)
     for i in range(2):
         image, target = ds[i]
         assert image.shape == (3, 60, 40)
         x1, y1, x2, y2 = target["boxes"][0].round().int().tolist()
-        inside = image[:, y1 + 2:y2 - 2, x1 + 2:x2 - 2]
+        inside = image[:, y1 + 2 : y2 - 2, x1 + 2 : x2 - 2]
         assert inside[0].mean() > 0.8 and inside[2].mean() < 0.2, (i, target["boxes"])
         ring = image[:, max(y1 - 3, 0), x1:x2]
         assert ring[2].mean() > 0.7  # just outside the box is background
@@ -169,8 +214,12 @@ def test_coco_corpus(tmp_path: Path):
     for name in ("a.jpg", "b.jpg"):
         solid().save(tmp_path / "images" / name)
     data = {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}, {"id": 1, "file_name": "b.jpg", "width": 64, "height": 48},
-                   {"id": 2, "file_name": "../secret.jpg", "width": 64, "height": 48}, {"id": 3, "file_name": "b.jpg", "width": 64, "height": 48}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+            {"id": 1, "file_name": "b.jpg", "width": 64, "height": 48},
+            {"id": 2, "file_name": "../secret.jpg", "width": 64, "height": 48},
+            {"id": 3, "file_name": "b.jpg", "width": 64, "height": 48},
+        ],
         "annotations": [
             {"id": 7, "image_id": 1, "category_id": 5, "bbox": [1, 2, 10, 10], "iscrowd": 1},
             {"id": 7, "image_id": 3, "category_id": 5, "bbox": [1, 2, 10, 10]},
@@ -186,10 +235,16 @@ def test_coco_corpus(tmp_path: Path):
     records = read_records(path)
     validate_records(records)
     lines = [p.line() for p in records.problems]
-    expect = ["images[id=1].id: duplicate image id", "annotations[id=7].id: annotation id used 2 times",
-              "annotations[id=8].bbox: needs 4 numbers [x, y, w, h], got 3", "images[id=2].file_name: '../secret.jpg' escapes",
-              "annotations[id=9].image_id: no image with id 42", "annotations[id=10].category_id: no category with id 9",
-              "categories[id=6]: category 'empty' has no boxes", "annotations[id=11].bbox: NaN"]
+    expect = [
+        "images[id=1].id: duplicate image id",
+        "annotations[id=7].id: annotation id used 2 times",
+        "annotations[id=8].bbox: needs 4 numbers [x, y, w, h], got 3",
+        "images[id=2].file_name: '../secret.jpg' escapes",
+        "annotations[id=9].image_id: no image with id 42",
+        "annotations[id=10].category_id: no category with id 9",
+        "categories[id=6]: category 'empty' has no boxes",
+        "annotations[id=11].bbox: NaN",
+    ]
     for text in expect:
         assert any(text in ln and ln.count(str(path)) == 1 for ln in lines), (text, lines)
     assert records.class_names == ["cat"] and records.source_ids == [5]
@@ -212,7 +267,9 @@ def test_yolo_corpus(tmp_path: Path):
     lines = [p.line() for p in records.problems]
     assert any("four.txt: line 1: needs 5 numbers 'class cx cy w h', got 4" in ln for ln in lines)
     assert any("range.txt: line 1.class: class index 7 out of range 0..1" in ln for ln in lines)
-    assert any("nolabel.jpg: labels: no label file nolabel.txt" in ln and ln.startswith("info") for ln in lines)
+    assert any(
+        "nolabel.jpg: labels: no label file nolabel.txt" in ln and ln.startswith("info") for ln in lines
+    )
     recs = {Path(r.file).stem: r for r in records.images}
     np.testing.assert_allclose(recs["ok"].boxes, [[40, 15, 60, 35]], atol=1e-4)  # hand-computed: 100x50 image
     assert recs["ok"].labels.tolist() == [1] and recs["four"].num_boxes == 1

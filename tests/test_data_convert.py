@@ -51,7 +51,10 @@ def test_voc_coco_voc_round_trip(bccd: Path, tmp_path: Path):
     stem = Path(src.images[0].file).stem
     original = (bccd / "Annotations" / f"{stem}.xml").read_text()
     written = (out / "Annotations" / f"{stem}.xml").read_text()
-    tags = [f"<{t}>{int(v)}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), src.images[0].boxes[0] + [1, 1, 0, 0])]
+    tags = [
+        f"<{t}>{int(v)}</{t}>"
+        for t, v in zip(("xmin", "ymin", "xmax", "ymax"), src.images[0].boxes[0] + [1, 1, 0, 0])
+    ]
     assert all(tag in original and tag in written for tag in tags), tags  # the file's own integers come back
     image = out / "JPEGImages" / f"{stem}.jpg"
     assert image.read_bytes() == (bccd / "JPEGImages" / f"{stem}.jpg").read_bytes()
@@ -98,7 +101,9 @@ def test_shapes_dataset_deterministic_and_valid(tmp_path: Path):
     b = write_shapes_dataset(tmp_path / "b", num_train=6, num_val=2, size=96, seed=3)
     for f in sorted((a / "Annotations").iterdir()):
         assert f.read_bytes() == (b / "Annotations" / f.name).read_bytes()
-        assert (a / "JPEGImages" / f"{f.stem}.jpg").read_bytes() == (b / "JPEGImages" / f"{f.stem}.jpg").read_bytes()
+        assert (a / "JPEGImages" / f"{f.stem}.jpg").read_bytes() == (
+            b / "JPEGImages" / f"{f.stem}.jpg"
+        ).read_bytes()
     records = load(f"{a}:train")
     assert records.class_names == sorted(CLASSES) and len(records.images) == 6 and records.num_boxes >= 6
     assert not [p for p in records.problems if p.severity != "info"]
@@ -109,17 +114,25 @@ def test_shapes_dataset_deterministic_and_valid(tmp_path: Path):
         for box, label in zip(rec.boxes, rec.labels):
             if records.class_names[label] == "square" and box[2] - box[0] >= 12:
                 x1, y1, x2, y2 = box.astype(int)
-                patch = image[y1 + 2:y2 - 2, x1 + 2:x2 - 2]
+                patch = image[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2]
                 assert patch.std(axis=(0, 1)).max() < 12  # one solid colour (JPEG noise only)
 
 
 def test_draw_boxes_colours_and_shape():
     image = torch.zeros(3, 40, 60)
-    out = draw_boxes(image, torch.tensor([[5.0, 5, 30, 30]]), torch.tensor([2]), ["a", "b", "c"], scores=torch.tensor([0.9]))
+    out = draw_boxes(
+        image,
+        torch.tensor([[5.0, 5, 30, 30]]),
+        torch.tensor([2]),
+        ["a", "b", "c"],
+        scores=torch.tensor([0.9]),
+    )
     assert out.dtype == torch.uint8 and out.shape == (3, 40, 60)
     assert tuple(out[:, 20, 5].tolist()) == class_colour(2)  # left edge drawn in the class colour
     assert class_colour(0) != class_colour(1)
-    assert torch.equal(draw_boxes(image, np.zeros((0, 4)), [], ["a"]), torch.zeros(3, 40, 60, dtype=torch.uint8))
+    assert torch.equal(
+        draw_boxes(image, np.zeros((0, 4)), [], ["a"]), torch.zeros(3, 40, 60, dtype=torch.uint8)
+    )
 
 
 def test_show_cli(tmp_path: Path, capsys):

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from detlab.cli import main
@@ -51,7 +50,9 @@ def test_chess_check_cli(chess: Path, capsys):
     assert "categories[id=0]: category 'pieces' has no boxes" in out
     assert "classes: 13" in out and "bishop" in out and "only 1 box" in out
     records = read_records(chess / "train")
-    assert records.class_names[:3] == ["bishop", "black-bishop", "black-king"] and records.source_ids == list(range(1, 14))
+    assert records.class_names[:3] == ["bishop", "black-bishop", "black-king"] and records.source_ids == list(
+        range(1, 14)
+    )
     valid = read_records(f"{chess}:valid")
     assert valid.split == "valid" and len(valid.images) == 58 and valid.num_classes == 12
     given = read_records(f"{chess}:valid", classes=read_records(chess / "train").class_names)
@@ -130,7 +131,9 @@ def test_exif_box_maps_match_pil():
         shown = np.asarray(ImageOps.exif_transpose(im))
         ys, xs = np.nonzero(shown)
         expect = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-        np.testing.assert_array_equal(exif_boxes(box, orientation, 50, 30)[0], expect, err_msg=str(orientation))
+        np.testing.assert_array_equal(
+            exif_boxes(box, orientation, 50, 30)[0], expect, err_msg=str(orientation)
+        )
 
 
 def test_dataset_contract_and_collate(bccd: Path):
@@ -144,7 +147,11 @@ def test_dataset_contract_and_collate(bccd: Path):
     np.testing.assert_array_equal(target["boxes"].numpy(), ds.records.images[0].boxes)
     images, targets = collate([ds[0], ds[1]])
     assert len(images) == len(targets) == 2
-    assert not any(isinstance(v, np.ndarray) and v.ndim >= 2 and v.size > 1000 for r in ds.records.images for v in vars(r).values())
+    assert not any(
+        isinstance(v, np.ndarray) and v.ndim >= 2 and v.size > 1000
+        for r in ds.records.images
+        for v in vars(r).values()
+    )
 
 
 def test_index_10k_coco_fast(tmp_path: Path):
@@ -156,4 +163,6 @@ def test_index_10k_coco_fast(tmp_path: Path):
     records = read_coco(path, split="train", images=tmp_path)
     elapsed = time.perf_counter() - start
     assert len(records.images) == 10_000 and records.num_boxes == n
-    assert elapsed < 4.0, f"indexing 10,000 images took {elapsed:.2f} s (target < 2 s; loose bound for shared CI)"
+    assert elapsed < 4.0, (
+        f"indexing 10,000 images took {elapsed:.2f} s (target < 2 s; loose bound for shared CI)"
+    )

@@ -15,11 +15,14 @@ def sample(boxes, h=100, w=200):
     n = len(boxes)
     image = tv_tensors.Image(torch.rand(3, h, w))
     target = {
-        "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w)),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w)
+        ),
         "labels": torch.arange(n, dtype=torch.int64),
         "difficult": torch.tensor([i % 2 == 1 for i in range(n)]),
         "iscrowd": torch.tensor([i % 3 == 2 for i in range(n)]),
-        "image_id": 5, "orig_size": (h, w),
+        "image_id": 5,
+        "orig_size": (h, w),
     }
     return image, target
 
@@ -49,7 +52,16 @@ def test_square_resize_ssd_eval():
 
 
 def test_sanitize_drops_degenerate_and_keeps_flags_aligned():
-    image, target = sample([[10, 10, 10, 50], [0, 0, 20, 20], [30, 30, 30.5, 80], [-50, 5, -10, 9], [190, 90, 260, 130], [5, 5, 9, 9]])
+    image, target = sample(
+        [
+            [10, 10, 10, 50],
+            [0, 0, 20, 20],
+            [30, 30, 30.5, 80],
+            [-50, 5, -10, 9],
+            [190, 90, 260, 130],
+            [5, 5, 9, 9],
+        ]
+    )
     out_img, out = v2.Compose(sanitize())(image, target)
     # kept: #1, #4 (clamped to 190..200, 90..100), #5; dropped: zero width, 0.5 px wide, fully left of the image
     assert out["labels"].tolist() == [1, 4, 5]
@@ -73,7 +85,11 @@ def test_random_size_crop_keeps_boxes_in_the_crop():
 def test_every_recipe_train_and_eval_keep_the_contract(recipe):
     torch.manual_seed(0)
     for train in (True, False):
-        t = build_transforms(recipe, train, min_size=[48, 64], max_size=96) if recipe != "ssd" else build_transforms(recipe, train, size=64)
+        t = (
+            build_transforms(recipe, train, min_size=[48, 64], max_size=96)
+            if recipe != "ssd"
+            else build_transforms(recipe, train, size=64)
+        )
         for boxes in ([[10, 20, 50, 60], [100, 10, 190, 90], [60, 60, 61, 61.5]], []):
             img, out = t(*sample(boxes))
             n = out["boxes"].shape[0]

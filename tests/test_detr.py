@@ -7,18 +7,29 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from detlab.errors import ConfigError, WeightsError
 from detlab.models.detr import DETR_SMALL_DATA_RECIPE, build_detr
 from detlab.models.detr_matcher import HungarianMatcher, SetCriterion
 
 # Small enough for CPU tests; the published defaults are checked separately.
-TINY = dict(min_size=96, max_size=160, num_queries=8, enc_layers=1, dec_layers=2, dim_feedforward=64, hidden_dim=32, nheads=4)
+TINY = dict(
+    min_size=96,
+    max_size=160,
+    num_queries=8,
+    enc_layers=1,
+    dec_layers=2,
+    dim_feedforward=64,
+    hidden_dim=32,
+    nheads=4,
+)
 
 
 def _target(boxes, labels) -> dict:
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.int64)}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
 
 
 def test_detr_r50_state_dict_matches_published_layout(fixtures_dir):
@@ -28,7 +39,9 @@ def test_detr_r50_state_dict_matches_published_layout(fixtures_dir):
     assert sorted(set(reference) - set(ours)) == []
     assert sorted(set(ours) - set(reference)) == []
     assert {k: v for k, v in ours.items() if reference[k] != v} == {}
-    assert "backbone.0.body.bn1.running_var" in ours and not any(k.endswith("num_batches_tracked") for k in ours)
+    assert "backbone.0.body.bn1.running_var" in ours and not any(
+        k.endswith("num_batches_tracked") for k in ours
+    )
     # Published defaults stay the published ones.
     assert model.knobs.num_queries == 100 and model.knobs.min_size == 800 and model.knobs.max_size == 1333
     assert len(model.transformer.encoder.layers) == 6 and len(model.transformer.decoder.layers) == 6
@@ -36,11 +49,18 @@ def test_detr_r50_state_dict_matches_published_layout(fixtures_dir):
 
 def test_model_contract_attributes_and_rebuild():
     model = build_detr("detr_r18", num_classes=3, **TINY)
-    assert (model.name, model.family, model.num_classes, model.transform_recipe) == ("detr_r18", "detr", 3, "detr")
+    assert (model.name, model.family, model.num_classes, model.transform_recipe) == (
+        "detr_r18",
+        "detr",
+        3,
+        "detr",
+    )
     assert model.build_kwargs == TINY
     assert all(any(k.startswith(p) for k in model.state_dict()) for p in model.backbone_prefixes)
     rebuilt = build_detr("detr_r18", 3, **model.build_kwargs)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
     # Stem and first stage frozen, later stages train (published DETR).
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     assert not grads["backbone.0.body.conv1.weight"] and grads["backbone.0.body.layer2.0.conv1.weight"]
@@ -57,7 +77,9 @@ def test_bad_knobs_and_names_are_one_line_config_errors():
 
 def _random_outputs(bs: int, nq: int, nc: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    boxes = torch.cat([torch.rand(bs, nq, 2, generator=g) * 0.6 + 0.2, torch.rand(bs, nq, 2, generator=g) * 0.3 + 0.05], -1)
+    boxes = torch.cat(
+        [torch.rand(bs, nq, 2, generator=g) * 0.6 + 0.2, torch.rand(bs, nq, 2, generator=g) * 0.3 + 0.05], -1
+    )
     return {"pred_logits": torch.randn(bs, nq, nc + 1, generator=g), "pred_boxes": boxes}
 
 
@@ -65,7 +87,9 @@ def _random_targets(counts: list[int], nc: int, seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [
         {
-            "boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05], -1),
+            "boxes": torch.cat(
+                [torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05], -1
+            ),
             "labels": torch.randint(nc, (n,), generator=g),
         }
         for n in counts
@@ -97,7 +121,9 @@ def test_matching_is_the_minimum_cost_assignment():
         + 5 * torch.cdist(outputs["pred_boxes"][0], target["boxes"], p=1)
         - 2 * generalized_box_iou(xyxy(outputs["pred_boxes"][0]), xyxy(target["boxes"]))
     )  # [Q, N]
-    best = min(sum(cost[q, n].item() for n, q in enumerate(perm)) for perm in itertools.permutations(range(5), 3))
+    best = min(
+        sum(cost[q, n].item() for n, q in enumerate(perm)) for perm in itertools.permutations(range(5), 3)
+    )
     assert cost[rows, cols].sum().item() == pytest.approx(best, abs=1e-5)
 
 
@@ -131,15 +157,29 @@ def test_empty_targets_give_finite_no_object_only_losses():
     assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-5)
     model.train()
     train_losses = model(images, empty)
-    sum(v for k, v in train_losses.items() if k.startswith("loss_")).backward()  # gradients flow with no boxes
+    sum(
+        v for k, v in train_losses.items() if k.startswith("loss_")
+    ).backward()  # gradients flow with no boxes
 
 
 def test_loss_halves_in_30_steps_on_one_image():
     torch.manual_seed(0)
     # The backbone stays frozen to keep this CPU test short (its optimizer step alone would
     # dominate); what must learn here is DETR's own part: transformer, heads, matching, loss.
-    model = build_detr("detr_r18", num_classes=2, min_size=128, max_size=128, num_queries=10, enc_layers=1,
-                       dec_layers=2, dim_feedforward=256, hidden_dim=64, nheads=4, dropout=0.0, train_backbone=False)
+    model = build_detr(
+        "detr_r18",
+        num_classes=2,
+        min_size=128,
+        max_size=128,
+        num_queries=10,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=256,
+        hidden_dim=64,
+        nheads=4,
+        dropout=0.0,
+        train_backbone=False,
+    )
     history, _ = train_30_steps_on_one_image(model)
     assert history[-1] < 0.5 * history[0], history
 
@@ -195,7 +235,9 @@ def test_eval_boxes_are_in_each_input_images_pixels():
         assert det["labels"].dtype == torch.int64 and int(det["labels"].max()) < 2
         assert det["boxes"].shape == (TINY["num_queries"], 4)
     batch, mask = model.preprocess(images)
-    assert batch.shape[-2:] == mask.shape[-2:] and mask[0, 48:].all() and not mask[0, :48].any()  # 60x200 → 48x160
+    assert (
+        batch.shape[-2:] == mask.shape[-2:] and mask[0, 48:].all() and not mask[0, :48].any()
+    )  # 60x200 → 48x160
 
 
 def test_train_targets_round_trip_to_normalised_cxcywh():
@@ -222,7 +264,9 @@ def test_finetune_91_to_3_classes_keeps_everything_but_the_class_rows(tmp_path, 
     torch.save({"model": state}, path)  # official checkpoint layout
     model = build_detr("detr_r18", num_classes=3, weights=str(path), **dict(knobs, num_queries=20))
     mine = model.state_dict()
-    assert mine["class_embed.weight"].shape == (4, TINY["hidden_dim"]) and mine["class_embed.bias"].shape == (4,)
+    assert mine["class_embed.weight"].shape == (4, TINY["hidden_dim"]) and mine["class_embed.bias"].shape == (
+        4,
+    )
     assert torch.equal(mine["class_embed.weight"][-1], state["class_embed.weight"][-1])  # no-object row kept
     assert not torch.equal(mine["class_embed.weight"][:3], state["class_embed.weight"][:3])
     assert torch.equal(mine["query_embed.weight"], state["query_embed.weight"][:20])
@@ -276,7 +320,15 @@ def test_effl0_imagenet_backbone_loads_offline():
 
 def test_small_data_recipe_builds():
     r = DETR_SMALL_DATA_RECIPE
-    assert {"optimizer", "lr", "backbone_lr_mult", "weight_decay", "clip_grad_norm", "epochs", "model_knobs"} <= set(r)
+    assert {
+        "optimizer",
+        "lr",
+        "backbone_lr_mult",
+        "weight_decay",
+        "clip_grad_norm",
+        "epochs",
+        "model_knobs",
+    } <= set(r)
     model = build_detr(r["model"], num_classes=3, **r["model_knobs"])
     assert model.knobs.num_queries == r["model_knobs"]["num_queries"]
 
@@ -286,7 +338,9 @@ def test_dilation_knob_gives_stride_16_features_with_the_same_weights(name):
     torch.manual_seed(0)
     plain = build_detr(name, num_classes=3, **TINY).eval()
     dc5 = build_detr(name, num_classes=3, dilation=True, **TINY).eval()
-    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in dc5.state_dict().items()}
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {
+        k: v.shape for k, v in dc5.state_dict().items()
+    }
     images = torch.rand(1, 3, 96, 128)
     with torch.no_grad():
         assert plain.backbone[0](images).shape[-2:] == (3, 4)

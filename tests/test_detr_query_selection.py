@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import torch
+from test_detr import TINY, _target, train_30_steps_on_one_image
 
 from detlab.models.detr import build_detr
-from detlab.models.detr_query_selection import QuerySelection, inverse_sigmoid, sine_box_embedding, token_anchors
-
-from test_detr import TINY, _target, train_30_steps_on_one_image
+from detlab.models.detr_query_selection import (
+    QuerySelection,
+    inverse_sigmoid,
+    sine_box_embedding,
+    token_anchors,
+)
 
 
 def test_token_anchors_hand_computed_with_padding():
@@ -50,7 +54,9 @@ def test_untrained_token_boxes_are_the_anchors():
     select = QuerySelection(hidden_dim=16, num_classes=2, num_queries=3)
     mask = torch.zeros(1, 2, 3, dtype=torch.bool)
     enc, *_ = select(torch.randn(6, 1, 16), mask)
-    torch.testing.assert_close(enc["pred_boxes"], token_anchors(mask).clamp(1e-5, 1 - 1e-5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        enc["pred_boxes"], token_anchors(mask).clamp(1e-5, 1 - 1e-5), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(inverse_sigmoid(torch.tensor([0.5])), torch.tensor([0.0]))
 
 
@@ -77,7 +83,9 @@ def test_plain_checkpoint_loads_into_a_query_selection_model(tmp_path, capsys):
     torch.manual_seed(0)
     plain = build_detr("detr_r18", num_classes=3, **TINY)
     torch.save({"model": plain.state_dict()}, tmp_path / "detr.pth")
-    selected = build_detr("detr_r18", num_classes=3, weights=str(tmp_path / "detr.pth"), query_selection=True, **TINY)
+    selected = build_detr(
+        "detr_r18", num_classes=3, weights=str(tmp_path / "detr.pth"), query_selection=True, **TINY
+    )
     for key, value in plain.state_dict().items():
         if key != "query_embed.weight":
             torch.testing.assert_close(selected.state_dict()[key], value, rtol=0, atol=0)
@@ -86,9 +94,21 @@ def test_plain_checkpoint_loads_into_a_query_selection_model(tmp_path, capsys):
 
 def test_loss_halves_in_30_steps_with_query_selection():
     torch.manual_seed(0)
-    model = build_detr("detr_r18", num_classes=2, min_size=128, max_size=128, num_queries=10, enc_layers=1,
-                       dec_layers=2, dim_feedforward=256, hidden_dim=64, nheads=4, dropout=0.0, train_backbone=False,
-                       query_selection=True)
+    model = build_detr(
+        "detr_r18",
+        num_classes=2,
+        min_size=128,
+        max_size=128,
+        num_queries=10,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=256,
+        hidden_dim=64,
+        nheads=4,
+        dropout=0.0,
+        train_backbone=False,
+        query_selection=True,
+    )
     history, image = train_30_steps_on_one_image(model)
     assert history[-1] < 0.5 * history[0], history
     model.eval()
@@ -110,8 +130,10 @@ def test_each_decoder_layer_refines_the_previous_layers_boxes():
     torch.manual_seed(0)
     model = build_detr("detr_r18", num_classes=2, query_selection=True, **TINY).eval()
     seen = []  # the positional query each decoder layer receives
-    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[4].clone()))
-             for layer in model.transformer.decoder.layers]
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, args: seen.append(args[4].clone()))
+        for layer in model.transformer.decoder.layers
+    ]
     with torch.no_grad():
         raw = model.forward_raw([torch.rand(3, 96, 128)])
     for h in hooks:

@@ -18,8 +18,21 @@ from detlab.engine.train import NonFiniteLossError, Trainer, fit
 
 install_evaluator_standin()
 
-TINY = dict(batch_size=2, num_workers=0, quiet=True, plots=False, report=False, log_every=2, warmup_iters=2,
-            epochs=2, base_lr=0.01, base_batch=2, eval_batch_size=4, device="cpu", protocols=["coco"])
+TINY = dict(
+    batch_size=2,
+    num_workers=0,
+    quiet=True,
+    plots=False,
+    report=False,
+    log_every=2,
+    warmup_iters=2,
+    epochs=2,
+    base_lr=0.01,
+    base_batch=2,
+    eval_batch_size=4,
+    device="cpu",
+    protocols=["coco"],
+)
 
 
 def tiny_cfg(tmp_path, **over):
@@ -30,8 +43,15 @@ def tiny_cfg(tmp_path, **over):
 
 
 def test_warmup_then_step_hand_computed():
-    s = WarmupSchedule(100, warmup_iters=10, warmup_factor=0.1, kind="step", milestones=[0.5, 0.8],
-                       gamma=0.1, min_lr_factor=0.0)
+    s = WarmupSchedule(
+        100,
+        warmup_iters=10,
+        warmup_factor=0.1,
+        kind="step",
+        milestones=[0.5, 0.8],
+        gamma=0.1,
+        min_lr_factor=0.0,
+    )
     assert s(0) == pytest.approx(0.1)
     assert s(5) == pytest.approx(0.1 * 0.5 + 0.5)  # halfway through the linear warmup
     assert s(10) == 1.0 and s(49) == 1.0
@@ -39,8 +59,9 @@ def test_warmup_then_step_hand_computed():
 
 
 def test_cosine_and_warmup_cap():
-    s = WarmupSchedule(100, warmup_iters=1000, warmup_factor=0.0, kind="cosine", milestones=[],
-                       gamma=0.1, min_lr_factor=0.05)
+    s = WarmupSchedule(
+        100, warmup_iters=1000, warmup_factor=0.0, kind="cosine", milestones=[], gamma=0.1, min_lr_factor=0.05
+    )
     assert s.warmup_iters == 20  # capped at a fifth of the run
     assert s(10) == pytest.approx(0.5 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.1))))
     assert s(50) == pytest.approx(0.05 + 0.95 * 0.5)
@@ -56,7 +77,12 @@ def test_param_groups_backbone_mult_and_no_decay(tmp_path):
     backbone = {names[id(p)] for p in groups["backbone"]["params"]}
     assert backbone == {"backbone.body.0.weight", "backbone.body.3.weight"}
     bb_nd = {names[id(p)] for p in groups["backbone_no_decay"]["params"]}
-    assert bb_nd == {"backbone.body.0.bias", "backbone.body.1.weight", "backbone.body.1.bias", "backbone.body.3.bias"}
+    assert bb_nd == {
+        "backbone.body.0.bias",
+        "backbone.body.1.weight",
+        "backbone.body.1.bias",
+        "backbone.body.3.bias",
+    }
     head_nd = {names[id(p)] for p in groups["head_no_decay"]["params"]}
     assert all(n.endswith("bias") or "norm" in n or names for n in head_nd)
     assert any(".1.weight" in n for n in head_nd)  # the head's GroupNorm weight
@@ -83,7 +109,7 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path):
 
 def test_atomic_save_leaves_old_file_on_failure(tmp_path):
     path = ckpt_io.save_checkpoint({"model": {"w": torch.ones(2)}}, tmp_path / "last.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 — any failure of the write will do
         ckpt_io.save_checkpoint({"model": {"w": lambda: 0}}, path)  # not picklable: write fails midway
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
@@ -112,21 +138,43 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     trains = [x for x in lines if x["type"] == "train"]
     assert [e["epoch"] for e in evals] == [0, 1, 2]
     assert [t["iter"] for t in trains] == [2, 4]  # 8 images / (2 per batch · 2 accumulated) = 2 steps/epoch
-    assert {"loss", "loss_classification", "loss_bbox_regression", "loss_bbox_ctrness", "lr", "sec_per_iter",
-            "data_sec"} <= set(trains[0])
+    assert {
+        "loss",
+        "loss_classification",
+        "loss_bbox_regression",
+        "loss_bbox_ctrness",
+        "lr",
+        "sec_per_iter",
+        "data_sec",
+    } <= set(trains[0])
     assert trains[0]["loss"] == pytest.approx(sum(v for k, v in trains[0].items() if k.startswith("loss_")))
     assert "val/loss" in evals[0] and "coco/AP50" in evals[0]
     assert json.loads((out / "eval" / "before.json").read_text())["epoch"] == 0
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    required = {"model", "model_name", "num_classes", "build_kwargs", "class_names", "source_ids", "source_format",
-                "config",
-                "optimizer", "scheduler", "scaler", "ema", "epoch", "iteration", "rng", "metrics"}
+    required = {
+        "model",
+        "model_name",
+        "num_classes",
+        "build_kwargs",
+        "class_names",
+        "source_ids",
+        "source_format",
+        "config",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "ema",
+        "epoch",
+        "iteration",
+        "rng",
+        "metrics",
+    }
     assert required <= set(ckpt)
     assert ckpt["iteration"] == 4 and ckpt["epoch"] == 2 and ckpt["class_names"] == ["bright", "dark"]
     assert ckpt["config"]["accumulate"] == 2 and ckpt["metrics"]["coco/AP50"] == evals[-1]["coco/AP50"]
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "config.yaml").is_file()
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
-    assert state_equal(run.model.state_dict(), {k: v for k, v in best["model"].items()})
+    assert state_equal(run.model.state_dict(), dict(best["model"]))
     assert run.before is not None and run.metrics["coco/AP50"] == max(e["coco/AP50"] for e in evals[1:])
 
 
@@ -179,8 +227,9 @@ def test_mid_epoch_resume_is_bitwise_identical_with_workers(tmp_path, monkeypatc
     lines_a = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
     lines_b = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     drop = ("sec_per_iter", "data_sec")
-    assert [{k: v for k, v in x.items() if k not in drop} for x in lines_a] == \
-        [{k: v for k, v in x.items() if k not in drop} for x in lines_b]
+    assert [{k: v for k, v in x.items() if k not in drop} for x in lines_a] == [
+        {k: v for k, v in x.items() if k not in drop} for x in lines_b
+    ]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -244,4 +293,6 @@ def test_voc_data_without_a_split_trains_on_train_and_overlap_is_warned(tmp_path
     cfg = resolve({"data": f"{root}:trainval", "model": "fcos_r18_fpn", "out": str(tmp_path / "r")})
     load_train_val(cfg)
     err = capsys.readouterr().err
-    assert f"warning: 2 of 2 validation images of {root}:val are also training images of {root}:trainval" in err
+    assert (
+        f"warning: 2 of 2 validation images of {root}:val are also training images of {root}:trainval" in err
+    )

@@ -26,16 +26,36 @@ def _fixed_model() -> TinyFCOS:
 
 
 def _cfg(out):
-    return resolve({"batch_size": 2, "num_workers": 0, "quiet": True, "plots": False, "report": False,
-                    "epochs": 1, "base_lr": 0.01, "base_batch": 2, "warmup_iters": 0, "eval_batch_size": 1,
-                    "device": "cpu", "protocols": PROTOCOLS, "out": str(out)}, family="fcos")
+    return resolve(
+        {
+            "batch_size": 2,
+            "num_workers": 0,
+            "quiet": True,
+            "plots": False,
+            "report": False,
+            "epochs": 1,
+            "base_lr": 0.01,
+            "base_batch": 2,
+            "warmup_iters": 0,
+            "eval_batch_size": 1,
+            "device": "cpu",
+            "protocols": PROTOCOLS,
+            "out": str(out),
+        },
+        family="fcos",
+    )
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     install_evaluator_standin()
     from detlab.engine.train import Trainer, fit
@@ -55,8 +75,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         fit(TinyFCOS(), ShapesDataset(8), ShapesDataset(4, seed=1), _cfg(f"{out}/run"), ctx=ctx)
         states = trained["states"]
         if rank == 0:
-            torch.save({"result": result, "in_sync": all(state_equal(states[0], s) for s in states[1:])},
-                       f"{out}/rank0.pt")
+            torch.save(
+                {"result": result, "in_sync": all(state_equal(states[0], s) for s in states[1:])},
+                f"{out}/rank0.pt",
+            )
     finally:
         ddp.cleanup()
 

@@ -17,8 +17,18 @@ from detlab.engine.train import _plan_size
 
 def boxes_of_side(sides: list[float], image=(640, 480)) -> Records:
     """One image per box, each a square of the given side in a ``image``-sized picture, class 'a'."""
-    images = [ImageRecord(i, Path(f"{i}.jpg"), *image, np.float32([[10, 10, 10 + s, 10 + s]]), np.int64([0]),
-                          np.zeros(1, bool), np.zeros(1, bool)) for i, s in enumerate(sides)]
+    images = [
+        ImageRecord(
+            i,
+            Path(f"{i}.jpg"),
+            *image,
+            np.float32([[10, 10, 10 + s, 10 + s]]),
+            np.int64([0]),
+            np.zeros(1, bool),
+            np.zeros(1, bool),
+        )
+        for i, s in enumerate(sides)
+    ]
     return Records(images, ["a"], ["a"], "voc", Path("."))
 
 
@@ -30,8 +40,13 @@ def test_size_follows_the_smallest_class_on_bccd(bccd):
     # 90 % of platelets have a short side >= 6.25 % of the 480 px image (30 px): FCOS's 20 px needs 320 px,
     # Faster R-CNN's 16 px 256 px (where it measured platelets AP50 0.888)
     assert (fcos.min_size, frcnn.min_size) == (320, 256) and fcos.max_size == 448  # 4:3 images
-    rel = np.concatenate([np.minimum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1])[r.labels == 0] / 480
-                          for r in records.images if r.num_boxes])  # label 0 = Platelets (sorted names)
+    rel = np.concatenate(
+        [
+            np.minimum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1])[r.labels == 0] / 480
+            for r in records.images
+            if r.num_boxes
+        ]
+    )  # label 0 = Platelets (sorted names)
     assert (rel * fcos.min_size >= MIN_OBJECT_PX["fcos"]).mean() >= 0.9
 
 
@@ -72,7 +87,11 @@ def test_train_writes_the_choice_into_the_config_and_prints_why(capsys):
 def test_selecting_checkpoints_on_a_split_named_test_is_warned_about(chess, capsys):
     from detlab.engine.train import _names_test, load_train_val
 
-    assert _names_test("data/VOC2007:test") and _names_test(f"{chess}/test") and not _names_test(f"{chess}/valid")
+    assert (
+        _names_test("data/VOC2007:test")
+        and _names_test(f"{chess}/test")
+        and not _names_test(f"{chess}/valid")
+    )
     cfg = resolve({"model": "fcos_effl0_fpn", "data": f"{chess}/train", "val": f"{chess}/test", "out": "y"})
     load_train_val(cfg)
     assert "checkpoints/best.pt is picked on" in capsys.readouterr().err
@@ -89,10 +108,21 @@ def test_resume_with_more_epochs_says_the_schedule_keeps_its_plan(tmp_path, monk
     saved = resolve({"model": "fcos_effl0_fpn", "data": "d", "out": str(tmp_path), "epochs": 4}).to_dict()
     state = {key: {} for key in train.ckpt_io.TRAINING_STATE}
     monkeypatch.setattr(train.ckpt_io, "load_checkpoint", lambda run: {**state, "config": saved})
-    args = Namespace(resume=str(tmp_path), out=None, config=None, set=["epochs=6"], data=None, val=None,
-                     model=None, weights=None)
+    args = Namespace(
+        resume=str(tmp_path),
+        out=None,
+        config=None,
+        set=["epochs=6"],
+        data=None,
+        val=None,
+        model=None,
+        weights=None,
+    )
     cfg, _ = train._resume_config(args)
     assert cfg.epochs == 6
-    assert "epochs 4 -> 6: the step learning-rate schedule keeps its plan for 4 epochs" in capsys.readouterr().err
+    assert (
+        "epochs 4 -> 6: the step learning-rate schedule keeps its plan for 4 epochs"
+        in capsys.readouterr().err
+    )
     train._resume_config(Namespace(**{**vars(args), "set": []}))
     assert "keeps its plan" not in capsys.readouterr().err

@@ -31,8 +31,14 @@ class TinyBackbone(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                  nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(), nn.Dropout2d(0.1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1),
+            nn.ReLU(),
+            nn.Dropout2d(0.1),
+        )
         self.down = nn.Conv2d(32, 32, 3, 2, 1)
 
     def forward(self, x):
@@ -50,9 +56,16 @@ class TinyFCOS(FCOS):
 
     def __init__(self, num_classes: int = 2) -> None:
         anchors = AnchorGenerator(sizes=((8,), (16,)), aspect_ratios=((1.0,), (1.0,)))
-        super().__init__(TinyBackbone(), num_classes, min_size=SIZE, max_size=SIZE, anchor_generator=anchors,
-                         head=FCOSHead(32, 1, num_classes, num_convs=1), score_thresh=0.05,
-                         detections_per_img=20)
+        super().__init__(
+            TinyBackbone(),
+            num_classes,
+            min_size=SIZE,
+            max_size=SIZE,
+            anchor_generator=anchors,
+            head=FCOSHead(32, 1, num_classes, num_convs=1),
+            score_thresh=0.05,
+            detections_per_img=20,
+        )
         self.num_classes = num_classes
         self.build_kwargs = {}
 
@@ -81,11 +94,26 @@ def shapes_records(n: int, seed: int = 0) -> Records:
         wh = rng.integers(14, 24, size=(k, 2)).astype(np.float32)
         boxes = np.concatenate([xy, xy + wh], 1)
         labels = rng.integers(0, 2, size=k).astype(np.int64)
-        images.append(ImageRecord(image_id=i + 1, file=Path(f"/mem/{seed}_{i}.png"), width=SIZE, height=SIZE,
-                                  boxes=boxes, labels=labels, difficult=np.zeros(k, bool),
-                                  iscrowd=np.zeros(k, bool)))
-    return Records(images=images, class_names=["bright", "dark"], source_ids=["bright", "dark"],
-                   format="voc", root=Path("/mem"), split="train")
+        images.append(
+            ImageRecord(
+                image_id=i + 1,
+                file=Path(f"/mem/{seed}_{i}.png"),
+                width=SIZE,
+                height=SIZE,
+                boxes=boxes,
+                labels=labels,
+                difficult=np.zeros(k, bool),
+                iscrowd=np.zeros(k, bool),
+            )
+        )
+    return Records(
+        images=images,
+        class_names=["bright", "dark"],
+        source_ids=["bright", "dark"],
+        format="voc",
+        root=Path("/mem"),
+        split="train",
+    )
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -118,9 +146,14 @@ class ShapesDataset(torch.utils.data.Dataset):
                 image = image.flip(-1)
                 boxes = torch.stack([SIZE - boxes[:, 2], boxes[:, 1], SIZE - boxes[:, 0], boxes[:, 3]], 1)
             image = (image + 0.02 * torch.randn_like(image)).clamp(0, 1)
-        target = {"boxes": boxes, "labels": torch.from_numpy(r.labels.copy()),
-                  "difficult": torch.from_numpy(r.difficult.copy()), "iscrowd": torch.from_numpy(r.iscrowd.copy()),
-                  "image_id": r.image_id, "orig_size": (SIZE, SIZE)}
+        target = {
+            "boxes": boxes,
+            "labels": torch.from_numpy(r.labels.copy()),
+            "difficult": torch.from_numpy(r.difficult.copy()),
+            "iscrowd": torch.from_numpy(r.iscrowd.copy()),
+            "image_id": r.image_id,
+            "orig_size": (SIZE, SIZE),
+        }
         return image, target
 
 
@@ -128,6 +161,7 @@ def install_evaluator_standin() -> None:
     """Register a tiny ``detlab.evaluation.evaluator`` when the real one is not importable yet."""
     try:
         import detlab.evaluation.evaluator  # noqa: F401
+
         return
     except ImportError:
         pass

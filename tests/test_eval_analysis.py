@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_eval_voc import dets, make_records
 
 from detlab.evaluation import analysis, voc
 from detlab.evaluation.evaluator import evaluate_detections
-
-from test_eval_voc import dets, make_records
 
 
 def flat(records, rows):
@@ -19,14 +18,19 @@ def flat(records, rows):
 
 
 # cat A, dog B, cat C (nobody looks at it: missed), cat D.
-ERR_GT = [{"id": 1, "boxes": [[0, 0, 10, 10], [100, 0, 110, 10], [200, 200, 210, 210], [50, 50, 60, 60]],
-           "labels": [0, 1, 0, 0]}]
+ERR_GT = [
+    {
+        "id": 1,
+        "boxes": [[0, 0, 10, 10], [100, 0, 110, 10], [200, 200, 210, 210], [50, 50, 60, 60]],
+        "labels": [0, 1, 0, 0],
+    }
+]
 ERR_DETS = [
-    (1, 0, 0.9, 0, 0, 10, 10),        # TP on A
-    (1, 0, 0.8, 0, 0, 10, 10),        # duplicate of A
-    (1, 0, 0.7, 50, 50, 56, 56),      # localization: IoU .36 with D
-    (1, 0, 0.6, 100, 0, 110, 10),     # classification: a cat on dog B (IoU 1)
-    (1, 0, 0.5, 105, 0, 115, 10),     # both: IoU 1/3 with dog B, no cat near
+    (1, 0, 0.9, 0, 0, 10, 10),  # TP on A
+    (1, 0, 0.8, 0, 0, 10, 10),  # duplicate of A
+    (1, 0, 0.7, 50, 50, 56, 56),  # localization: IoU .36 with D
+    (1, 0, 0.6, 100, 0, 110, 10),  # classification: a cat on dog B (IoU 1)
+    (1, 0, 0.5, 105, 0, 115, 10),  # both: IoU 1/3 with dog B, no cat near
     (1, 1, 0.4, 300, 300, 310, 310),  # background
 ]
 
@@ -34,8 +38,14 @@ ERR_DETS = [
 def test_error_types_and_dap_hand_computed():
     records = make_records(ERR_GT, ["cat", "dog"])
     out = analysis.error_breakdown(*flat(records, ERR_DETS))
-    assert out["counts"] == {"classification": 1, "localization": 1, "both": 1, "duplicate": 1,
-                             "background": 1, "missed": 1}
+    assert out["counts"] == {
+        "classification": 1,
+        "localization": 1,
+        "both": 1,
+        "duplicate": 1,
+        "background": 1,
+        "missed": 1,
+    }
     # Base: cat (npos 3) ranks TP, FP×4 → AP 1/3; dog (npos 1) only an FP → 0; mAP 1/6.
     assert out["mAP"] == pytest.approx(1 / 6)
     d = out["dAP"]
@@ -61,19 +71,28 @@ def test_background_error_ranked_first_costs_half_the_ap():
 
 
 def test_confusion_matrix_hand_computed():
-    records = make_records([{"id": 1, "boxes": [[0, 0, 10, 10], [20, 0, 30, 10], [50, 50, 60, 60], [80, 80, 90, 90]],
-                             "labels": [0, 1, 0, 1], "difficult": [False, False, False, True]}], ["cat", "dog"])
-    rows = [(1, 0, 0.9, 0, 0, 10, 10),       # cat on cat A        → [cat, cat]
-            (1, 0, 0.8, 20, 0, 30, 10),      # cat on dog B        → [dog, cat]
-            (1, 1, 0.7, 200, 200, 210, 210),  # dog on nothing      → [bg, dog]
-            (1, 1, 0.6, 80, 80, 90, 90),     # on the difficult box → not counted
-            (1, 0, 0.55, 0, 0, 10, 10),      # second cat on A      → [bg, cat]
-            (1, 1, 0.3, 50, 50, 60, 60)]     # below the score threshold → not counted
+    records = make_records(
+        [
+            {
+                "id": 1,
+                "boxes": [[0, 0, 10, 10], [20, 0, 30, 10], [50, 50, 60, 60], [80, 80, 90, 90]],
+                "labels": [0, 1, 0, 1],
+                "difficult": [False, False, False, True],
+            }
+        ],
+        ["cat", "dog"],
+    )
+    rows = [
+        (1, 0, 0.9, 0, 0, 10, 10),  # cat on cat A        → [cat, cat]
+        (1, 0, 0.8, 20, 0, 30, 10),  # cat on dog B        → [dog, cat]
+        (1, 1, 0.7, 200, 200, 210, 210),  # dog on nothing      → [bg, dog]
+        (1, 1, 0.6, 80, 80, 90, 90),  # on the difficult box → not counted
+        (1, 0, 0.55, 0, 0, 10, 10),  # second cat on A      → [bg, cat]
+        (1, 1, 0.3, 50, 50, 60, 60),
+    ]  # below the score threshold → not counted
     m = analysis.confusion_matrix(*flat(records, rows), iou=0.5, score_threshold=0.5)
     # rows GT (cat, dog, bg), columns prediction (cat, dog, bg); cat C is missed.
-    assert m.tolist() == [[1, 0, 1],
-                          [1, 0, 0],
-                          [1, 1, 0]]
+    assert m.tolist() == [[1, 0, 1], [1, 0, 0], [1, 1, 0]]
 
 
 def test_pr_curves_agree_with_voc12():

@@ -29,8 +29,23 @@ def pycocotools_stats(gt_path, dets_path) -> np.ndarray:
 
 
 def detlab_stats(tmp_path, gt_path, dets_path, name) -> np.ndarray:
-    assert main(["eval", "--gt", str(gt_path), "--dets", str(dets_path), "--protocol", "coco", "--no-analysis",
-                 "--out", str(tmp_path / name)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--gt",
+                str(gt_path),
+                "--dets",
+                str(dets_path),
+                "--protocol",
+                "coco",
+                "--no-analysis",
+                "--out",
+                str(tmp_path / name),
+            ]
+        )
+        == 0
+    )
     coco = json.loads((tmp_path / name / "metrics.json").read_text())["results"]["coco"]
     return np.array([np.nan if coco[n] is None else coco[n] for n in NAMES]), coco["area"]
 
@@ -42,13 +57,21 @@ def chess_with_mask_areas(chess, tmp_path):
     rng = np.random.default_rng(4)
     for ann in data["annotations"]:
         ann["area"] = ann["bbox"][2] * ann["bbox"][3] * float(rng.uniform(0.3, 0.9))
-        ann["id"] += 1  # the file starts at id 0, which pycocotools' matcher reads as "unmatched" (detlab warns)
+        ann["id"] += (
+            1  # the file starts at id 0, which pycocotools' matcher reads as "unmatched" (detlab warns)
+        )
     dets = []
     for ann in data["annotations"]:
         x, y, w, h = ann["bbox"]
         jx, jy = rng.normal(0, 0.1, 2) * (w, h)
-        dets.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                     "bbox": [x + jx, y + jy, w * float(np.exp(rng.normal(0, 0.1))), h], "score": float(rng.random())})
+        dets.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": [x + jx, y + jy, w * float(np.exp(rng.normal(0, 0.1))), h],
+                "score": float(rng.random()),
+            }
+        )
     folder = tmp_path / "src"
     folder.mkdir()
     (folder / "_annotations.coco.json").write_text(json.dumps(data))
@@ -59,7 +82,12 @@ def chess_with_mask_areas(chess, tmp_path):
 def test_annotation_id_zero_is_warned_about(chess, tmp_path, capsys):
     results = tmp_path / "none.json"
     results.write_text("[]")
-    assert main(["eval", "--gt", f"{chess}:test", "--dets", str(results), "--no-analysis", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            ["eval", "--gt", f"{chess}:test", "--dets", str(results), "--no-analysis", "--out", str(tmp_path)]
+        )
+        == 0
+    )
     assert "annotations[id=0].id: an annotation has id 0" in capsys.readouterr().err
 
 
@@ -69,7 +97,9 @@ def test_mask_areas_decide_the_ranges_as_in_pycocotools(tmp_path, chess_with_mas
     np.testing.assert_allclose(ours, pycocotools_stats(gt, dets), atol=1e-6, equal_nan=True)
     assert rule == "the annotations' 'area' field, as pycocotools"
     box = json.loads(gt.read_text())
-    for ann in box["annotations"]:  # the same file with box areas gives other APs/APm: the area field mattered
+    for ann in box[
+        "annotations"
+    ]:  # the same file with box areas gives other APs/APm: the area field mattered
         ann["area"] = ann["bbox"][2] * ann["bbox"][3]
     (tmp_path / "box.json").write_text(json.dumps(box))
     other, _ = detlab_stats(tmp_path, tmp_path / "box.json", dets, "b")
@@ -99,5 +129,7 @@ def test_sources_without_an_area_field_range_by_box_area(tmp_path, chess_with_ma
     for ann in data["annotations"]:  # pycocotools needs the key: give it the box area detlab promises to use
         ann["area"] = ann["bbox"][2] * ann["bbox"][3]
     (tmp_path / "boxarea.json").write_text(json.dumps(data))
-    np.testing.assert_allclose(ours, pycocotools_stats(tmp_path / "boxarea.json", dets), atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        ours, pycocotools_stats(tmp_path / "boxarea.json", dets), atol=1e-6, equal_nan=True
+    )
     assert rule == "box w*h (the annotations carry no area)"

@@ -3,40 +3,44 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_eval_coco import chess_records
+from test_eval_voc import CASE_DETS, CASE_GT, make_records
 
 from detlab.cli import main
 from detlab.evaluation import evaluator
 from detlab.evaluation.evaluator import evaluate, flatten_metrics
 from detlab.report import plots
 
-from test_eval_coco import chess_records
-from test_eval_voc import CASE_DETS, CASE_GT, make_records
-
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _results(records, rows):
     cats = list(range(1, records.num_classes + 1))
-    return [{"image_id": i, "category_id": cats[c], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-            for i, c, s, x1, y1, x2, y2 in rows]
+    return [
+        {"image_id": i, "category_id": cats[c], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
+        for i, c, s, x1, y1, x2, y2 in rows
+    ]
 
 
 def test_gt_dets_mode_prints_tables_and_writes_stamped_files(tmp_path, monkeypatch, capsys):
     records = make_records(CASE_GT, ["cat", "dog", "bird"])
     monkeypatch.setattr(evaluator, "_load_records", lambda spec, args, classes=None: records)
     dets_path = tmp_path / "dets.json"
-    dets_path.write_text(json.dumps(_results(records, CASE_DETS) + [
-        {"image_id": 77, "category_id": 1, "bbox": [0, 0, 3, 3], "score": 0.1}]))
+    dets_path.write_text(
+        json.dumps(
+            _results(records, CASE_DETS)
+            + [{"image_id": 77, "category_id": 1, "bbox": [0, 0, 3, 3], "score": 0.1}]
+        )
+    )
     assert main(["eval", "--gt", "anything", "--dets", str(dets_path)]) == 0
     cap = capsys.readouterr()
     assert "1 results with an unknown image_id (e.g. 77)" in cap.err
     assert "VOC12 mAP@0.5 (all-point): 27.8" in cap.out  # (5/9 + 0) / 2
-    assert "VOC07 mAP@0.5 (11-point): 27.3" in cap.out   # (6/11 + 0) / 2
+    assert "VOC07 mAP@0.5 (11-point): 27.3" in cap.out  # (6/11 + 0) / 2
     out = tmp_path / "eval"
     meta = json.loads((out / "metrics.json").read_text())
     assert set(meta["protocols"]) == {"coco", "voc07", "voc12"}
@@ -53,24 +57,46 @@ def test_gt_dets_mode_prints_tables_and_writes_stamped_files(tmp_path, monkeypat
 def test_gt_dets_mode_on_chess_with_the_data_layer(chess, tmp_path, capsys):
     pytest.importorskip("detlab.data.dataset")
     records = chess_records(chess)
-    rows = [{"image_id": r.image_id, "category_id": int(records.source_ids[lab]),
-             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": 0.9}
-            for r in records.images for b, lab in zip(r.boxes.astype(np.float64), r.labels)]
+    rows = [
+        {
+            "image_id": r.image_id,
+            "category_id": int(records.source_ids[lab]),
+            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+            "score": 0.9,
+        }
+        for r in records.images
+        for b, lab in zip(r.boxes.astype(np.float64), r.labels)
+    ]
     path = tmp_path / "perfect.json"
     path.write_text(json.dumps(rows))
-    code = main(["eval", "--gt", f"{chess}:test", "--dets", str(path), "--protocol", "coco,voc12",
-                 "--no-analysis", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "eval",
+            "--gt",
+            f"{chess}:test",
+            "--dets",
+            str(path),
+            "--protocol",
+            "coco,voc12",
+            "--no-analysis",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]
     assert result["coco"]["AP"] == pytest.approx(1.0) and result["voc12"]["mAP"] == pytest.approx(1.0)
     assert "voc07" not in result
 
 
-@pytest.mark.parametrize("argv, code, text", [
-    (["eval", "--gt", "x"], 2, "--gt DATA and --dets RESULTS.json go together"),
-    (["eval"], 2, "give a RUN folder"),
-    (["eval", "run", "--protocol", "coco,map"], 2, "protocol: map"),
-])
+@pytest.mark.parametrize(
+    "argv, code, text",
+    [
+        (["eval", "--gt", "x"], 2, "--gt DATA and --dets RESULTS.json go together"),
+        (["eval"], 2, "give a RUN folder"),
+        (["eval", "run", "--protocol", "coco,map"], 2, "protocol: map"),
+    ],
+)
 def test_usage_errors_are_one_line(argv, code, text, capsys):
     assert main(argv) == code
     err = capsys.readouterr().err.strip()
@@ -81,8 +107,14 @@ def test_malformed_results_exit_1_with_index_and_field(tmp_path, monkeypatch, ca
     records = make_records(CASE_GT, ["cat", "dog", "bird"])
     monkeypatch.setattr(evaluator, "_load_records", lambda spec, args, classes=None: records)
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5},
-                                {"image_id": 1, "category_id": 1, "bbox": "oops", "score": 0.5}]))
+    path.write_text(
+        json.dumps(
+            [
+                {"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5},
+                {"image_id": 1, "category_id": 1, "bbox": "oops", "score": 0.5},
+            ]
+        )
+    )
     assert main(["eval", "--gt", "x", "--dets", str(path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("detlab: ") and "bad.json: [1].bbox:" in err and len(err.splitlines()) == 1
@@ -100,8 +132,12 @@ class TinyDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         r = self.records.images[i]
-        target = {"boxes": torch.as_tensor(r.boxes) * 2, "labels": torch.as_tensor(r.labels),
-                  "image_id": r.image_id, "orig_size": (r.height, r.width)}
+        target = {
+            "boxes": torch.as_tensor(r.boxes) * 2,
+            "labels": torch.as_tensor(r.labels),
+            "image_id": r.image_id,
+            "orig_size": (r.height, r.width),
+        }
         return torch.zeros(3, 2 * r.height, 2 * r.width), target
 
 
@@ -122,8 +158,13 @@ class Oracle(torch.nn.Module):
             self.next_index += 1
             assert tuple(im.shape[1:]) == (2 * t["orig_size"][0], 2 * t["orig_size"][1])
             boxes = torch.cat([t["boxes"], torch.tensor([[300.0, 300.0, 310.0, 310.0]])])
-            outs.append({"boxes": boxes, "scores": torch.cat([torch.ones(len(t["boxes"])), torch.tensor([0.1])]),
-                         "labels": torch.cat([t["labels"], torch.tensor([0])])})
+            outs.append(
+                {
+                    "boxes": boxes,
+                    "scores": torch.cat([torch.ones(len(t["boxes"])), torch.tensor([0.1])]),
+                    "labels": torch.cat([t["labels"], torch.tensor([0])]),
+                }
+            )
         return outs
 
     def val_losses(self, images, targets):
@@ -165,8 +206,11 @@ def test_run_mode_uses_detector_and_run_config(tmp_path, monkeypatch, capsys):
             self.model = Oracle(ds)
 
     seen = {}
-    monkeypatch.setattr(predict_module.Detector, "from_run",
-                        classmethod(lambda cls, run, checkpoint, device, precision: FakeDetector()))
+    monkeypatch.setattr(
+        predict_module.Detector,
+        "from_run",
+        classmethod(lambda cls, run, checkpoint, device, precision: FakeDetector()),
+    )
     monkeypatch.setattr(dataset_module, "load_dataset", lambda spec, **kw: seen.update(spec=spec, **kw) or ds)
     monkeypatch.setattr(dataset_module, "load_ground_truth", lambda spec, **kw: records)
     run = tmp_path / "run"
@@ -178,12 +222,34 @@ def test_run_mode_uses_detector_and_run_config(tmp_path, monkeypatch, capsys):
 
 
 def test_training_curves_from_metrics_jsonl(tmp_path, capsys):
-    lines = [{"type": "train", "iter": i, "epoch": 1 + i // 10, "lr": 0.01 * (1 - i / 40), "loss": 3 - i / 20,
-              "loss_cls": 2 - i / 30, "loss_box": 1 - i / 60, "sec_per_iter": 0.1, "data_sec": 0.01}
-             for i in range(1, 40)]
-    lines += [{"type": "eval", "epoch": e, "iter": 10 * e, "coco/AP": 0.1 * e, "coco/AP50": 0.2 * e,
-               "coco/ARs": 0.05, "voc07/mAP": 0.15 * e, "val/loss": 2.0 / e, "val/loss_cls": 1.0 / e}
-              for e in (1, 2, 3)]
+    lines = [
+        {
+            "type": "train",
+            "iter": i,
+            "epoch": 1 + i // 10,
+            "lr": 0.01 * (1 - i / 40),
+            "loss": 3 - i / 20,
+            "loss_cls": 2 - i / 30,
+            "loss_box": 1 - i / 60,
+            "sec_per_iter": 0.1,
+            "data_sec": 0.01,
+        }
+        for i in range(1, 40)
+    ]
+    lines += [
+        {
+            "type": "eval",
+            "epoch": e,
+            "iter": 10 * e,
+            "coco/AP": 0.1 * e,
+            "coco/AP50": 0.2 * e,
+            "coco/ARs": 0.05,
+            "voc07/mAP": 0.15 * e,
+            "val/loss": 2.0 / e,
+            "val/loss_cls": 1.0 / e,
+        }
+        for e in (1, 2, 3)
+    ]
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
     made = plots.plot_training_curves(path, tmp_path / "plots")
@@ -195,7 +261,10 @@ def test_training_curves_from_metrics_jsonl(tmp_path, capsys):
 
 
 def test_per_class_ap_plot_accepts_nested_and_plain(tmp_path):
-    nested = {"coco": {"AP": 0.3, "per_class": {"a": 0.5, "b": float("nan")}}, "voc12": {"per_class": {"a": 0.7, "b": None}}}
+    nested = {
+        "coco": {"AP": 0.3, "per_class": {"a": 0.5, "b": float("nan")}},
+        "voc12": {"per_class": {"a": 0.7, "b": None}},
+    }
     assert plots.plot_per_class_ap(nested, tmp_path / "x.png").read_bytes()[:8] == PNG
     assert plots.plot_per_class_ap({"a": 0.2, "b": 0.9}, tmp_path / "y.png").read_bytes()[:8] == PNG
     with pytest.raises(ValueError):

@@ -25,10 +25,26 @@ def negatives(n: int, seed: int) -> ShapesDataset:
 
 def test_training_with_a_validation_split_without_boxes_finishes(tmp_path, capsys):
     torch.manual_seed(0)
-    cfg = resolve({"batch_size": 2, "num_workers": 0, "quiet": True, "plots": False, "report": False,
-                   "log_every": 2, "warmup_iters": 2, "epochs": 2, "base_lr": 0.01, "base_batch": 2,
-                   "eval_batch_size": 4, "device": "cpu", "protocols": ["coco", "voc07", "voc12"],
-                   "patience": 1, "out": str(tmp_path / "run")}, family="fcos")
+    cfg = resolve(
+        {
+            "batch_size": 2,
+            "num_workers": 0,
+            "quiet": True,
+            "plots": False,
+            "report": False,
+            "log_every": 2,
+            "warmup_iters": 2,
+            "epochs": 2,
+            "base_lr": 0.01,
+            "base_batch": 2,
+            "eval_batch_size": 4,
+            "device": "cpu",
+            "protocols": ["coco", "voc07", "voc12"],
+            "patience": 1,
+            "out": str(tmp_path / "run"),
+        },
+        family="fcos",
+    )
     run = fit(TinyFCOS(), ShapesDataset(4), negatives(3, seed=1), cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if x["type"] == "eval"]

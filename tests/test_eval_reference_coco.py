@@ -52,8 +52,16 @@ def realistic_ground_truth(seed: int = 0, num_images: int = 48) -> dict:
     images, anns = [], []
     for k, image_id in enumerate(image_ids.tolist()):
         width, height = int(rng.integers(240, 801)), int(rng.integers(180, 641))
-        images.append({"id": image_id, "file_name": f"{image_id:012d}.png", "width": width, "height": height,
-                       "license": 1, "date_captured": "2013-11-14 11:18:45"})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"{image_id:012d}.png",
+                "width": width,
+                "height": height,
+                "license": 1,
+                "date_captured": "2013-11-14 11:18:45",
+            }
+        )
         if k % 8 == 5:
             continue  # an image without GT: every detection on it is a false positive
         for _ in range(int(rng.integers(3, 13))):
@@ -63,23 +71,45 @@ def realistic_ground_truth(seed: int = 0, num_images: int = 48) -> dict:
             # up to 15% of a box may run past the right/bottom edge: annotated that way, scored that way
             x, y = rng.uniform(0, width - 0.85 * w), rng.uniform(0, height - 0.85 * h)
             x, y, w, h = (round(float(v), 2) for v in (x, y, w, h))
-            ann = {"id": next(ann_ids), "image_id": image_id,
-                   "category_id": int(rng.choice(WITH_BOXES, p=[0.4, 0.25, 0.1, 0.15, 0.1])),
-                   "bbox": [x, y, w, h], "area": w * h * float(rng.uniform(0.4, 0.9)),  # a mask's area
-                   "segmentation": _polygon(x, y, w, h), "iscrowd": 0}
+            ann = {
+                "id": next(ann_ids),
+                "image_id": image_id,
+                "category_id": int(rng.choice(WITH_BOXES, p=[0.4, 0.25, 0.1, 0.15, 0.1])),
+                "bbox": [x, y, w, h],
+                "area": w * h * float(rng.uniform(0.4, 0.9)),  # a mask's area
+                "segmentation": _polygon(x, y, w, h),
+                "iscrowd": 0,
+            }
             if rng.random() < 0.1:
                 ann["ignore"] = 1  # pycocotools sets ignore = iscrowd: this box still counts
             anns.append(ann)
         if rng.random() < 0.3:  # a crowd region: its own area, never a miss, absorbs detections
-            w, h = round(float(rng.uniform(80, 0.8 * width)), 2), round(float(rng.uniform(60, 0.8 * height)), 2)
+            w, h = (
+                round(float(rng.uniform(80, 0.8 * width)), 2),
+                round(float(rng.uniform(60, 0.8 * height)), 2),
+            )
             x, y = round(float(rng.uniform(0, width - w)), 2), round(float(rng.uniform(0, height - h)), 2)
-            anns.append({"id": next(ann_ids), "image_id": image_id, "category_id": 1, "bbox": [x, y, w, h],
-                         "area": w * h * float(rng.uniform(0.3, 0.7)), "iscrowd": 1, "ignore": 0,
-                         "segmentation": {"size": [height, width], "counts": [int(y * height), int(w * h)]}})
+            anns.append(
+                {
+                    "id": next(ann_ids),
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h * float(rng.uniform(0.3, 0.7)),
+                    "iscrowd": 1,
+                    "ignore": 0,
+                    "segmentation": {"size": [height, width], "counts": [int(y * height), int(w * h)]},
+                }
+            )
     rng.shuffle(anns)
     categories = [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in CATEGORIES.items()]
-    return {"info": {"description": "synthetic, COCO-shaped"}, "licenses": [{"id": 1, "name": "cc"}],
-            "images": images, "annotations": anns, "categories": categories}
+    return {
+        "info": {"description": "synthetic, COCO-shaped"},
+        "licenses": [{"id": 1, "name": "cc"}],
+        "images": images,
+        "annotations": anns,
+        "categories": categories,
+    }
 
 
 def _jitter(rng, bbox: list[float], noise: float) -> list[float]:
@@ -102,7 +132,9 @@ def realistic_results(gt: dict, seed: int = 1) -> list[dict]:
     rows = []
 
     def add(image_id, category_id, bbox, score):
-        rows.append({"image_id": image_id, "category_id": int(category_id), "bbox": bbox, "score": float(score)})
+        rows.append(
+            {"image_id": image_id, "category_id": int(category_id), "bbox": bbox, "score": float(score)}
+        )
 
     for ann in gt["annotations"]:
         if ann["iscrowd"]:
@@ -120,8 +152,12 @@ def realistic_results(gt: dict, seed: int = 1) -> list[dict]:
             other = rng.choice([c for c in WITH_BOXES if c != ann["category_id"]])
             add(ann["image_id"], other, _jitter(rng, ann["bbox"], 0.08), rng.beta(2, 4))
         if rng.random() < 0.05:  # on the category without boxes, and on one the file does not declare
-            add(ann["image_id"], rng.choice([EMPTY_CATEGORY, ABSENT_CATEGORY]), _jitter(rng, ann["bbox"], 0.05),
-                rng.beta(5, 2))
+            add(
+                ann["image_id"],
+                rng.choice([EMPTY_CATEGORY, ABSENT_CATEGORY]),
+                _jitter(rng, ann["bbox"], 0.05),
+                rng.beta(5, 2),
+            )
     for image_id, image in images.items():
         for _ in range(int(rng.poisson(3))):
             add(image_id, rng.choice(WITH_BOXES + [EMPTY_CATEGORY]), _random_box(rng, image), rng.beta(1, 4))
@@ -166,7 +202,11 @@ def pycocotools_eval(gt_path: Path, results: list[dict]):
             dt = gt.loadRes(copy.deepcopy(results))
         else:
             dt = COCO()
-            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+            dt.dataset = {
+                "images": gt.dataset["images"],
+                "categories": gt.dataset["categories"],
+                "annotations": [],
+            }
             dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
@@ -193,8 +233,21 @@ def reference_per_class(ev, gt: dict) -> dict[str, float]:
 
 def detlab_eval(gt_arg: str | Path, dets: Path, out: Path, protocol: str = "coco", extra=()) -> dict:
     """``detlab eval --gt --dets`` in process; the metrics.json it wrote."""
-    code = main(["eval", "--gt", str(gt_arg), "--dets", str(dets), "--protocol", protocol, "--out", str(out),
-                 "--no-analysis", *extra])
+    code = main(
+        [
+            "eval",
+            "--gt",
+            str(gt_arg),
+            "--dets",
+            str(dets),
+            "--protocol",
+            protocol,
+            "--out",
+            str(out),
+            "--no-analysis",
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads((out / "metrics.json").read_text())
 
@@ -205,15 +258,21 @@ def stats_of(coco_result: dict) -> np.ndarray:
 
 def assert_same_per_class(ours: dict, reference: dict) -> None:
     assert set(ours) <= set(reference)
-    np.testing.assert_allclose([np.nan if ours[n] is None else ours[n] for n in ours],
-                               [reference[n] for n in ours], atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        [np.nan if ours[n] is None else ours[n] for n in ours],
+        [reference[n] for n in ours],
+        atol=1e-6,
+        equal_nan=True,
+    )
 
 
 def unknown_image_rows(gt: dict) -> list[dict]:
     """Rows for an image id the file does not have (kept out of the pycocotools side)."""
     stray = max(im["id"] for im in gt["images"]) + 1
-    return [{"image_id": stray, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 40.0], "score": 0.99 - k / 100}
-            for k in range(3)]
+    return [
+        {"image_id": stray, "category_id": 1, "bbox": [10.0, 10.0, 50.0, 40.0], "score": 0.99 - k / 100}
+        for k in range(3)
+    ]
 
 
 # --- tests --------------------------------------------------------------------------
@@ -229,7 +288,9 @@ def test_fixture_is_realistic_and_its_areas_and_borders_matter(coco_case, tmp_pa
     assert sum(a["bbox"][0] + a["bbox"][2] > images[a["image_id"]]["width"] for a in anns) >= 10
     assert len({a["image_id"] for a in anns}) < len(images)
     assert {r["category_id"] for r in results} >= {EMPTY_CATEGORY, ABSENT_CATEGORY}
-    assert max(np.unique([r["image_id"] for r in results if r["category_id"] == 1], return_counts=True)[1]) > 100
+    assert (
+        max(np.unique([r["image_id"] for r in results if r["category_id"] == 1], return_counts=True)[1]) > 100
+    )
     reference = reference_stats(pycocotools_eval(write_json(tmp_path / "gt.json", gt), results))
     box_area = copy.deepcopy(gt)
     for a in box_area["annotations"]:
@@ -275,8 +336,12 @@ def test_python_api_scores_the_file_like_pycocotools_and_counts_unknown_ids(coco
     records = load_ground_truth(gt_path, verbose=False)
     assert len(records.images) == len(gt["images"]) and records.num_boxes == len(gt["annotations"])
     result, problems = score_results_file(records, dets, ("coco",))
-    np.testing.assert_allclose(stats_of(result["coco"]), reference_stats(pycocotools_eval(gt_path, results)),
-                               atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        stats_of(result["coco"]),
+        reference_stats(pycocotools_eval(gt_path, results)),
+        atol=1e-6,
+        equal_nan=True,
+    )
     assert sorted(p.field for p in problems) == ["category_id", "image_id"]
     assert all(p.severity == "skipped" for p in problems)
 
@@ -306,7 +371,9 @@ def test_missing_and_truncated_images_are_reported_and_change_no_number(coco_cas
     assert truncated.name in err and missing.name in err
     assert meta["num_images"] == len(gt["images"]) and meta["num_boxes"] == len(gt["annotations"])
     ev = pycocotools_eval(gt_path, results)
-    np.testing.assert_allclose(stats_of(meta["results"]["coco"]), reference_stats(ev), atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        stats_of(meta["results"]["coco"]), reference_stats(ev), atol=1e-6, equal_nan=True
+    )
     assert_same_per_class(meta["results"]["coco"]["per_class"], reference_per_class(ev, gt))
 
 
@@ -352,20 +419,40 @@ def test_chess_json_alone_equals_pycocotools(chess, tmp_path):
     rows = []
     for a in data["annotations"]:
         if rng.random() < 0.9:
-            rows.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                         "bbox": _jitter(rng, a["bbox"], 0.07), "score": float(rng.beta(5, 2))})
+            rows.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": a["category_id"],
+                    "bbox": _jitter(rng, a["bbox"], 0.07),
+                    "score": float(rng.beta(5, 2)),
+                }
+            )
         if rng.random() < 0.25:  # chess pieces look alike: a confident wrong class on the same square
-            rows.append({"image_id": a["image_id"], "category_id": int(rng.choice(used)),
-                         "bbox": _jitter(rng, a["bbox"], 0.1), "score": float(rng.beta(3, 3))})
+            rows.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": int(rng.choice(used)),
+                    "bbox": _jitter(rng, a["bbox"], 0.1),
+                    "score": float(rng.beta(3, 3)),
+                }
+            )
     for im in data["images"]:
         for _ in range(int(rng.poisson(4))):
-            rows.append({"image_id": im["id"], "category_id": int(rng.choice(used)), "bbox": _random_box(rng, im),
-                         "score": float(rng.beta(1, 5))})
+            rows.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.choice(used)),
+                    "bbox": _random_box(rng, im),
+                    "score": float(rng.beta(1, 5)),
+                }
+            )
     dets = write_json(tmp_path / "dets.json", rows)
     assert [p.name for p in gt_path.parent.iterdir()] == ["_annotations.coco.json"]
     meta = detlab_eval(gt_path, dets, tmp_path / "out")
     ev = pycocotools_eval(gt_path, rows)
-    np.testing.assert_allclose(stats_of(meta["results"]["coco"]), reference_stats(ev), atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        stats_of(meta["results"]["coco"]), reference_stats(ev), atol=1e-6, equal_nan=True
+    )
     assert_same_per_class(meta["results"]["coco"]["per_class"], reference_per_class(ev, data))
     assert 0.2 < meta["results"]["coco"]["AP"] < 0.9
     assert meta["num_boxes"] == len(data["annotations"])

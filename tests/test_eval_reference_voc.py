@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_eval_reference_coco import NAMES, pycocotools_eval, reference_stats, stats_of
 
 from detlab.cli import main
-
-from test_eval_reference_coco import NAMES, pycocotools_eval, reference_stats, stats_of
 
 HALF = Fraction(1, 2)
 SIZES = [(500, 375), (375, 500), (500, 333), (334, 500), (480, 360), (500, 281)]
@@ -45,14 +44,23 @@ def read_split(year: Path, split: str) -> tuple[list[str], list[dict]]:
         root = ET.parse(year / "Annotations" / f"{stem}.xml").getroot()
         objects = []
         for obj in root.iter("object"):
-            xmin, ymin, xmax, ymax = (float(obj.find("bndbox").find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+            xmin, ymin, xmax, ymax = (
+                float(obj.find("bndbox").find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")
+            )
             if xmax <= xmin or ymax <= ymin:
                 continue
             flag = obj.find("difficult")
-            objects.append((obj.find("name").text.strip(), (xmin - 1, ymin - 1, xmax, ymax),
-                            flag is not None and int(flag.text) == 1))
+            objects.append(
+                (
+                    obj.find("name").text.strip(),
+                    (xmin - 1, ymin - 1, xmax, ymax),
+                    flag is not None and int(flag.text) == 1,
+                )
+            )
         size = root.find("size")
-        images.append({"size": (int(size.find("width").text), int(size.find("height").text)), "objects": objects})
+        images.append(
+            {"size": (int(size.find("width").text), int(size.find("height").text)), "objects": objects}
+        )
     return sorted({name for im in images for name, _, _ in im["objects"]}), images
 
 
@@ -137,13 +145,17 @@ def devkit_reference(classes: list[str], images: list[dict], rows: list[dict]) -
 
 def voc_xml(filename: str, size: tuple[int, int], objects: list[tuple]) -> str:
     """``objects``: ``(name, xmin, ymin, xmax, ymax, difficult)`` in VOC's 1-based pixel indices."""
-    parts = [f"<annotation><folder>VOC2007</folder><filename>{filename}</filename>"
-             "<source><database>The VOC2007 Database</database></source>"
-             f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size><segmented>0</segmented>"]
+    parts = [
+        f"<annotation><folder>VOC2007</folder><filename>{filename}</filename>"
+        "<source><database>The VOC2007 Database</database></source>"
+        f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size><segmented>0</segmented>"
+    ]
     for name, xmin, ymin, xmax, ymax, difficult in objects:
-        parts.append(f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
-                     f"<difficult>{int(difficult)}</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-                     f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>{int(difficult)}</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+        )
     return "\n".join(parts) + "\n</annotation>\n"
 
 
@@ -156,11 +168,21 @@ def _random_objects(rng, size: tuple[int, int], names: list[str]) -> list[tuple]
         w, h = int(min(side * aspect, width - 2)) + 1, int(min(side / aspect, height - 2)) + 1
         xmin, ymin = int(rng.integers(1, width - w + 2)), int(rng.integers(1, height - h + 2))
         xmax, ymax = xmin + w - 1, ymin + h - 1
-        if rng.random() < 0.1:  # annotated past the declared size (an object cut by the border): scored as annotated
+        if (
+            rng.random() < 0.1
+        ):  # annotated past the declared size (an object cut by the border): scored as annotated
             xmax = width + int(rng.integers(1, w // 2 + 2))
             xmin = max(1, xmax - w + 1)
-        objects.append((str(rng.choice(names, p=[0.15, 0.2, 0.15, 0.15, 0.35])), xmin, ymin, xmax, ymax,
-                        bool(rng.random() < 0.12)))
+        objects.append(
+            (
+                str(rng.choice(names, p=[0.15, 0.2, 0.15, 0.15, 0.35])),
+                xmin,
+                ymin,
+                xmax,
+                ymax,
+                bool(rng.random() < 0.12),
+            )
+        )
     return objects
 
 
@@ -173,7 +195,9 @@ def empty_year(year: Path) -> None:
 def write_jpegs(year: Path, stems: list[str], sizes: list[tuple[int, int]]) -> None:
     (year / "JPEGImages").mkdir(parents=True, exist_ok=True)
     for k, (stem, size) in enumerate(zip(stems, sizes)):
-        Image.new("RGB", size, ((29 * k) % 256, 90, 160)).save(year / "JPEGImages" / f"{stem}.jpg", quality=80)
+        Image.new("RGB", size, ((29 * k) % 256, 90, 160)).save(
+            year / "JPEGImages" / f"{stem}.jpg", quality=80
+        )
 
 
 def truncate_and_remove(year: Path, truncated: str, missing: str) -> tuple[Path, Path]:
@@ -188,7 +212,9 @@ def truncate_and_remove(year: Path, truncated: str, missing: str) -> tuple[Path,
 def synthetic_year(year: Path, seed: int = 0, num_images: int = 40) -> list[str]:
     """A VOC2007-like year folder; returns the test split's ids in file order (shuffled, not sorted)."""
     rng = np.random.default_rng(seed)
-    stems = [f"{i:06d}" for i in sorted(rng.choice(np.arange(1, 10_000), num_images + 8, replace=False).tolist())]
+    stems = [
+        f"{i:06d}" for i in sorted(rng.choice(np.arange(1, 10_000), num_images + 8, replace=False).tolist())
+    ]
     test, train = stems[:num_images], stems[num_images:]
     empty_year(year)
     sizes = [SIZES[int(rng.integers(len(SIZES)))] for _ in stems]
@@ -202,7 +228,9 @@ def synthetic_year(year: Path, seed: int = 0, num_images: int = 40) -> list[str]
             if k % 9 == 1:
                 objects.append(("sheep", 30, 40, 150, 160, True))  # a class with difficult boxes only
             if k % 13 == 2:  # a mis-click the reader skips (and so must the reference)
-                objects.append(("person", 50, 60, 50, 120, False) if k % 2 else ("car", 80, 90, 40, 90, False))
+                objects.append(
+                    ("person", 50, 60, 50, 120, False) if k % 2 else ("car", 80, 90, 40, 90, False)
+                )
         (year / "Annotations" / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", size, objects))
     write_jpegs(year, stems, sizes)
     order = list(test)
@@ -219,8 +247,14 @@ def jittered_results(classes: list[str], images: list[dict], seed: int) -> list[
 
     def add(image_id, name, box, score):
         x1, y1, x2, y2 = box
-        rows.append({"image_id": image_id, "category_id": classes.index(name) + 1,
-                     "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)], "score": float(score)})
+        rows.append(
+            {
+                "image_id": image_id,
+                "category_id": classes.index(name) + 1,
+                "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)],
+                "score": float(score),
+            }
+        )
 
     def jitter(box, noise):
         x1, y1, x2, y2 = box
@@ -246,8 +280,21 @@ def jittered_results(classes: list[str], images: list[dict], seed: int) -> list[
 
 
 def detlab_eval(gt_arg: str, dets: Path, out: Path, protocol: str = "voc07,voc12", extra=()) -> dict:
-    code = main(["eval", "--gt", gt_arg, "--dets", str(dets), "--protocol", protocol, "--out", str(out),
-                 "--no-analysis", *extra])
+    code = main(
+        [
+            "eval",
+            "--gt",
+            gt_arg,
+            "--dets",
+            str(dets),
+            "--protocol",
+            protocol,
+            "--out",
+            str(out),
+            "--no-analysis",
+            *extra,
+        ]
+    )
     assert code == 0
     return json.loads((out / "metrics.json").read_text())
 
@@ -256,9 +303,14 @@ def assert_equal_to_reference(result: dict, reference: dict, classes: list[str])
     for p in ("voc07", "voc12"):
         ours = result[p]["per_class"]
         assert list(ours) == classes
-        np.testing.assert_allclose([np.nan if ours[c] is None else ours[c] for c in classes],
-                                   [reference[p]["per_class"][c] for c in classes], atol=1e-9, rtol=0,
-                                   equal_nan=True, err_msg=p)
+        np.testing.assert_allclose(
+            [np.nan if ours[c] is None else ours[c] for c in classes],
+            [reference[p]["per_class"][c] for c in classes],
+            atol=1e-9,
+            rtol=0,
+            equal_nan=True,
+            err_msg=p,
+        )
         assert result[p]["mAP"] == pytest.approx(reference[p]["mAP"], abs=1e-9, rel=0), p
 
 
@@ -274,8 +326,15 @@ def voc_case(tmp_path_factory):
     stray = [{"image_id": len(images), "category_id": 1, "bbox": [5.0, 5.0, 20.0, 20.0], "score": 0.5}]
     dets = year.parent / "results.json"
     dets.write_text(json.dumps(rows + stray))
-    return {"year": year, "classes": classes, "images": images, "rows": rows, "dets": dets,
-            "cut": cut, "gone": gone}
+    return {
+        "year": year,
+        "classes": classes,
+        "images": images,
+        "rows": rows,
+        "dets": dets,
+        "cut": cut,
+        "gone": gone,
+    }
 
 
 # --- tests --------------------------------------------------------------------------
@@ -285,21 +344,34 @@ def test_reference_agrees_with_hand_computed_case(tmp_path):
     """The reference itself, on test_eval_voc's hand case (cat: AP12 5/9, AP07 6/11; dog no GT; bird 0)."""
     year = tmp_path / "VOC"
     empty_year(year)
-    objects = [[("cat", 1, 1, 10, 10, False), ("cat", 21, 1, 30, 10, True)],
-               [("cat", 1, 1, 10, 10, False), ("bird", 1, 1, 20, 20, False)], [("cat", 51, 51, 60, 60, False)]]
+    objects = [
+        [("cat", 1, 1, 10, 10, False), ("cat", 21, 1, 30, 10, True)],
+        [("cat", 1, 1, 10, 10, False), ("bird", 1, 1, 20, 20, False)],
+        [("cat", 51, 51, 60, 60, False)],
+    ]
     for k, objs in enumerate(objects):
         (year / "Annotations" / f"{k}.xml").write_text(voc_xml(f"{k}.jpg", (200, 200), objs))
     (year / "ImageSets" / "Main" / "test.txt").write_text("0\n1\n2\n")
     classes, images = read_split(year, "test")
     assert classes == ["bird", "cat"]
-    rows = [{"image_id": i, "category_id": 2, "bbox": [x, y, 10, 10], "score": s}
-            for i, s, x, y in [(0, 0.9, 0, 0), (0, 0.8, 0, 0), (0, 0.7, 20, 0), (1, 0.6, 0, 0), (1, 0.5, 100, 100)]]
+    rows = [
+        {"image_id": i, "category_id": 2, "bbox": [x, y, 10, 10], "score": s}
+        for i, s, x, y in [
+            (0, 0.9, 0, 0),
+            (0, 0.8, 0, 0),
+            (0, 0.7, 20, 0),
+            (1, 0.6, 0, 0),
+            (1, 0.5, 100, 100),
+        ]
+    ]
     ref = devkit_reference(classes, images, rows)
     assert ref["voc12"]["per_class"] == {"bird": 0.0, "cat": pytest.approx(5 / 9, abs=1e-15)}
     assert ref["voc07"]["per_class"] == {"bird": 0.0, "cat": pytest.approx(6 / 11, abs=1e-15)}
 
 
-def test_synthetic_year_equals_devkit_reference_with_a_truncated_and_a_missing_image(voc_case, tmp_path, capsys):
+def test_synthetic_year_equals_devkit_reference_with_a_truncated_and_a_missing_image(
+    voc_case, tmp_path, capsys
+):
     case = voc_case
     assert case["classes"] == CLASSES + ["sheep"]
     capsys.readouterr()
@@ -320,8 +392,16 @@ def test_case_is_one_where_difficult_and_clipping_change_the_numbers(voc_case):
     case = voc_case
     reference = devkit_reference(case["classes"], case["images"], case["rows"])
     plain = [{**im, "objects": [(n, b, False) for n, b, _ in im["objects"]]} for im in case["images"]]
-    clipped = [{**im, "objects": [(n, (x1, y1, min(x2, im["size"][0]), min(y2, im["size"][1])), d)
-                                  for n, (x1, y1, x2, y2), d in im["objects"]]} for im in case["images"]]
+    clipped = [
+        {
+            **im,
+            "objects": [
+                (n, (x1, y1, min(x2, im["size"][0]), min(y2, im["size"][1])), d)
+                for n, (x1, y1, x2, y2), d in im["objects"]
+            ],
+        }
+        for im in case["images"]
+    ]
     assert sum(x2 > im["size"][0] for im in case["images"] for _, (_, _, x2, _), _ in im["objects"]) >= 10
     for other in (plain, clipped):
         changed = devkit_reference(case["classes"], other, case["rows"])
@@ -338,8 +418,10 @@ def test_xml_indices_are_read_as_the_continuous_frame_without_plus_one(tmp_path)
     objects = [("cat", 1 + 100 * k, 1, 10 + 100 * k, 10, False) for k in range(3)]
     (year / "Annotations" / "a.xml").write_text(voc_xml("a.jpg", (300, 100), objects))
     (year / "ImageSets" / "Main" / "test.txt").write_text("a\n")
-    rows = [{"image_id": 0, "category_id": 1, "bbox": [100.0 * k, 0.0, 10.0, h], "score": 0.9 - k / 10}
-            for k, h in enumerate([5.1, 4.9, 5.0])]
+    rows = [
+        {"image_id": 0, "category_id": 1, "bbox": [100.0 * k, 0.0, 10.0, h], "score": 0.9 - k / 10}
+        for k, h in enumerate([5.1, 4.9, 5.0])
+    ]
     dets = tmp_path / "r.json"
     dets.write_text(json.dumps(rows))
     reference = devkit_reference(*read_split(year, "test"), rows)
@@ -356,10 +438,21 @@ def test_coco_numbers_on_voc_data_range_by_box_area_as_pycocotools(voc_case, tmp
     for i, im in enumerate(case["images"]):
         images.append({"id": i, "file_name": f"{i}.jpg", "width": im["size"][0], "height": im["size"][1]})
         for name, (x1, y1, x2, y2), difficult in im["objects"]:
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": case["classes"].index(name) + 1,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": int(difficult)})
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": k, "name": n} for k, n in enumerate(case["classes"], 1)]}
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": case["classes"].index(name) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(difficult),
+                }
+            )
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": k, "name": n} for k, n in enumerate(case["classes"], 1)],
+    }
     gt_path = tmp_path / "voc_as_coco.json"
     gt_path.write_text(json.dumps(gt))
     meta = detlab_eval(f"{case['year']}:test", case["dets"], tmp_path / "out", protocol="coco")
@@ -370,7 +463,11 @@ def test_coco_numbers_on_voc_data_range_by_box_area_as_pycocotools(voc_case, tmp
 
 def test_bccd_test_split_equals_devkit_reference_with_a_truncated_and_a_missing_image(bccd, tmp_path, capsys):
     year = tmp_path / "BCCD"
-    ids = [ln.split()[0] for ln in (bccd / "ImageSets" / "Main" / "test.txt").read_text().splitlines() if ln.strip()]
+    ids = [
+        ln.split()[0]
+        for ln in (bccd / "ImageSets" / "Main" / "test.txt").read_text().splitlines()
+        if ln.strip()
+    ]
     assert len(ids) == 72
     shutil.copytree(bccd / "ImageSets", year / "ImageSets")
     (year / "Annotations").mkdir()
@@ -404,8 +501,10 @@ def test_voc07_counts_a_recall_exactly_on_an_eleven_point_threshold(tmp_path):
     (year / "Annotations" / "a.xml").write_text(voc_xml("a.jpg", (500, 375), objects))
     (year / "ImageSets" / "Main" / "test.txt").write_text("a\n")
     ranked = [(40 * k, 0) for k in range(3)] + [(300, 300)] * 7 + [(120, 0)]
-    rows = [{"image_id": 0, "category_id": 1, "bbox": [x, y, 30, 30], "score": 1 - k / 100}
-            for k, (x, y) in enumerate(ranked)]
+    rows = [
+        {"image_id": 0, "category_id": 1, "bbox": [x, y, 30, 30], "score": 1 - k / 100}
+        for k, (x, y) in enumerate(ranked)
+    ]
     dets = tmp_path / "r.json"
     dets.write_text(json.dumps(rows))
     reference = devkit_reference(*read_split(year, "test"), rows)
@@ -427,13 +526,21 @@ def test_negatives_only_split_gives_nan_map_without_images(tmp_path, classes, ca
         (year / "Annotations" / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", (500, 375), []))
     (year / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems) + "\n")
     rng = np.random.default_rng(0)
-    rows = [{"image_id": int(rng.integers(5)), "category_id": int(rng.integers(1, 3)),
-             "bbox": [float(v) for v in rng.uniform(0, 200, 2)] + [40.0, 30.0], "score": float(rng.random())}
-            for _ in range(12)]
+    rows = [
+        {
+            "image_id": int(rng.integers(5)),
+            "category_id": int(rng.integers(1, 3)),
+            "bbox": [float(v) for v in rng.uniform(0, 200, 2)] + [40.0, 30.0],
+            "score": float(rng.random()),
+        }
+        for _ in range(12)
+    ]
     dets = tmp_path / "r.json"
     dets.write_text(json.dumps(rows))
     extra = ["--classes", classes] if classes else []
-    result = detlab_eval(f"{year}:test", dets, tmp_path / "out", protocol="coco,voc07,voc12", extra=extra)["results"]
+    result = detlab_eval(f"{year}:test", dets, tmp_path / "out", protocol="coco,voc07,voc12", extra=extra)[
+        "results"
+    ]
     for p in ("voc07", "voc12"):
         assert result[p]["mAP"] is None
         assert all(v is None for v in result[p]["per_class"].values())

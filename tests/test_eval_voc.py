@@ -18,12 +18,18 @@ def make_records(images: list[dict], class_names: list[str], fmt: str = "voc") -
     out = []
     for im in images:
         n = len(im.get("labels", []))
-        out.append(ImageRecord(
-            image_id=im["id"], file=Path(f"{im['id']}.jpg"), width=im.get("width", 200), height=im.get("height", 200),
-            boxes=np.asarray(im.get("boxes", []), np.float32).reshape(n, 4),
-            labels=np.asarray(im.get("labels", []), np.int64),
-            difficult=np.asarray(im.get("difficult", [False] * n), bool),
-            iscrowd=np.asarray(im.get("iscrowd", [False] * n), bool)))
+        out.append(
+            ImageRecord(
+                image_id=im["id"],
+                file=Path(f"{im['id']}.jpg"),
+                width=im.get("width", 200),
+                height=im.get("height", 200),
+                boxes=np.asarray(im.get("boxes", []), np.float32).reshape(n, 4),
+                labels=np.asarray(im.get("labels", []), np.int64),
+                difficult=np.asarray(im.get("difficult", [False] * n), bool),
+                iscrowd=np.asarray(im.get("iscrowd", [False] * n), bool),
+            )
+        )
     ids = class_names if fmt == "voc" else list(range(1, len(class_names) + 1))
     return Records(out, list(class_names), ids, fmt, Path("mem"), "test")
 
@@ -47,12 +53,12 @@ CASE_GT = [
     {"id": 3, "boxes": [[50, 50, 60, 60]], "labels": [0]},  # no detections at all in this image
 ]
 CASE_DETS = [
-    (1, 0, 0.9, 0, 0, 10, 10),        # TP (cat box of image 1)
-    (1, 0, 0.8, 0, 0, 10, 10),        # duplicate → FP
-    (1, 0, 0.7, 20, 0, 30, 10),       # on the difficult box → ignored (neither TP nor FP)
-    (2, 0, 0.6, 0, 0, 10, 10),        # TP
+    (1, 0, 0.9, 0, 0, 10, 10),  # TP (cat box of image 1)
+    (1, 0, 0.8, 0, 0, 10, 10),  # duplicate → FP
+    (1, 0, 0.7, 20, 0, 30, 10),  # on the difficult box → ignored (neither TP nor FP)
+    (2, 0, 0.6, 0, 0, 10, 10),  # TP
     (2, 0, 0.5, 100, 100, 110, 110),  # FP (no overlap)
-    (1, 1, 0.95, 0, 0, 5, 5),         # dog: a class without GT
+    (1, 1, 0.95, 0, 0, 5, 5),  # dog: a class without GT
 ]
 
 
@@ -107,8 +113,10 @@ def test_11_point_vs_all_point_same_curve():
 
 
 def test_crowd_boxes_are_ignored_like_difficult():
-    records = make_records([{"id": 1, "boxes": [[0, 0, 10, 10], [50, 50, 90, 90]], "labels": [0, 0],
-                             "iscrowd": [False, True]}], ["cat"])
+    records = make_records(
+        [{"id": 1, "boxes": [[0, 0, 10, 10], [50, 50, 90, 90]], "labels": [0, 0], "iscrowd": [False, True]}],
+        ["cat"],
+    )
     d = dets([(1, 0, 0.9, 50, 50, 90, 90), (1, 0, 0.8, 0, 0, 10, 10)])
     assert evaluate_detections(records, d, "voc12")["voc12"]["mAP"] == 1.0
 
@@ -117,16 +125,30 @@ def devkit_reference(records: Records, detections: dict, iou: float, eleven: boo
     """Straight port of the VOC devkit loop (per class, sorted detections, one at a time)."""
     aps = []
     for c in range(records.num_classes):
-        gts = {r.image_id: (r.boxes[r.labels == c].astype(np.float64), r.difficult[r.labels == c] | r.iscrowd[r.labels == c])
-               for r in records.images}
+        gts = {
+            r.image_id: (
+                r.boxes[r.labels == c].astype(np.float64),
+                r.difficult[r.labels == c] | r.iscrowd[r.labels == c],
+            )
+            for r in records.images
+        }
         used = {k: np.zeros(len(v[0]), bool) for k, v in gts.items()}
         npos = sum(int((~v[1]).sum()) for v in gts.values())
-        rows = [(s, k, b) for k, d in detections.items() for b, s, lab in zip(d["boxes"], d["scores"], d["labels"]) if lab == c]
+        rows = [
+            (s, k, b)
+            for k, d in detections.items()
+            for b, s, lab in zip(d["boxes"], d["scores"], d["labels"])
+            if lab == c
+        ]
         rows.sort(key=lambda t: -t[0])
         tp, fp = [], []
         for _, k, b in rows:
             g, diff = gts[k]
-            ov = voc.box_iou_pairs(np.repeat(np.asarray(b, np.float64)[None], len(g), 0), g) if len(g) else np.zeros(0)
+            ov = (
+                voc.box_iou_pairs(np.repeat(np.asarray(b, np.float64)[None], len(g), 0), g)
+                if len(g)
+                else np.zeros(0)
+            )
             j = int(np.argmax(ov)) if len(g) else -1
             if len(g) and ov[j] > iou:
                 if diff[j]:
@@ -153,7 +175,14 @@ def test_vectorised_matches_devkit_loop_on_random_data():
         n = int(rng.integers(0, 6))
         xy = rng.uniform(0, 60, (n, 2))
         boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (n, 2))], 1)
-        images.append({"id": 100 + i, "boxes": boxes, "labels": rng.integers(0, 4, n), "difficult": rng.random(n) < 0.15})
+        images.append(
+            {
+                "id": 100 + i,
+                "boxes": boxes,
+                "labels": rng.integers(0, 4, n),
+                "difficult": rng.random(n) < 0.15,
+            }
+        )
         k = int(rng.integers(0, 8))
         src = boxes[rng.integers(0, n, k)] if n else rng.uniform(0, 60, (k, 4))
         jitter = src + rng.normal(0, 3, (k, 4))

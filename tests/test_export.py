@@ -17,10 +17,17 @@ from torchvision.transforms.functional import pil_to_tensor
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from detlab.export import (  # noqa: E402
-    BOX_ATOL, SCORE_ATOL, ExportError, OnnxModel, check_export, compare_detections, export_onnx, parse_size,
-)
 from detlab.errors import ConfigError, DataError  # noqa: E402
+from detlab.export import (  # noqa: E402
+    BOX_ATOL,
+    SCORE_ATOL,
+    ExportError,
+    OnnxModel,
+    check_export,
+    compare_detections,
+    export_onnx,
+    parse_size,
+)
 
 
 class TinyBackbone(nn.Module):
@@ -41,8 +48,15 @@ class TinyBackbone(nn.Module):
 def tiny_fcos(num_classes: int = 3) -> nn.Module:
     torch.manual_seed(0)
     anchors = AnchorGenerator(((8,), (16,)), ((1.0,), (1.0,)))
-    model = FCOS(TinyBackbone(), num_classes, min_size=96, max_size=128, anchor_generator=anchors,
-                 score_thresh=0.05, detections_per_img=50)
+    model = FCOS(
+        TinyBackbone(),
+        num_classes,
+        min_size=96,
+        max_size=128,
+        anchor_generator=anchors,
+        score_thresh=0.05,
+        detections_per_img=50,
+    )
     model.head = FCOSHead(32, 1, num_classes, num_convs=1)
     return model.eval()
 
@@ -51,9 +65,19 @@ def tiny_faster_rcnn(num_classes: int = 4) -> nn.Module:
     torch.manual_seed(0)
     anchors = AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2)
     pool = MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)
-    model = FasterRCNN(TinyBackbone(), num_classes, min_size=96, max_size=128, rpn_anchor_generator=anchors,
-                       box_roi_pool=pool, representation_size=32, rpn_pre_nms_top_n_test=200,
-                       rpn_post_nms_top_n_test=50, box_score_thresh=0.05, box_detections_per_img=50)
+    model = FasterRCNN(
+        TinyBackbone(),
+        num_classes,
+        min_size=96,
+        max_size=128,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pool,
+        representation_size=32,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+        box_score_thresh=0.05,
+        box_detections_per_img=50,
+    )
     return model.eval()
 
 
@@ -61,8 +85,18 @@ def tiny_detr(num_classes: int = 3) -> nn.Module:
     from detlab.models.detr import build_detr
 
     torch.manual_seed(0)
-    return build_detr("detr_r18", num_classes, min_size=96, max_size=128, enc_layers=1, dec_layers=1,
-                      num_queries=10, hidden_dim=32, dim_feedforward=64, nheads=2).eval()
+    return build_detr(
+        "detr_r18",
+        num_classes,
+        min_size=96,
+        max_size=128,
+        enc_layers=1,
+        dec_layers=1,
+        num_queries=10,
+        hidden_dim=32,
+        dim_feedforward=64,
+        nheads=2,
+    ).eval()
 
 
 @pytest.fixture
@@ -75,12 +109,26 @@ def tiny_detr_query_selection() -> nn.Module:
     from detlab.models.detr import build_detr
 
     torch.manual_seed(0)
-    return build_detr("detr_r18", 3, min_size=96, max_size=128, enc_layers=1, dec_layers=2, num_queries=10,
-                      hidden_dim=32, dim_feedforward=64, nheads=2, query_selection=True).eval()
+    return build_detr(
+        "detr_r18",
+        3,
+        min_size=96,
+        max_size=128,
+        enc_layers=1,
+        dec_layers=2,
+        num_queries=10,
+        hidden_dim=32,
+        dim_feedforward=64,
+        nheads=2,
+        query_selection=True,
+    ).eval()
 
 
-@pytest.mark.parametrize("build", [tiny_fcos, tiny_faster_rcnn, tiny_detr, tiny_detr_query_selection],
-                         ids=["fcos", "faster_rcnn", "detr", "detr_query_selection"])
+@pytest.mark.parametrize(
+    "build",
+    [tiny_fcos, tiny_faster_rcnn, tiny_detr, tiny_detr_query_selection],
+    ids=["fcos", "faster_rcnn", "detr", "detr_query_selection"],
+)
 def test_onnx_matches_eager_on_real_images(build, bccd_images, tmp_path):
     model = build()
     path = export_onnx(model, tmp_path / "m.onnx", size=(480, 640))
@@ -117,15 +165,20 @@ def test_onnx_model_letterboxes_other_sizes(bccd_images, tmp_path):
 def test_metadata_round_trip(tmp_path):
     model = tiny_fcos()
     model.name, model.family = "fcos_tiny", "fcos"
-    onnx_model = OnnxModel(export_onnx(model, tmp_path / "f.onnx", size=(64, 96), class_names=["x", "y", "z"]))
+    onnx_model = OnnxModel(
+        export_onnx(model, tmp_path / "f.onnx", size=(64, 96), class_names=["x", "y", "z"])
+    )
     assert (onnx_model.name, onnx_model.family, onnx_model.num_classes) == ("fcos_tiny", "fcos", 3)
     assert onnx_model.class_names == ["x", "y", "z"]
     assert onnx_model.input_size == (64, 96)
 
 
 def test_compare_detections_hand_cases():
-    eager = {"boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), "scores": torch.tensor([0.9, 0.9]),
-             "labels": torch.tensor([0, 1])}
+    eager = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]),
+        "scores": torch.tensor([0.9, 0.9]),
+        "labels": torch.tensor([0, 1]),
+    }
     swapped = {k: v.flip(0) for k, v in eager.items()}  # same detections, other order (tied scores)
     r = compare_detections(eager, swapped)
     assert r["ok"] and r["matched"] == 2 and r["max_box_diff"] == 0.0
@@ -162,4 +215,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         OnnxModel(tmp_path / "missing.onnx")
     with pytest.raises(ConfigError, match="--size"):
         parse_size("12x")
-    assert parse_size("480,640") == (480, 640) and parse_size("320") == (320, 320) and parse_size(None) is None
+    assert (
+        parse_size("480,640") == (480, 640) and parse_size("320") == (320, 320) and parse_size(None) is None
+    )

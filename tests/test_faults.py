@@ -24,6 +24,7 @@ import torch
 import yaml
 from PIL import Image
 from test_engine_standins import ShapesDataset, TinyFCOS, install_evaluator_standin
+from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 from detlab.cli import main
 from detlab.config import resolve
@@ -35,8 +36,6 @@ from detlab.engine.runlog import LOCK_NAME, run_lock
 from detlab.engine.train import fit
 from detlab.errors import OutputError, WeightsError
 
-from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
-
 install_evaluator_standin()
 
 CHECKPOINT_FIX = "use a checkpoint written by `detlab train` (RUN/checkpoints/last.pt or best.pt)"
@@ -46,22 +45,47 @@ READ_ONLY = "Read-only file system — the file system is read-only: write elsew
 IN_THE_WAY = "File exists — a file is in the way of a folder of that name: choose another path"
 
 # 8 images / batch 2 = 4 steps per epoch at 64 px: a whole run takes seconds.
-SETS = ["epochs=1", "batch_size=2", "num_workers=0", "warmup_iters=2", "base_batch=2", "eval_batch_size=2",
-        "device=cpu", "protocols=[coco]", "plots=false", "report=false", "quiet=true",
-        "model_kwargs.min_size=64", "model_kwargs.max_size=64"]
+SETS = [
+    "epochs=1",
+    "batch_size=2",
+    "num_workers=0",
+    "warmup_iters=2",
+    "base_batch=2",
+    "eval_batch_size=2",
+    "device=cpu",
+    "protocols=[coco]",
+    "plots=false",
+    "report=false",
+    "quiet=true",
+    "model_kwargs.min_size=64",
+    "model_kwargs.max_size=64",
+]
 
 
 def _train_args(data, out, *extra, sets=SETS) -> list[str]:
-    args = ["train", "--data", f"{data}:train", "--val", f"{data}:val", "--model", "fcos_r18_fpn",
-            "--weights", "none", "--out", str(out), *extra]
+    args = [
+        "train",
+        "--data",
+        f"{data}:train",
+        "--val",
+        f"{data}:val",
+        "--model",
+        "fcos_r18_fpn",
+        "--weights",
+        "none",
+        "--out",
+        str(out),
+        *extra,
+    ]
     for s in sets:
         args += ["--set", s]
     return args
 
 
 def _detlab(*args, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "detlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "detlab", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _one_line(err: str) -> str:
@@ -110,10 +134,17 @@ def _run_with(tmp_path, name: str, content) -> Path:
 def test_empty_checkpoint_is_one_line_on_every_command(tmp_path, image, capsys, command):
     run = _run_with(tmp_path, "empty", b"")
     ckpt = run / "checkpoints" / ("last.pt" if command == "resume" else "best.pt")
-    argv = {"eval": ["eval", str(run)], "predict": ["predict", str(run), str(image), "--out", str(tmp_path / "p")],
-            "export": ["export", str(run)], "resume": ["train", "--resume", str(run)]}[command]
+    argv = {
+        "eval": ["eval", str(run)],
+        "predict": ["predict", str(run), str(image), "--out", str(tmp_path / "p")],
+        "export": ["export", str(run)],
+        "resume": ["train", "--resume", str(run)],
+    }[command]
     assert main(argv) == 2
-    assert _one_line(capsys.readouterr().err) == f"detlab: {ckpt}: cannot load checkpoint: {EMPTY}; {CHECKPOINT_FIX}"
+    assert (
+        _one_line(capsys.readouterr().err)
+        == f"detlab: {ckpt}: cannot load checkpoint: {EMPTY}; {CHECKPOINT_FIX}"
+    )
     assert not (tmp_path / "p").exists() and not (run / "model.onnx").exists()
 
 
@@ -121,8 +152,9 @@ def test_empty_checkpoint_end_to_end_has_no_traceback(tmp_path):
     run = _run_with(tmp_path, "empty", b"")
     done = _detlab("train", "--resume", run)
     assert done.returncode == 2
-    assert _one_line(done.stderr) == (f"detlab: {run}/checkpoints/last.pt: cannot load checkpoint: {EMPTY}; "
-                                      f"{CHECKPOINT_FIX}")
+    assert _one_line(done.stderr) == (
+        f"detlab: {run}/checkpoints/last.pt: cannot load checkpoint: {EMPTY}; {CHECKPOINT_FIX}"
+    )
 
 
 def test_empty_weights_file_is_one_line(tmp_path, shapes, capsys):
@@ -133,7 +165,8 @@ def test_empty_weights_file_is_one_line(tmp_path, shapes, capsys):
     assert main(args) == 2
     assert _one_line(capsys.readouterr().err) == (
         f"detlab: {weights}: cannot read weights file: {EMPTY}; it must be a state dict or a detlab checkpoint "
-        "saved with torch.save")
+        "saved with torch.save"
+    )
 
 
 def test_empty_checkpoint_leaves_the_report_to_the_metrics(tmp_path, capsys):
@@ -141,20 +174,25 @@ def test_empty_checkpoint_leaves_the_report_to_the_metrics(tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert f"skipped: {run}/checkpoints/best.pt: cannot load checkpoint: {EMPTY}; the report is written without it" \
+    assert (
+        f"skipped: {run}/checkpoints/best.pt: cannot load checkpoint: {EMPTY}; the report is written without it"
         in err.splitlines()
+    )
     assert (run / "report.html").is_file()
 
 
 def test_weights_only_checkpoint_cannot_be_resumed(tmp_path, capsys):
     run = make_run(tmp_path)  # model, class map and config, but no optimizer, RNG or sampler state
-    torch.save(torch.load(run / "checkpoints" / "best.pt", weights_only=True), run / "checkpoints" / "last.pt")
+    torch.save(
+        torch.load(run / "checkpoints" / "best.pt", weights_only=True), run / "checkpoints" / "last.pt"
+    )
     assert main(["train", "--resume", str(run)]) == 2
     last = run / "checkpoints" / "last.pt"
     assert _one_line(capsys.readouterr().err) == (
         f"detlab: {last}: holds weights but no training state (optimizer, scheduler, scaler, rng, sampler, log "
         f"missing), so the run cannot be resumed; start a new run from these weights with "
-        f"`detlab train --weights {last} --out NEW_RUN …`")
+        f"`detlab train --weights {last} --out NEW_RUN …`"
+    )
 
 
 @pytest.mark.parametrize("command", ["eval", "predict", "export"])
@@ -162,13 +200,17 @@ def test_bare_weights_are_one_line_on_every_command(tmp_path, image, capsys, com
     state = torch.load(make_run(tmp_path, name="src") / "checkpoints" / "best.pt", weights_only=True)["model"]
     run = _run_with(tmp_path, "bare", {"model": state})
     best = run / "checkpoints" / "best.pt"
-    argv = {"eval": ["eval", str(run)], "predict": ["predict", str(run), str(image), "--out", str(tmp_path / "p")],
-            "export": ["export", str(run)]}[command]
+    argv = {
+        "eval": ["eval", str(run)],
+        "predict": ["predict", str(run), str(image), "--out", str(tmp_path / "p")],
+        "export": ["export", str(run)],
+    }[command]
     assert main(argv) == 1
     assert _one_line(capsys.readouterr().err) == (
         f"detlab: {best}: holds weights but not the model they belong to (checkpoint field model_name, num_classes "
         f"missing) — use a checkpoint written by `detlab train`, or start a run from these weights with "
-        f"`detlab train --weights {best}`")
+        f"`detlab train --weights {best}`"
+    )
 
 
 def test_bare_state_dict_on_resume(tmp_path, capsys):
@@ -177,23 +219,31 @@ def test_bare_state_dict_on_resume(tmp_path, capsys):
     assert main(["train", "--resume", str(run)]) == 2
     assert _one_line(capsys.readouterr().err) == (
         f"detlab: {last}: field 'model' missing; not a detlab checkpoint (a bare state dict is used with "
-        f"`detlab train --weights {last}`)")
+        f"`detlab train --weights {last}`)"
+    )
 
 
 def test_pickled_code_is_refused_in_detlabs_words(tmp_path, shapes, capsys):
     marker = tmp_path / "code_ran"
     run = _run_with(tmp_path, "hostile", {"model": {"w": torch.ones(1)}, "x": _Code(marker)})
     last = run / "checkpoints" / "last.pt"
-    refused = ("the file holds Python objects (posix.system) besides tensors and plain values, which could run "
-               "code when loaded, so detlab refuses it")
+    refused = (
+        "the file holds Python objects (posix.system) besides tensors and plain values, which could run "
+        "code when loaded, so detlab refuses it"
+    )
     assert main(["train", "--resume", str(run)]) == 2
-    assert _one_line(capsys.readouterr().err) == f"detlab: {last}: cannot load checkpoint: {refused}; {CHECKPOINT_FIX}"
+    assert (
+        _one_line(capsys.readouterr().err)
+        == f"detlab: {last}: cannot load checkpoint: {refused}; {CHECKPOINT_FIX}"
+    )
     args = _train_args(shapes, tmp_path / "run")
     args[args.index("--weights") + 1] = str(last)
     assert main(args) == 2
     line = _one_line(capsys.readouterr().err)
-    assert line == (f"detlab: {last}: cannot read weights file: {refused}; it must be a state dict or a detlab "
-                    "checkpoint saved with torch.save")
+    assert line == (
+        f"detlab: {last}: cannot read weights file: {refused}; it must be a state dict or a detlab "
+        "checkpoint saved with torch.save"
+    )
     assert "weights_only" not in line and not marker.exists()
 
 
@@ -246,15 +296,31 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, variant)
 
 
 def test_full_disk_mid_training_stops_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
-    cfg = resolve({"batch_size": 2, "num_workers": 0, "quiet": True, "plots": False, "report": False,
-                   "warmup_iters": 2, "epochs": 1, "base_batch": 2, "device": "cpu", "protocols": ["coco"],
-                   "checkpoint_every": 1, "out": str(tmp_path / "run")}, family="fcos")
+    cfg = resolve(
+        {
+            "batch_size": 2,
+            "num_workers": 0,
+            "quiet": True,
+            "plots": False,
+            "report": False,
+            "warmup_iters": 2,
+            "epochs": 1,
+            "base_batch": 2,
+            "device": "cpu",
+            "protocols": ["coco"],
+            "checkpoint_every": 1,
+            "out": str(tmp_path / "run"),
+        },
+        family="fcos",
+    )
     _full_disk_save(monkeypatch, after=2)
     with pytest.raises(OutputError) as err:
         fit(TinyFCOS(), ShapesDataset(8), None, cfg)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
-    assert str(err.value) == (f"{last}: cannot write checkpoint: {FULL}; the previous last.pt is intact; continue "
-                              f"with `detlab train --resume {tmp_path / 'run'}` once it is fixed")
+    assert str(err.value) == (
+        f"{last}: cannot write checkpoint: {FULL}; the previous last.pt is intact; continue "
+        f"with `detlab train --resume {tmp_path / 'run'}` once it is fixed"
+    )
     monkeypatch.undo()
     assert ckpt_io.load_checkpoint(last)["iteration"] == 2
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
@@ -286,7 +352,9 @@ def test_full_disk_during_convert_leaves_no_dataset(tmp_path, shapes, monkeypatc
     with pytest.raises(OutputError) as err:
         convert(f"{shapes}:train", out, "yolo")
     assert str(err.value).startswith(f"{out}: cannot write dataset: No space left on device at ")
-    assert str(err.value).endswith(" — the disk is full: free space or write elsewhere; nothing was left there")
+    assert str(err.value).endswith(
+        " — the disk is full: free space or write elsewhere; nothing was left there"
+    )
     assert list((tmp_path / "out").iterdir()) == []  # neither the dataset nor its hidden partial folder
 
 
@@ -350,10 +418,13 @@ def test_read_only_out_for_train_predict_and_convert(tmp_path, shapes, image, re
     assert main(["predict", str(run), str(image), "--out", str(out)]) == 1
     assert _one_line(capsys.readouterr().err) == (
         f"detlab: {out}: cannot write predictions: Read-only file system at {out}/drawn — the file system is "
-        "read-only: write elsewhere")
+        "read-only: write elsewhere"
+    )
     assert main(["convert", f"{shapes}:train", str(out), "--to", "coco"]) == 1
     line = _one_line(capsys.readouterr().err)
-    assert line.startswith(f"detlab: {out}: cannot write dataset: Read-only file system at {tmp_path}/ro/.x.partial-")
+    assert line.startswith(
+        f"detlab: {out}: cannot write dataset: Read-only file system at {tmp_path}/ro/.x.partial-"
+    )
     assert line.endswith(" — the file system is read-only: write elsewhere")
     assert list((tmp_path / "ro").iterdir()) == []
 
@@ -366,7 +437,10 @@ def test_out_that_is_a_file_end_to_end(tmp_path, shapes, image):
     assert _one_line(done.stderr) == f"detlab: {blocker}: cannot write run folder: {IN_THE_WAY}"
     done = _detlab("convert", f"{shapes}:train", blocker / "sub", "--to", "voc")
     assert done.returncode == 1
-    assert _one_line(done.stderr) == f"detlab: {blocker}/sub: cannot write dataset: {IN_THE_WAY.replace(' —', f' at {blocker} —')}"
+    assert (
+        _one_line(done.stderr)
+        == f"detlab: {blocker}/sub: cannot write dataset: {IN_THE_WAY.replace(' —', f' at {blocker} —')}"
+    )
     assert blocker.read_text() == "not a folder"
 
 
@@ -377,7 +451,8 @@ def test_predict_out_that_is_a_file(tmp_path, image, capsys):
     assert main(["predict", str(run), str(image), "--out", str(blocker)]) == 1
     assert _one_line(capsys.readouterr().err) == (
         f"detlab: {blocker}: cannot write predictions: Not a directory at {blocker}/drawn — a part of the path is a "
-        "file, not a folder: choose another path")
+        "file, not a folder: choose another path"
+    )
 
 
 # --- two trainings into one run folder -------------------------------------------------------------------
@@ -385,11 +460,17 @@ def test_predict_out_that_is_a_file(tmp_path, image, capsys):
 
 def test_second_training_into_a_live_run_folder_stops_at_once(tmp_path, shapes):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "detlab", *_train_args(shapes, out, sets=SETS + ["epochs=200"])],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "detlab", *_train_args(shapes, out, sets=SETS + ["epochs=200"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
-        while not (out / "checkpoints" / "last.pt").exists() and first.poll() is None and time.time() < deadline:
+        while (
+            not (out / "checkpoints" / "last.pt").exists() and first.poll() is None and time.time() < deadline
+        ):
             time.sleep(0.05)
         assert first.poll() is None, first.stderr.read()
         start = time.time()
@@ -410,9 +491,16 @@ def test_second_training_into_a_live_run_folder_stops_at_once(tmp_path, shapes):
 
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom detlab.engine.runlog import run_lock\n"
-                               f"with run_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom detlab.engine.runlog import run_lock\n"
+            f"with run_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputError, match=rf"in use by a training run \(pid {holder.pid} on "):

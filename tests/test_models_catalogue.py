@@ -37,7 +37,9 @@ def test_bad_num_classes_and_unknown_knob_are_config_errors():
         build_model("fcos_r18_fpn", 3, min_sise=64)
 
 
-@pytest.mark.parametrize("name", ["faster_rcnn_r18_fpn", "fcos_effl0_fpn", "ssdlite_effl0", "retinanet_r50_fpn"])
+@pytest.mark.parametrize(
+    "name", ["faster_rcnn_r18_fpn", "fcos_effl0_fpn", "ssdlite_effl0", "retinanet_r50_fpn"]
+)
 def test_build_kwargs_rebuild_the_same_model(name):
     knobs = {"size": 96} if name.startswith("ssd") else {"min_size": 96, "max_size": 128, "score_thresh": 0.3}
     model = build_model(name, 4, log=None, **knobs)
@@ -45,7 +47,9 @@ def test_build_kwargs_rebuild_the_same_model(name):
         assert model.build_kwargs[key] == value
     rebuilt = build_model(name, 4, **model.build_kwargs)
     assert rebuilt.build_kwargs == model.build_kwargs
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
     rebuilt.load_state_dict(model.state_dict())  # strict: a checkpoint of one loads into the other
 
 
@@ -74,7 +78,11 @@ def test_models_command_lists_every_model(capsys):
     effl0 = next(line for line in lines if line.startswith("ssdlite_effl0 "))
     assert " yes" in effl0  # the EfficientNet-Lite0 ImageNet file ships in a package: offline now
     fcos18 = next(line for line in lines if line.startswith("fcos_r18_fpn ")).split()
-    assert fcos18[1:4] == ["fcos", "r18", f"{sum(p.numel() for p in build_model('fcos_r18_fpn', 80, log=None).parameters()) / 1e6:.1f}"]
+    assert fcos18[1:4] == [
+        "fcos",
+        "r18",
+        f"{sum(p.numel() for p in build_model('fcos_r18_fpn', 80, log=None).parameters()) / 1e6:.1f}",
+    ]
     assert "at 80 classes" in out
 
 
@@ -91,7 +99,10 @@ def test_cli_models_counts_flops_on_real_models(monkeypatch, capsys, tmp_path):
     assert row[:6] == ["fcos_effl0_fpn", "fcos", "effl0", "11.0", "800x1066", "1.2"]
     assert seen == [("fcos_effl0_fpn", (800, 1066))]
     assert main(["models"]) == 0 and main(["models", "--flops"]) == 0  # counted once, kept for next time
-    assert [line.split()[5] for line in capsys.readouterr().out.splitlines() if line.startswith("fcos_")] == ["1.2", "1.2"]
+    assert [line.split()[5] for line in capsys.readouterr().out.splitlines() if line.startswith("fcos_")] == [
+        "1.2",
+        "1.2",
+    ]
     assert seen == [("fcos_effl0_fpn", (800, 1066))]
 
 

@@ -16,7 +16,9 @@ from detlab.models.catalogue import build_model, list_models
 
 NUM_CLASSES = 3
 FPN_TINY = dict(min_size=48, max_size=60)  # the 48x64 scenes become 45x60: resized, not square
-FRCNN_TINY = dict(FPN_TINY, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
+FRCNN_TINY = dict(
+    FPN_TINY, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32
+)
 TINY = {
     "faster_rcnn_r50_fpn": FRCNN_TINY,
     "faster_rcnn_r18_fpn": FRCNN_TINY,
@@ -27,10 +29,18 @@ TINY = {
     "fcos_r101_fpn": FPN_TINY,
     "fcos_effl0_fpn": FPN_TINY,
     "retinanet_r50_fpn": FPN_TINY,
-    "ssd300_vgg16": dict(size=300, trainable_layers=0),  # its VGG pyramid needs ~300 px; frozen trunk: cheap steps
+    "ssd300_vgg16": dict(
+        size=300, trainable_layers=0
+    ),  # its VGG pyramid needs ~300 px; frozen trunk: cheap steps
     "ssdlite_effl0": dict(size=64),
 }
-FAMILY = {"faster": "faster_rcnn", "fcos": "fcos", "retinanet": "retinanet", "ssd300": "ssd", "ssdlite": "ssd"}
+FAMILY = {
+    "faster": "faster_rcnn",
+    "fcos": "fcos",
+    "retinanet": "retinanet",
+    "ssd300": "ssd",
+    "ssdlite": "ssd",
+}
 
 
 def _scene(height: int = 48, width: int = 64) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -48,7 +58,11 @@ def _scene(height: int = 48, width: int = 64) -> tuple[torch.Tensor, dict[str, t
 
 
 def _empty_target() -> dict[str, torch.Tensor]:
-    return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "iscrowd": torch.zeros(0, dtype=torch.bool)}
+    return {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "iscrowd": torch.zeros(0, dtype=torch.bool),
+    }
 
 
 def _norm_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -106,10 +120,15 @@ def _check_contract(model: nn.Module, name: str) -> None:
     for det, img in zip(detections, [image, other]):
         k = det["boxes"].shape[0]
         assert det["boxes"].dtype == torch.float32 and det["boxes"].shape == (k, 4)
-        assert det["scores"].shape == (k,) and det["labels"].dtype == torch.int64 and det["labels"].shape == (k,)
+        assert (
+            det["scores"].shape == (k,) and det["labels"].dtype == torch.int64 and det["labels"].shape == (k,)
+        )
         assert k == 0 or (0 <= int(det["labels"].min()) and int(det["labels"].max()) < NUM_CLASSES)
         height, width = img.shape[-2:]
-        assert k == 0 or (float(det["boxes"][:, 2].max()) <= width + 1e-3 and float(det["boxes"][:, 3].max()) <= height + 1e-3)
+        assert k == 0 or (
+            float(det["boxes"][:, 2].max()) <= width + 1e-3
+            and float(det["boxes"][:, 3].max()) <= height + 1e-3
+        )
 
 
 @pytest.mark.parametrize("name, lr, seed, boxes", SCHEDULE)
@@ -118,7 +137,9 @@ def test_contract_then_loss_halves_in_30_steps_and_boxes_come_back_in_the_image_
     model = build_model(name, NUM_CLASSES, **TINY[name])
     _check_contract(model, name)
     image, target = _scene()
-    images, targets = ([image, image], [target, target]) if name.startswith("ssdlite") else ([image], [target])
+    images, targets = (
+        ([image, image], [target, target]) if name.startswith("ssdlite") else ([image], [target])
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     history = []
@@ -157,7 +178,9 @@ def test_val_losses_keep_batchnorm_statistics_that_training_would_change():
     with torch.no_grad():
         model([image], [target])
     changed = _norm_state(model)
-    assert not torch.equal(before["backbone.body.bn1.running_mean"], changed["backbone.body.bn1.running_mean"])
+    assert not torch.equal(
+        before["backbone.body.bn1.running_mean"], changed["backbone.body.bn1.running_mean"]
+    )
 
 
 def test_crowd_boxes_are_left_out_of_the_loss():
@@ -172,7 +195,9 @@ def test_crowd_boxes_are_left_out_of_the_loss():
     assert all(torch.allclose(with_crowd[k], without[k]) for k in without)
 
 
-@pytest.mark.parametrize("name, shift", [("faster_rcnn_r18_fpn", 1), ("fcos_r18_fpn", 0), ("ssdlite_effl0", 1)])
+@pytest.mark.parametrize(
+    "name, shift", [("faster_rcnn_r18_fpn", 1), ("fcos_r18_fpn", 0), ("ssdlite_effl0", 1)]
+)
 def test_eval_is_torchvision_with_labels_shifted(name, shift):
     torch.manual_seed(0)
     model = build_model(name, NUM_CLASSES, **TINY[name]).eval()

@@ -59,7 +59,9 @@ def test_effl0_imagenet_classifies_a_real_photo():
 
     photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     image = F.to_dtype(F.to_image(Image.open(photo).convert("RGB")), torch.float32, scale=True)
-    x = F.normalize(F.center_crop(F.resize(image, [256]), [224]), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    x = F.normalize(
+        F.center_crop(F.resize(image, [256]), [224]), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    )
     model = timm.create_model("efficientnet_lite0").eval()
     assert backbones.load_effl0_imagenet(model) == 296
     with torch.no_grad():
@@ -81,7 +83,9 @@ def test_effl0_detectors_load_imagenet_backbone(name):
     assert torch.equal(body["blocks.3.0.conv_pw.weight"], mapped["blocks.3.0.conv_pw.weight"])
     assert model.build_kwargs["frozen_bn"] is True
     rebuilt = build_model(name, 3, log=None, **model.build_kwargs)  # how a checkpoint is rebuilt
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
 
 
 # --- hub-cache files (torchvision ImageNet / COCO) ---------------------------------------
@@ -95,7 +99,9 @@ def test_imagenet_resnet_from_hub_cache(hub):
     assert torch.equal(body.conv1.weight, resnet.conv1.weight)
     assert torch.equal(body.layer3[0].bn1.running_var, resnet.layer3[0].bn1.running_var)
     assert isinstance(body.bn1, torchvision.ops.FrozenBatchNorm2d)
-    assert not body.conv1.weight.requires_grad and body.layer4[0].conv1.weight.requires_grad  # 3 stages trainable
+    assert (
+        not body.conv1.weight.requires_grad and body.layer4[0].conv1.weight.requires_grad
+    )  # 3 stages trainable
 
 
 @pytest.mark.parametrize(
@@ -156,7 +162,9 @@ def test_detlab_checkpoint_round_trip_and_class_count_change(tmp_path):
     lines: list[str] = []
     fewer = build_model("fcos_r18_fpn", 3, weights=str(path), log=lines.append, frozen_bn=False, **TINY)
     assert fewer.head.classification_head.cls_logits.weight.shape[0] == 3
-    assert torch.equal(fewer.head.regression_head.bbox_reg.weight, source.head.regression_head.bbox_reg.weight)
+    assert torch.equal(
+        fewer.head.regression_head.bbox_reg.weight, source.head.regression_head.bbox_reg.weight
+    )
     assert "head.classification_head.cls_logits.weight" in lines[-1]
 
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_predict import _noise_image, run  # noqa: F401  (module fixture)
+from test_report_runfolder import one_thread  # noqa: F401  (autouse fixture)
 
 from detlab.errors import ConfigError
 from detlab.models.catalogue import build_model
 from detlab.models.precision import amp_dtype, autocast_network, cpu_has_native_bf16
 
-from test_predict import _noise_image, run  # noqa: F401  (module fixture)
-from test_report_runfolder import one_thread  # noqa: F401  (autouse fixture)
-
-needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(),
-                                reason="this CPU has no native bf16")
+needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 
 
 def _image() -> torch.Tensor:
@@ -43,8 +41,16 @@ def test_amp_dtype_choices_and_errors(monkeypatch):
 
 
 @needs_bf16
-@pytest.mark.parametrize("name,knobs", [("fcos_r18_fpn", {}), ("faster_rcnn_effl0_fpn", {}), ("ssdlite_effl0", {}),
-                                         ("detr_r18", {}), ("detr_r18", {"query_selection": True})])
+@pytest.mark.parametrize(
+    "name,knobs",
+    [
+        ("fcos_r18_fpn", {}),
+        ("faster_rcnn_effl0_fpn", {}),
+        ("ssdlite_effl0", {}),
+        ("detr_r18", {}),
+        ("detr_r18", {"query_selection": True}),
+    ],
+)
 def test_network_runs_bf16_and_decoding_stays_float32(name, knobs):
     torch.manual_seed(0)
     size = {"size": 128} if name.startswith("ssd") else {"min_size": 96, "max_size": 128}
@@ -52,9 +58,12 @@ def test_network_runs_bf16_and_decoding_stays_float32(name, knobs):
     image = _image()
     network = [model.get_submodule(n) for n in model.network_modules]
     seen = []  # dtypes of the conv / linear outputs inside the network (a listed module itself returns float32)
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-             for net in network for m in net.modules()
-             if m is not net and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        for net in network
+        for m in net.modules()
+        if m is not net and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.inference_mode(), autocast_network(model, torch.bfloat16):
         out = model([image])[0]
     for h in hooks:
@@ -106,10 +115,38 @@ def test_predict_takes_precision(run, tmp_path, capsys):  # noqa: F811
     det = Detector.from_run(run, device="cpu", precision="bf16")
     assert det.amp_dtype is torch.bfloat16
     _noise_image(tmp_path / "x.png", 80, 60, seed=3)
-    assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
-                 "--precision", "bf16", "--score", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(tmp_path / "x.png"),
+                "--out",
+                str(tmp_path / "o"),
+                "--precision",
+                "bf16",
+                "--score",
+                "0",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "o2"),
-                 "--precision", "bf16", "--backend", "onnx"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(tmp_path / "x.png"),
+                "--out",
+                str(tmp_path / "o2"),
+                "--precision",
+                "bf16",
+                "--backend",
+                "onnx",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only --backend torch runs mixed precision" in err[0]

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from detlab.errors import DataError
-
-from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def run(tmp_path_factory):
 def _noise_image(path, w, h, seed, exif_orientation=None):
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-    arr[h // 4: h // 2, w // 4: w // 2] = 255  # a bright block: something box-like to fire on
+    arr[h // 4 : h // 2, w // 4 : w // 2] = 255  # a bright block: something box-like to fire on
     im = Image.fromarray(arr)
     if exif_orientation:
         exif = Image.Exif()
@@ -96,9 +95,13 @@ def test_predict_command_writes_coco_results(run, tmp_path, capsys):
     from pycocotools.coco import COCO
 
     gt = COCO()
-    gt.dataset = {"images": meta["images"], "categories": meta["categories"],
-                  "annotations": [{"id": 1, "image_id": 2, "category_id": 3, "bbox": [1, 1, 10, 10],
-                                   "area": 100, "iscrowd": 0}]}
+    gt.dataset = {
+        "images": meta["images"],
+        "categories": meta["categories"],
+        "annotations": [
+            {"id": 1, "image_id": 2, "category_id": 3, "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0}
+        ],
+    }
     gt.createIndex()
     dt = gt.loadRes(str(out / "detections.json"))
     assert len(dt.getAnnIds()) == len(results)
@@ -120,11 +123,18 @@ def test_errors_are_one_line(run, tmp_path, capsys):
     assert main(["predict", str(run), str(tmp_path / "nothing*.jpg"), "--out", str(tmp_path / "o")]) == 1
     assert "no file matches it as a glob" in capsys.readouterr().err
     _noise_image(tmp_path / "x.png", 40, 40, seed=0)
-    assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
-                 "--backend", "onnx"]) == 1
+    assert (
+        main(
+            ["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--backend", "onnx"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "model.onnx" in err and "detlab export" in err and len(err.splitlines()) == 1
-    assert main(["predict", str(tmp_path / "no_run"), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["predict", str(tmp_path / "no_run"), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")])
+        == 1
+    )
 
 
 def test_best_falls_back_to_last_with_a_note(tmp_path, capsys):
@@ -151,23 +161,48 @@ def test_results_score_with_detlab_eval(tmp_path, chess):
     rng = np.random.default_rng(0)
     outputs = []
     for r in recs:  # an oracle: jittered ground truth plus one false positive per image
-        boxes = np.concatenate([r.boxes + rng.normal(0, 2, r.boxes.shape), [[5, 5, 60, 60]]]).astype(np.float32)
+        boxes = np.concatenate([r.boxes + rng.normal(0, 2, r.boxes.shape), [[5, 5, 60, 60]]]).astype(
+            np.float32
+        )
         labels = np.array([names.index(ds.class_names[c]) for c in r.labels] + [0])
-        outputs.append({"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                        "scores": torch.from_numpy(rng.uniform(0.5, 1, len(labels)).astype(np.float32))})
+        outputs.append(
+            {
+                "boxes": torch.from_numpy(boxes),
+                "labels": torch.from_numpy(labels),
+                "scores": torch.from_numpy(rng.uniform(0.5, 1, len(labels)).astype(np.float32)),
+            }
+        )
     queue = iter(outputs)
     det = Detector(lambda images: [next(queue) for _ in images], names, device="cpu")
     files, ids = align_to_dataset(det, [r.file for r in recs], data)
     assert [ids[str(f)] for f in files] == [r.image_id for r in recs]
     write_predictions(det, files, tmp_path / "pred", score=0.0, progress=False, image_ids=ids)
 
-    assert main(["eval", "--gt", data, "--dets", str(tmp_path / "pred" / "detections.json"),
-                 "--protocol", "coco,voc07", "--no-analysis", "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--gt",
+                data,
+                "--dets",
+                str(tmp_path / "pred" / "detections.json"),
+                "--protocol",
+                "coco,voc07",
+                "--no-analysis",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"]
     in_memory = {}
     for r, o in zip(recs, outputs):
-        in_memory[r.image_id] = {"boxes": o["boxes"].numpy(), "scores": o["scores"].numpy(),
-                                 "labels": np.array([ds.class_names.index(names[c]) for c in o["labels"]])}
+        in_memory[r.image_id] = {
+            "boxes": o["boxes"].numpy(),
+            "scores": o["scores"].numpy(),
+            "labels": np.array([ds.class_names.index(names[c]) for c in o["labels"]]),
+        }
     subset = type(ds.records)(list(recs), ds.class_names, ds.source_ids, ds.records.format, ds.records.root)
     expected = evaluate_detections(subset, in_memory, ("coco", "voc07"))
     full = evaluate_detections(ds.records, in_memory, ("coco", "voc07"))
@@ -188,15 +223,33 @@ def test_onnx_backend_uses_run_model_onnx(run, tmp_path, monkeypatch):
             seen["path"] = path
 
         def __call__(self, images):
-            return [{"boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0]]), "scores": torch.tensor([0.9]),
-                     "labels": torch.tensor([2])} for _ in images]
+            return [
+                {
+                    "boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0]]),
+                    "scores": torch.tensor([0.9]),
+                    "labels": torch.tensor([2]),
+                }
+                for _ in images
+            ]
 
     monkeypatch.setattr(detlab.export, "OnnxModel", FakeOnnx)
     (run / "model.onnx").write_bytes(b"stand-in")
     try:
         _noise_image(tmp_path / "x.png", 40, 30, seed=0)
-        assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
-                     "--backend", "onnx"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(run),
+                    str(tmp_path / "x.png"),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--backend",
+                    "onnx",
+                ]
+            )
+            == 0
+        )
     finally:
         (run / "model.onnx").unlink()
     assert seen["path"] == run / "model.onnx"
@@ -213,8 +266,11 @@ def test_model_classes_missing_from_the_data_are_left_out_and_counted(tmp_path, 
     ds = load_dataset(data)
     rec = ds.records.images[0]
     names = [*ds.class_names, "unicorn"]
-    output = {"boxes": torch.tensor([[5.0, 5, 60, 60], [10, 10, 50, 50]]), "labels": torch.tensor([0, len(names) - 1]),
-              "scores": torch.tensor([0.9, 0.8])}
+    output = {
+        "boxes": torch.tensor([[5.0, 5, 60, 60], [10, 10, 50, 50]]),
+        "labels": torch.tensor([0, len(names) - 1]),
+        "scores": torch.tensor([0.9, 0.8]),
+    }
     det = Detector(lambda images: [output for _ in images], names, device="cpu")
     files, ids = align_to_dataset(det, [rec.file], data)
     assert "model classes unicorn are not in" in capsys.readouterr().err
@@ -238,14 +294,25 @@ def test_predict_with_data_writes_every_detection_for_scoring(tmp_path, chess, m
     names = ["black-king", "black-bishop"]
 
     def model(images):
-        return [{"boxes": torch.tensor([[5.0, 5.0, 60.0, 60.0], [70.0, 70.0, 90.0, 95.0]]),
-                 "labels": torch.tensor([0, 1]), "scores": torch.tensor([0.9, 0.07])} for _ in images]
+        return [
+            {
+                "boxes": torch.tensor([[5.0, 5.0, 60.0, 60.0], [70.0, 70.0, 90.0, 95.0]]),
+                "labels": torch.tensor([0, 1]),
+                "scores": torch.tensor([0.9, 0.07]),
+            }
+            for _ in images
+        ]
 
-    monkeypatch.setattr(Detector, "from_run", classmethod(lambda cls, run, **kw: Detector(model, names, device="cpu")))
+    monkeypatch.setattr(
+        Detector, "from_run", classmethod(lambda cls, run, **kw: Detector(model, names, device="cpu"))
+    )
     drawn = []
     real_draw = draw_module.draw_boxes
-    monkeypatch.setattr(draw_module, "draw_boxes", lambda image, boxes, *a, **kw: drawn.append(len(boxes)) or
-                        real_draw(image, boxes, *a, **kw))
+    monkeypatch.setattr(
+        draw_module,
+        "draw_boxes",
+        lambda image, boxes, *a, **kw: drawn.append(len(boxes)) or real_draw(image, boxes, *a, **kw),
+    )
     assert main(["predict", "run", "--data", data, "--out", str(tmp_path / "all")]) == 0
     rows = json.loads((tmp_path / "all" / "detections.json").read_text())
     assert sorted({r["score"] for r in rows}) == [0.07, 0.9] and set(drawn) == {1}

@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 
 import pytest
 from PIL import Image
-
 from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 SECTIONS = ("config", "curves", "metrics", "per-class", "pr-curves", "confusion", "before-after", "samples")
@@ -73,7 +72,9 @@ def test_report_has_every_section(tmp_path, bccd, monkeypatch):
     assert tuple(parsed.sections)[: len(SECTIONS)] == SECTIONS
     assert_self_contained(out, parsed)
     s = parsed.sections
-    assert "42.0" in s["metrics"]["text"] and "62.0" in s["metrics"]["text"]  # AP and VOC07 mAP (= AP + .2), in %
+    assert (
+        "42.0" in s["metrics"]["text"] and "62.0" in s["metrics"]["text"]
+    )  # AP and VOC07 mAP (= AP + .2), in %
     assert "ARl" in s["metrics"]["text"]
     assert re.search(r"COCO AP\s*10\.0\s*42\.0\s*\+32\.0", s["before-after"]["text"])
     assert s["pr-curves"]["images"] == 1 and s["confusion"]["images"] == 1
@@ -90,8 +91,9 @@ def test_report_has_every_section(tmp_path, bccd, monkeypatch):
 def test_report_without_checkpoint_or_before_says_so(tmp_path):
     from detlab.cli import main
 
-    run = make_run(tmp_path, ap=0.2, before_ap=None, class_names=("<b>cat</b>", "dog&co"),
-                   source_ids=("c", "d"))
+    run = make_run(
+        tmp_path, ap=0.2, before_ap=None, class_names=("<b>cat</b>", "dog&co"), source_ids=("c", "d")
+    )
     (run / "checkpoints" / "best.pt").unlink()
     out = tmp_path / "r" / "rep.html"
     assert main(["report", str(run), "--out", str(out)]) == 0

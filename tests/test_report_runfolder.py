@@ -36,30 +36,69 @@ def coco_result(ap: float, names=("RBC", "WBC", "Platelets")) -> dict:
     keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
     coco = {k: round(ap + 0.01 * i, 4) for i, k in enumerate(keys)}
     coco["per_class"] = {n: round(ap + 0.05 * j, 4) for j, n in enumerate(names)}
-    return {"coco": coco, "voc07": {"mAP": round(ap + 0.2, 4), "per_class": {n: ap + 0.2 for n in names}}}
+    return {"coco": coco, "voc07": {"mAP": round(ap + 0.2, 4), "per_class": dict.fromkeys(names, ap + 0.2)}}
 
 
-def make_run(root: Path, name: str = "run", model_name: str = "fcos_r18_fpn", ap: float = 0.3,
-             before_ap: float | None = 0.1, val: str | None = None, seed: int = 0,
-             class_names=("RBC", "WBC", "Platelets"), source_ids=("RBC", "WBC", "Platelets"),
-             sec_per_iter: float = 0.5, checkpoint: str = "best") -> Path:
+def make_run(
+    root: Path,
+    name: str = "run",
+    model_name: str = "fcos_r18_fpn",
+    ap: float = 0.3,
+    before_ap: float | None = 0.1,
+    val: str | None = None,
+    seed: int = 0,
+    class_names=("RBC", "WBC", "Platelets"),
+    source_ids=("RBC", "WBC", "Platelets"),
+    sec_per_iter: float = 0.5,
+    checkpoint: str = "best",
+) -> Path:
     """Write a run folder: config.yaml, checkpoints/<checkpoint>.pt, metrics.jsonl, eval/*.json."""
     run = root / name
     (run / "checkpoints").mkdir(parents=True)
     (run / "eval").mkdir()
     model = build_tiny(model_name, len(class_names), seed)
-    config = {"data": val.replace(":val", ":train") if val else None, "val": val, "model": model_name,
-              "weights": "imagenet", "epochs": 2, "batch_size": 2}
+    config = {
+        "data": val.replace(":val", ":train") if val else None,
+        "val": val,
+        "model": model_name,
+        "weights": "imagenet",
+        "epochs": 2,
+        "batch_size": 2,
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     final = coco_result(ap, class_names)
-    torch.save({"model": model.state_dict(), "model_name": model_name, "num_classes": len(class_names),
-                "build_kwargs": dict(model.build_kwargs), "class_names": list(class_names),
-                "source_ids": list(source_ids), "config": config, "epoch": 2, "iteration": 40,
-                "metrics": {"coco/AP": ap}}, run / "checkpoints" / f"{checkpoint}.pt")
-    lines = [{"type": "train", "iter": it, "epoch": 1 + it // 21, "lr": 0.01, "loss": 2.0 - it / 40,
-              "loss_classification": 1.0, "sec_per_iter": sec_per_iter, "data_sec": 0.01} for it in (10, 20, 30, 40)]
-    evals = [{"type": "eval", "epoch": e, "iter": 20 * e, "coco/AP": a, "coco/AP50": a + 0.01, "val/loss": 1.5}
-             for e, a in ((1, ap / 2), (2, ap))]
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "model_name": model_name,
+            "num_classes": len(class_names),
+            "build_kwargs": dict(model.build_kwargs),
+            "class_names": list(class_names),
+            "source_ids": list(source_ids),
+            "config": config,
+            "epoch": 2,
+            "iteration": 40,
+            "metrics": {"coco/AP": ap},
+        },
+        run / "checkpoints" / f"{checkpoint}.pt",
+    )
+    lines = [
+        {
+            "type": "train",
+            "iter": it,
+            "epoch": 1 + it // 21,
+            "lr": 0.01,
+            "loss": 2.0 - it / 40,
+            "loss_classification": 1.0,
+            "sec_per_iter": sec_per_iter,
+            "data_sec": 0.01,
+        }
+        for it in (10, 20, 30, 40)
+    ]
+    evals = [
+        {"type": "eval", "epoch": e, "iter": 20 * e, "coco/AP": a, "coco/AP50": a + 0.01, "val/loss": 1.5}
+        for e, a in ((1, ap / 2), (2, ap))
+    ]
     if before_ap is not None:
         evals.insert(0, {"type": "eval", "epoch": 0, "iter": 0, "coco/AP": before_ap})
         (run / "eval" / "before.json").write_text(json.dumps(coco_result(before_ap, class_names)))

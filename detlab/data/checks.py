@@ -49,7 +49,10 @@ def pixel_limit() -> int:
         limit = int(float(text))
     except ValueError:
         from detlab.errors import ConfigError
-        raise ConfigError(f"DETLAB_MAX_PIXELS: {text!r} is not a number — give a pixel count, e.g. 400000000") from None
+
+        raise ConfigError(
+            f"DETLAB_MAX_PIXELS: {text!r} is not a number — give a pixel count, e.g. 400000000"
+        ) from None
     if limit > default:
         Image.MAX_IMAGE_PIXELS = limit // 2 + 1
     return limit
@@ -61,8 +64,10 @@ def too_many_pixels(size: tuple[int, int] | None) -> str | None:
     if size is not None and size[0] * size[1] <= limit:
         return None
     what = f"{size[0]}x{size[1]} pixels, over" if size is not None else "more pixels than"
-    return (f"{what} the limit of {limit / 1e6:.3g} megapixels (a decompression bomb or a huge scan; "
-            "set DETLAB_MAX_PIXELS to allow it)")
+    return (
+        f"{what} the limit of {limit / 1e6:.3g} megapixels (a decompression bomb or a huge scan; "
+        "set DETLAB_MAX_PIXELS to allow it)"
+    )
 
 
 @dataclass
@@ -119,6 +124,7 @@ def probe_image(path: Path, decode: bool) -> tuple[tuple[int, int], tuple[int, i
     Returns:
         ``(displayed (W, H), raw (W, H), exif orientation)`` or a ``skipped`` Problem.
     """
+
     def bad(msg: str, fix: str = "replace or remove the image — image skipped") -> Problem:
         return Problem(str(path), "file", msg, fix, "skipped")
 
@@ -166,8 +172,11 @@ def probe_images(files: list[str], decode: bool, every: float = 5.0) -> list:
         now = time.monotonic()
         if now - last >= every and i + 1 < len(files):
             left = (now - start) / (i + 1) * (len(files) - i - 1)
-            print(f"detlab: {'decoding images' if decode else 'reading image headers'}: {i + 1}/{len(files)}, "
-                  f"about {left:.0f} s left ({cached} unchanged since an earlier run)", file=sys.stderr)
+            print(
+                f"detlab: {'decoding images' if decode else 'reading image headers'}: {i + 1}/{len(files)}, "
+                f"about {left:.0f} s left ({cached} unchanged since an earlier run)",
+                file=sys.stderr,
+            )
             last = now
     cache.save()
     return out
@@ -183,8 +192,9 @@ def too_thin(shown: tuple[int, int]) -> str | None:
     return None
 
 
-def _check_size(rec: ImageRecord, shown: tuple[int, int], raw: tuple[int, int], orientation: int,
-                problems: list[Problem]) -> bool:
+def _check_size(
+    rec: ImageRecord, shown: tuple[int, int], raw: tuple[int, int], orientation: int, problems: list[Problem]
+) -> bool:
     """Reconcile the annotated size with the real one; return True when a size was fixed."""
     size = (rec.width, rec.height)
     where = str(rec.ann_file or rec.file)
@@ -194,16 +204,34 @@ def _check_size(rec: ImageRecord, shown: tuple[int, int], raw: tuple[int, int], 
         rec.width, rec.height = shown
         return True
     if size == raw and orientation in (5, 6, 7, 8):
-        problems.append(Problem(where, "size", f"annotated {size[0]}x{size[1]} is the raw frame of an EXIF-rotated image (orientation {orientation})",
-                                "boxes are rotated with the image", "info"))
+        problems.append(
+            Problem(
+                where,
+                "size",
+                f"annotated {size[0]}x{size[1]} is the raw frame of an EXIF-rotated image (orientation {orientation})",
+                "boxes are rotated with the image",
+                "info",
+            )
+        )
         return False
     sx, sy = shown[0] / rec.width, shown[1] / rec.height
     if abs(sx / sy - 1) < 0.01:
         rec.boxes = (rec.boxes * np.float32([sx, sy, sx, sy])).astype(np.float32)
         fix, severity = "image was resized: boxes scaled to match", "fixed"
     else:
-        fix, severity = "boxes kept in pixels and clipped to the image; re-export the annotation if they look wrong", "warning"
-    problems.append(Problem(where, "size", f"annotated {size[0]}x{size[1]} but {Path(rec.file).name} is {shown[0]}x{shown[1]}", fix, severity))
+        fix, severity = (
+            "boxes kept in pixels and clipped to the image; re-export the annotation if they look wrong",
+            "warning",
+        )
+    problems.append(
+        Problem(
+            where,
+            "size",
+            f"annotated {size[0]}x{size[1]} but {Path(rec.file).name} is {shown[0]}x{shown[1]}",
+            fix,
+            severity,
+        )
+    )
     rec.width, rec.height = shown
     return True
 
@@ -245,10 +273,19 @@ def check_boxes(rec: ImageRecord, problems: list[Problem]) -> tuple[int, int]:
             msg = f"zero or negative size (x1={b[j, 0]:g} y1={b[j, 1]:g} x2={b[j, 2]:g} y2={b[j, 3]:g})"
         else:
             msg = f"box {np.round(b[j], 2).tolist()} lies outside the {rec.width}x{rec.height} image"
-        problems.append(Problem(where, box_field(rec, j), msg, "fix or delete the box — box skipped", "skipped"))
+        problems.append(
+            Problem(where, box_field(rec, j), msg, "fix or delete the box — box skipped", "skipped")
+        )
     for j in np.flatnonzero(moved):
-        problems.append(Problem(where, box_field(rec, j), f"box {np.round(b[j], 2).tolist()} crosses the {rec.width}x{rec.height} image border",
-                                "clipped to the image", "fixed"))
+        problems.append(
+            Problem(
+                where,
+                box_field(rec, j),
+                f"box {np.round(b[j], 2).tolist()} crosses the {rec.width}x{rec.height} image border",
+                "clipped to the image",
+                "fixed",
+            )
+        )
     rec.boxes = clipped.astype(np.float32)
     if not inside.all():
         _filter_boxes(rec, inside)
@@ -289,7 +326,9 @@ def validate_records(records: Records, decode: bool = False) -> CheckResult:
     kept, seen_files = [], {}
     for rec, facts in zip(records.images, probe_images([str(r.file) for r in records.images], decode)):
         if isinstance(facts, tuple) and (thin := too_thin(facts[0])) is not None:
-            facts = Problem(str(rec.file), "file", thin, "crop or pad it, or remove it — image skipped", "skipped")
+            facts = Problem(
+                str(rec.file), "file", thin, "crop or pad it, or remove it — image skipped", "skipped"
+            )
         if isinstance(facts, Problem):
             problems.append(facts)
             result.images_skipped += 1
@@ -299,16 +338,33 @@ def validate_records(records: Records, decode: bool = False) -> CheckResult:
         result.boxes_fixed += fixed
         result.boxes_skipped += skipped
         if rec.file in seen_files:
-            problems.append(Problem(str(rec.file), "file", f"image used by two records (ids {seen_files[rec.file]} and {rec.image_id})",
-                                    "remove one of the duplicates", "warning"))
+            problems.append(
+                Problem(
+                    str(rec.file),
+                    "file",
+                    f"image used by two records (ids {seen_files[rec.file]} and {rec.image_id})",
+                    "remove one of the duplicates",
+                    "warning",
+                )
+            )
         seen_files[rec.file] = rec.image_id
         result.negatives += rec.num_boxes == 0
         kept.append(rec)
     ids = [r.image_id for r in kept]
     if len(set(ids)) != len(ids):
-        problems.append(Problem(str(records.root), "image_id", "duplicate image ids after reading", "give every image its own id", "error"))
+        problems.append(
+            Problem(
+                str(records.root),
+                "image_id",
+                "duplicate image ids after reading",
+                "give every image its own id",
+                "error",
+            )
+        )
     if not kept:
-        problems.append(Problem(str(records.root), "images", "no usable image", "fix the problems above", "error"))
+        problems.append(
+            Problem(str(records.root), "images", "no usable image", "fix the problems above", "error")
+        )
     records.images = kept
     for p in problems:
         result.severity[p.severity] = result.severity.get(p.severity, 0) + 1
@@ -338,8 +394,15 @@ def validate_annotations(records: Records) -> CheckResult:
     result = _reader_counts(records)
     present = [os.path.isfile(r.file) for r in records.images]
     if records.images and not any(present):
-        problems.append(Problem(str(records.root), "images", f"none of the {len(present)} image files is here",
-                                "not needed: the annotations are scored as they are", "info"))
+        problems.append(
+            Problem(
+                str(records.root),
+                "images",
+                f"none of the {len(present)} image files is here",
+                "not needed: the annotations are scored as they are",
+                "info",
+            )
+        )
     for rec, here in zip(records.images, present):
         where = str(rec.ann_file or rec.file)
         if rec.width <= 0 or rec.height <= 0:
@@ -349,31 +412,78 @@ def validate_annotations(records: Records) -> CheckResult:
                 result.sizes_fixed += 1
             else:
                 why = facts.message if facts is not None else "its image file is not here"
-                problems.append(Problem(where, "size", f"no size declared and {why}",
-                                        f"its {rec.num_boxes} boxes are scored as annotated", "warning"))
+                problems.append(
+                    Problem(
+                        where,
+                        "size",
+                        f"no size declared and {why}",
+                        f"its {rec.num_boxes} boxes are scored as annotated",
+                        "warning",
+                    )
+                )
         elif here and (problem := _file_problem(Path(rec.file))):
-            problems.append(Problem(str(rec.file), "file", problem,
-                                    f"not needed for scoring: its {rec.num_boxes} boxes are scored as annotated", "warning"))
+            problems.append(
+                Problem(
+                    str(rec.file),
+                    "file",
+                    problem,
+                    f"not needed for scoring: its {rec.num_boxes} boxes are scored as annotated",
+                    "warning",
+                )
+            )
         elif not here and any(present):
-            problems.append(Problem(str(rec.file), "file", "image file not found",
-                                    f"not needed for scoring: its {rec.num_boxes} boxes are scored as annotated", "warning"))
+            problems.append(
+                Problem(
+                    str(rec.file),
+                    "file",
+                    "image file not found",
+                    f"not needed for scoring: its {rec.num_boxes} boxes are scored as annotated",
+                    "warning",
+                )
+            )
         finite = np.isfinite(rec.boxes).all(1)
         for j in np.flatnonzero(~finite):
-            problems.append(Problem(where, box_field(rec, j), f"NaN or infinite coordinate {rec.boxes[j].tolist()}",
-                                    "fix or delete the box — box skipped", "skipped"))
+            problems.append(
+                Problem(
+                    where,
+                    box_field(rec, j),
+                    f"NaN or infinite coordinate {rec.boxes[j].tolist()}",
+                    "fix or delete the box — box skipped",
+                    "skipped",
+                )
+            )
         if not finite.all():
             result.boxes_skipped += int((~finite).sum())
             _filter_boxes(rec, finite)
         result.negatives += rec.num_boxes == 0
-    zero = next((r for r in records.images if "ann_ids" in r.extra and (np.asarray(r.extra["ann_ids"]) == 0).any()), None)
+    zero = next(
+        (r for r in records.images if "ann_ids" in r.extra and (np.asarray(r.extra["ann_ids"]) == 0).any()),
+        None,
+    )
     if zero is not None:
-        problems.append(Problem(str(zero.ann_file or records.root), "annotations[id=0].id", "an annotation has id 0, "
-                                "which pycocotools' and faster-coco-eval's matchers read as 'unmatched' (that box "
-                                "can never be a true positive there)", "detlab numbers boxes 1..N for scoring, so "
-                                "its AP can differ from theirs on this file — number annotations from 1", "warning"))
+        problems.append(
+            Problem(
+                str(zero.ann_file or records.root),
+                "annotations[id=0].id",
+                "an annotation has id 0, "
+                "which pycocotools' and faster-coco-eval's matchers read as 'unmatched' (that box "
+                "can never be a true positive there)",
+                "detlab numbers boxes 1..N for scoring, so "
+                "its AP can differ from theirs on this file — number annotations from 1",
+                "warning",
+            )
+        )
     ids = [r.image_id for r in records.images]
     if len(set(ids)) != len(ids):
-        problems.append(Problem(str(records.root), "image_id", "duplicate image ids after reading", "give every image its own id", "error"))
+        problems.append(
+            Problem(
+                str(records.root),
+                "image_id",
+                "duplicate image ids after reading",
+                "give every image its own id",
+                "error",
+            )
+        )
     for p in problems:
         result.severity[p.severity] = result.severity.get(p.severity, 0) + 1
     return result
@@ -389,22 +499,31 @@ def _file_problem(path: Path) -> str | None:
         return f"unreadable image file ({e.strerror or e})"
 
 
-def print_load_summary(records: Records, result: CheckResult, name: str, file: TextIO = sys.stderr, limit: int = 10) -> None:
+def print_load_summary(
+    records: Records, result: CheckResult, name: str, file: TextIO = sys.stderr, limit: int = 10
+) -> None:
     """The load-time report: a few problem lines, then the counts (``detlab check`` lists everything)."""
     shown = [p for p in records.problems if p.severity != "info"]
     for p in shown[:limit]:
         print(f"detlab: {p.line()}", file=file)
     if len(shown) > limit:
-        print(f"detlab: … and {len(shown) - limit} more — run `detlab check {name}` for every line", file=file)
+        print(
+            f"detlab: … and {len(shown) - limit} more — run `detlab check {name}` for every line", file=file
+        )
     if shown:
-        print(f"detlab: {name}: {len(records.images)} images, {records.num_boxes} boxes, {records.num_classes} classes; "
-              f"fixed {result.boxes_fixed} boxes and {result.sizes_fixed} sizes, skipped {result.boxes_skipped} boxes "
-              f"and {result.images_skipped} images", file=file)
+        print(
+            f"detlab: {name}: {len(records.images)} images, {records.num_boxes} boxes, {records.num_classes} classes; "
+            f"fixed {result.boxes_fixed} boxes and {result.sizes_fixed} sizes, skipped {result.boxes_skipped} boxes "
+            f"and {result.images_skipped} images",
+            file=file,
+        )
 
 
 def summary_lines(records: Records, result: CheckResult) -> list[str]:
     """The ``detlab check`` summary: counts, per-class boxes, COCO size buckets, a box-size histogram."""
-    boxes = np.concatenate([r.boxes for r in records.images]) if records.images else np.zeros((0, 4), np.float32)
+    boxes = (
+        np.concatenate([r.boxes for r in records.images]) if records.images else np.zeros((0, 4), np.float32)
+    )
     labels = np.concatenate([r.labels for r in records.images]) if records.images else np.zeros(0, np.int64)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # [N]
     per_class = np.bincount(labels, minlength=records.num_classes)
@@ -416,8 +535,10 @@ def summary_lines(records: Records, result: CheckResult) -> list[str]:
         f"boxes: {len(boxes)} usable of {result.boxes_read} ({result.boxes_fixed} clipped, {result.boxes_skipped} skipped)",
         f"classes: {records.num_classes}",
     ]
-    lines += [f"  {name:<{width}} {int(n):>7}" + _few(int(n)) for name, n in zip(records.class_names, per_class)]
-    small, medium = int((area < 32 ** 2).sum()), int(((area >= 32 ** 2) & (area < 96 ** 2)).sum())
+    lines += [
+        f"  {name:<{width}} {int(n):>7}" + _few(int(n)) for name, n in zip(records.class_names, per_class)
+    ]
+    small, medium = int((area < 32**2).sum()), int(((area >= 32**2) & (area < 96**2)).sum())
     lines.append(f"COCO sizes: small {small}  medium {medium}  large {len(area) - small - medium}")
     lines.append("box size histogram (sqrt of area, px):")
     counts, _ = np.histogram(np.sqrt(area), bins=SIZE_BINS)
@@ -425,7 +546,9 @@ def summary_lines(records: Records, result: CheckResult) -> list[str]:
     for lo, hi, n in zip(SIZE_BINS[:-1], SIZE_BINS[1:], counts):
         label = f"{lo:g}-{hi:g}" if np.isfinite(hi) else f"{lo:g}+"
         lines.append(f"  {label:>8} | {'#' * int(round(40 * n / top)):<40} {int(n)}")
-    tally = ", ".join(f"{result.severity.get(s, 0)} {s}" for s in ("error", "skipped", "fixed", "warning", "info"))
+    tally = ", ".join(
+        f"{result.severity.get(s, 0)} {s}" for s in ("error", "skipped", "fixed", "warning", "info")
+    )
     lines.append(f"problems: {tally}")
     return lines
 
@@ -434,7 +557,9 @@ def _few(n: int) -> str:
     return "   <- no boxes" if n == 0 else f"   <- only {n} box{'es' if n > 1 else ''}" if n < 5 else ""
 
 
-def check_command(data: str, split: str | None = None, images: str | None = None, classes: str | None = None) -> int:
+def check_command(
+    data: str, split: str | None = None, images: str | None = None, classes: str | None = None
+) -> int:
     """``detlab check DATA``: every problem as one line, then the summary.
 
     Returns:
@@ -445,7 +570,15 @@ def check_command(data: str, split: str | None = None, images: str | None = None
     records = read_records(data, split=split, images=images, classes=classes)
     result = validate_records(records, decode=True)
     if records.images and records.num_boxes == 0:
-        records.problems.append(Problem(str(records.root), "boxes", "no usable box in the whole dataset", "fix the problems above", "error"))
+        records.problems.append(
+            Problem(
+                str(records.root),
+                "boxes",
+                "no usable box in the whole dataset",
+                "fix the problems above",
+                "error",
+            )
+        )
         result.severity["error"] = result.severity.get("error", 0) + 1
     for p in records.problems:
         print(p.line())

@@ -31,8 +31,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import secrets
+import shutil
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -140,7 +140,9 @@ def coco_dict(records: Records, file_names: list[str]) -> dict:
     cat_ids = list(records.source_ids) if from_coco else list(range(1, records.num_classes + 1))
     images, annotations, next_id, seen = [], [], 1, set()
     for rec, name in zip(records.images, file_names):
-        images.append({"id": int(rec.image_id), "file_name": name, "width": int(rec.width), "height": int(rec.height)})
+        images.append(
+            {"id": int(rec.image_id), "file_name": name, "width": int(rec.width), "height": int(rec.height)}
+        )
         ids, area = rec.extra.get("ann_ids"), rec.extra.get("area")
         for j in range(rec.num_boxes):
             x1, y1, x2, y2 = (float(v) for v in rec.boxes[j])
@@ -151,14 +153,27 @@ def coco_dict(records: Records, file_names: list[str]) -> dict:
                 ann_id = next_id
             seen.add(ann_id)
             a = float(area[j]) if area is not None and np.isfinite(area[j]) else (x2 - x1) * (y2 - y1)
-            annotations.append({
-                "id": ann_id, "image_id": int(rec.image_id), "category_id": int(cat_ids[int(rec.labels[j])]),
-                "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)], "area": round(a, 4),
-                "iscrowd": int(rec.iscrowd[j]), "difficult": int(rec.difficult[j]), "segmentation": [],
-            })
-    categories = [{"id": int(c), "name": n, "supercategory": "none"} for c, n in zip(cat_ids, records.class_names)]
-    return {"info": {"description": "written by detlab convert"}, "images": images, "annotations": annotations,
-            "categories": categories}
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": int(rec.image_id),
+                    "category_id": int(cat_ids[int(rec.labels[j])]),
+                    "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)],
+                    "area": round(a, 4),
+                    "iscrowd": int(rec.iscrowd[j]),
+                    "difficult": int(rec.difficult[j]),
+                    "segmentation": [],
+                }
+            )
+    categories = [
+        {"id": int(c), "name": n, "supercategory": "none"} for c, n in zip(cat_ids, records.class_names)
+    ]
+    return {
+        "info": {"description": "written by detlab convert"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def write_coco(records: Records, dst: Path, split: str | None = None, link: str = "hardlink") -> Path:
@@ -191,8 +206,18 @@ def yolo_lines(rec: ImageRecord) -> str:
     """One label file: ``class cx cy w h`` normalised by the image size, 10 decimals."""
     w, h = float(rec.width), float(rec.height)
     b = rec.boxes.astype(np.float64)  # [N, 4]
-    cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / w, (b[:, 1] + b[:, 3]) / 2 / h, (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h], 1)
-    return "".join(f"{int(c)} " + " ".join(f"{v:.10f}" for v in row) + "\n" for c, row in zip(rec.labels, cxcywh))
+    cxcywh = np.stack(
+        [
+            (b[:, 0] + b[:, 2]) / 2 / w,
+            (b[:, 1] + b[:, 3]) / 2 / h,
+            (b[:, 2] - b[:, 0]) / w,
+            (b[:, 3] - b[:, 1]) / h,
+        ],
+        1,
+    )
+    return "".join(
+        f"{int(c)} " + " ".join(f"{v:.10f}" for v in row) + "\n" for c, row in zip(rec.labels, cxcywh)
+    )
 
 
 def write_yolo(records: Records, dst: Path, split: str | None = None, link: str = "hardlink") -> Path:
@@ -208,15 +233,21 @@ def write_yolo(records: Records, dst: Path, split: str | None = None, link: str 
     yml = dst / "data.yaml"
     data = yaml.safe_load(yml.read_text()) if yml.is_file() else {}
     if data.get("names") and list(data["names"]) != records.class_names:
-        raise DataError(f"{yml}: names {data['names']} differ from {records.class_names} — write to a new folder or pass --classes")
+        raise DataError(
+            f"{yml}: names {data['names']} differ from {records.class_names} — write to a new folder or pass --classes"
+        )
     for rec, name in zip(records.images, dest_names(records)):
         if rec.width <= 0 or rec.height <= 0:
-            raise DataError(f"{rec.file}: image size unknown — YOLO labels need it; convert with the checks on (default)")
+            raise DataError(
+                f"{rec.file}: image size unknown — YOLO labels need it; convert with the checks on (default)"
+            )
         place_image(rec.file, dst / "images" / split / name, link)
         label = dst / "labels" / split / f"{Path(name).stem}.txt"
         label.parent.mkdir(parents=True, exist_ok=True)
         label.write_text(yolo_lines(rec))
-    data.update({"path": ".", split: f"images/{split}", "nc": records.num_classes, "names": list(records.class_names)})
+    data.update(
+        {"path": ".", split: f"images/{split}", "nc": records.num_classes, "names": list(records.class_names)}
+    )
     yml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return yml
 
@@ -224,8 +255,15 @@ def write_yolo(records: Records, dst: Path, split: str | None = None, link: str 
 WRITERS = {"coco": write_coco, "voc": write_voc, "yolo": write_yolo}
 
 
-def convert(src: str | Path, dst: str | Path, to: str, split: str | None = None, images: str | None = None,
-            classes: str | list[str] | None = None, link: str = "hardlink") -> tuple[Path, Records]:
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: str,
+    split: str | None = None,
+    images: str | None = None,
+    classes: str | list[str] | None = None,
+    link: str = "hardlink",
+) -> tuple[Path, Records]:
     """Read any dataset and write it in another format.
 
     Args:
@@ -247,13 +285,22 @@ def convert(src: str | Path, dst: str | Path, to: str, split: str | None = None,
     result = validate_records(records, decode=False)
     print_load_summary(records, result, str(src), file=sys.stderr)
     if turned := to_display_frame(records):
-        print(f"detlab: {turned} EXIF-rotated images annotated in their raw frame: boxes written in the displayed frame",
-              file=sys.stderr)
+        print(
+            f"detlab: {turned} EXIF-rotated images annotated in their raw frame: boxes written in the displayed frame",
+            file=sys.stderr,
+        )
     if to == "yolo":
         flagged = int(sum(r.difficult.sum() + r.iscrowd.sum() for r in records.images))
         if flagged:
-            records.problems.append(Problem(str(dst), "difficult/iscrowd", f"YOLO cannot hold these flags: {flagged} boxes",
-                                            "written as normal boxes", "warning"))
+            records.problems.append(
+                Problem(
+                    str(dst),
+                    "difficult/iscrowd",
+                    f"YOLO cannot hold these flags: {flagged} boxes",
+                    "written as normal boxes",
+                    "warning",
+                )
+            )
             print(f"detlab: {records.problems[-1].line()}", file=sys.stderr)
     return write_all_or_nothing(WRITERS[to], records, Path(dst), link), records
 
@@ -315,8 +362,11 @@ def write_all_or_nothing(writer, records: Records, dst: Path, link: str = "hardl
         return dst / out.relative_to(tmp)
     roots = [dst.parent / "images"] if dst.suffix == ".json" else [dst]
     before = {p for root in roots if root.is_dir() for p in root.rglob("*")}
-    index = [dst] if dst.suffix == ".json" else [*dst.glob("data.yaml"), *dst.glob("ImageSets/Main/*.txt"),
-                                                  *dst.glob("annotations/*.json")]
+    index = (
+        [dst]
+        if dst.suffix == ".json"
+        else [*dst.glob("data.yaml"), *dst.glob("ImageSets/Main/*.txt"), *dst.glob("annotations/*.json")]
+    )
     saved = {p: p.read_bytes() for p in index if p.is_file()}
     try:
         with writing(dst, "dataset", "the files written were removed and the existing dataset restored"):
@@ -339,9 +389,17 @@ def _undo(roots: list[Path], before: set[Path], saved: dict[Path, bytes], dst: P
             p.write_bytes(data)
 
 
-def convert_command(src: str, dst: str, to: str, split: str | None = None, images: str | None = None,
-                    classes: str | None = None) -> int:
+def convert_command(
+    src: str,
+    dst: str,
+    to: str,
+    split: str | None = None,
+    images: str | None = None,
+    classes: str | None = None,
+) -> int:
     """``detlab convert SRC DST --to coco|voc|yolo``; prints what was written. Returns 0."""
     out, records = convert(src, dst, to, split=split, images=images, classes=classes)
-    print(f"wrote {to}: {out} ({len(records.images)} images, {records.num_boxes} boxes, {records.num_classes} classes)")
+    print(
+        f"wrote {to}: {out} ({len(records.images)} images, {records.num_boxes} boxes, {records.num_classes} classes)"
+    )
     return 0

@@ -20,8 +20,8 @@ taken to be in the displayed frame, which is what EXIF-aware tools (and
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -80,11 +80,15 @@ def read_image(path: Path) -> tuple[torch.Tensor, tuple[int, int], int]:
             shown = ImageOps.exif_transpose(im) if orientation != 1 else im
             return pil_to_rgb_float(shown), raw_size, orientation
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found — restore it or run `detlab check` to list every missing file") from None
+        raise DataError(
+            f"{path}: image file not found — restore it or run `detlab check` to list every missing file"
+        ) from None
     except Image.DecompressionBombError:
         raise DataError(f"{path}: {too_many_pixels(None)}") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode image ({e}) — replace it or run `detlab check` to find every bad file") from None
+        raise DataError(
+            f"{path}: cannot decode image ({e}) — replace it or run `detlab check` to find every bad file"
+        ) from None
 
 
 def exif_boxes(boxes: np.ndarray, orientation: int, raw_w: int, raw_h: int) -> np.ndarray:
@@ -101,8 +105,13 @@ def exif_boxes(boxes: np.ndarray, orientation: int, raw_w: int, raw_h: int) -> n
     W, H = float(raw_w), float(raw_h)
     x, y = boxes[:, [0, 2]], boxes[:, [1, 3]]  # [N, 2] each: the two corners
     maps = {
-        2: (W - x, y), 3: (W - x, H - y), 4: (x, H - y),
-        5: (y, x), 6: (H - y, x), 7: (H - y, W - x), 8: (y, W - x),
+        2: (W - x, y),
+        3: (W - x, H - y),
+        4: (x, H - y),
+        5: (y, x),
+        6: (H - y, x),
+        7: (H - y, W - x),
+        8: (y, W - x),
     }
     if orientation not in maps:
         return boxes
@@ -161,8 +170,11 @@ class DetectionDataset(Dataset):
         h, w = image.shape[-2:]
         boxes = boxes_in_display_frame(rec, raw_size, orientation)
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
-                                              format="XYXY", canvas_size=(h, w)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(np.ascontiguousarray(boxes, np.float32)).reshape(-1, 4),
+                format="XYXY",
+                canvas_size=(h, w),
+            ),
             "labels": torch.from_numpy(np.asarray(rec.labels, np.int64)),
             "difficult": torch.from_numpy(np.asarray(rec.difficult, bool)),
             "iscrowd": torch.from_numpy(np.asarray(rec.iscrowd, bool)),
@@ -191,9 +203,14 @@ def targets_to(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
-def load_dataset(path: str | Path, split: str | None = None, images: str | Path | None = None,
-                 classes: str | list[str] | None = None, check: bool = True,
-                 transforms: Callable | None = None) -> DetectionDataset:
+def load_dataset(
+    path: str | Path,
+    split: str | None = None,
+    images: str | Path | None = None,
+    classes: str | list[str] | None = None,
+    check: bool = True,
+    transforms: Callable | None = None,
+) -> DetectionDataset:
     """Read a dataset of any supported format into a :class:`DetectionDataset`.
 
     Args:
@@ -223,8 +240,13 @@ def load_dataset(path: str | Path, split: str | None = None, images: str | Path 
     return DetectionDataset(records, transforms)
 
 
-def load_ground_truth(path: str | Path, split: str | None = None, images: str | Path | None = None,
-                      classes: str | list[str] | None = None, verbose: bool = True) -> Records:
+def load_ground_truth(
+    path: str | Path,
+    split: str | None = None,
+    images: str | Path | None = None,
+    classes: str | list[str] | None = None,
+    verbose: bool = True,
+) -> Records:
     """Read a dataset's annotations as the ground truth a results file is scored against.
 
     No image is decoded and none is needed where the annotations declare sizes (COCO

@@ -22,8 +22,10 @@ from detlab.cache import cache_file
 Facts = tuple[tuple[int, int], tuple[int, int], int]  # displayed (W, H), raw (W, H), EXIF orientation
 Key = tuple[int, int]  # file size in bytes, mtime in ns
 
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, "
-           "w INTEGER, h INTEGER, raw_w INTEGER, raw_h INTEGER, orientation INTEGER)")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS headers (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, "
+    "w INTEGER, h INTEGER, raw_w INTEGER, raw_h INTEGER, orientation INTEGER)"
+)
 
 
 def file_key(path: str) -> Key | None:

@@ -18,7 +18,16 @@ from detlab.data.convert import voc_xml
 from detlab.data.records import ImageRecord
 
 CLASSES = ("circle", "square", "triangle")
-PALETTE = ((220, 40, 40), (40, 170, 60), (40, 80, 220), (230, 200, 40), (200, 60, 200), (30, 200, 210), (240, 240, 240), (20, 20, 20))
+PALETTE = (
+    (220, 40, 40),
+    (40, 170, 60),
+    (40, 80, 220),
+    (230, 200, 40),
+    (200, 60, 200),
+    (30, 200, 210),
+    (240, 240, 240),
+    (20, 20, 20),
+)
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -42,7 +51,9 @@ def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     return inter / (area(box) + area(others) - inter)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, label: int, box: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, label: int, box: np.ndarray, colour: tuple[int, int, int]
+) -> np.ndarray:
     """Draw one shape filling ``box`` (xyxy); return its tight xyxy box in continuous pixels."""
     x1, y1, x2, y2 = (float(v) for v in box)
     if label == 0:
@@ -54,7 +65,9 @@ def _draw_shape(draw: ImageDraw.ImageDraw, label: int, box: np.ndarray, colour: 
     return np.array([x1, y1, x2, y2], np.float32)
 
 
-def make_image(rng: np.random.Generator, size: int, max_objects: int = 4) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+def make_image(
+    rng: np.random.Generator, size: int, max_objects: int = 4
+) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     """One image with 1..max_objects shapes.
 
     Returns:
@@ -81,7 +94,9 @@ def make_image(rng: np.random.Generator, size: int, max_objects: int = 4) -> tup
     return image, boxes, labels
 
 
-def write_shapes_dataset(root: str | Path, num_train: int = 160, num_val: int = 40, size: int = 256, seed: int = 0) -> Path:
+def write_shapes_dataset(
+    root: str | Path, num_train: int = 160, num_val: int = 40, size: int = 256, seed: int = 0
+) -> Path:
     """Write the shapes dataset as a VOC year folder.
 
     Args:
@@ -107,10 +122,22 @@ def write_shapes_dataset(root: str | Path, num_train: int = 160, num_val: int = 
         image, boxes, labels = make_image(rng, size)
         image.save(year / "JPEGImages" / f"{stem}.jpg", quality=92)
         n = len(labels)
-        rec = ImageRecord(i, year / "JPEGImages" / f"{stem}.jpg", size, size, boxes, to_sorted[labels],
-                          np.zeros(n, bool), np.zeros(n, bool))
+        rec = ImageRecord(
+            i,
+            year / "JPEGImages" / f"{stem}.jpg",
+            size,
+            size,
+            boxes,
+            to_sorted[labels],
+            np.zeros(n, bool),
+            np.zeros(n, bool),
+        )
         voc_xml(rec, f"{stem}.jpg", names).write(year / "Annotations" / f"{stem}.xml", encoding="unicode")
         ids[split].append(stem)
-    for split, stems in (("train", ids["train"]), ("val", ids["val"]), ("trainval", ids["train"] + ids["val"])):
+    for split, stems in (
+        ("train", ids["train"]),
+        ("val", ids["val"]),
+        ("trainval", ids["train"] + ids["val"]),
+    ):
         (year / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems))
     return year

@@ -20,7 +20,8 @@ given; training transforms may resize to the model's size to save memory.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -90,7 +91,9 @@ class IfBoxes(v2.Transform):
         return self.inner(inputs) if has_boxes else inputs
 
 
-def _resize(min_size: int | list[int] | None, max_size: int | None, size: int | None, train: bool) -> list[v2.Transform]:
+def _resize(
+    min_size: int | list[int] | None, max_size: int | None, size: int | None, train: bool
+) -> list[v2.Transform]:
     if size is not None:
         return [v2.Resize((int(size), int(size)))] + sanitize()
     if min_size is None:
@@ -137,16 +140,29 @@ def _detr(train: bool, min_size=None, max_size=None, size=None) -> list[v2.Trans
     crop = RandomSizeCrop(max(1, round(DETR_CROP[0] * scale)), max(1, round(DETR_CROP[1] * scale)))
     return [
         v2.RandomHorizontalFlip(0.5),
-        v2.RandomChoice([
-            v2.RandomShortestSize(scales, max_size=max_size),
-            v2.Compose([v2.RandomShortestSize(pre), crop, *sanitize(), v2.RandomShortestSize(scales, max_size=max_size)]),
-        ]),
+        v2.RandomChoice(
+            [
+                v2.RandomShortestSize(scales, max_size=max_size),
+                v2.Compose(
+                    [
+                        v2.RandomShortestSize(pre),
+                        crop,
+                        *sanitize(),
+                        v2.RandomShortestSize(scales, max_size=max_size),
+                    ]
+                ),
+            ]
+        ),
         *sanitize(),
     ]
 
 
 BUILDERS: dict[str, Callable[..., list[v2.Transform]]] = {
-    "faster_rcnn": _two_stage, "fcos": _two_stage, "retinanet": _two_stage, "ssd": _ssd, "detr": _detr,
+    "faster_rcnn": _two_stage,
+    "fcos": _two_stage,
+    "retinanet": _two_stage,
+    "ssd": _ssd,
+    "detr": _detr,
 }
 
 
@@ -170,6 +186,8 @@ def build_transforms(recipe: str, train: bool, **size: Any) -> v2.Compose:
         raise ConfigError(f"transform recipe {recipe!r} unknown — use one of {', '.join(RECIPES)}")
     unknown = set(size) - {"min_size", "max_size", "size"}
     if unknown:
-        raise ConfigError(f"build_transforms: unknown size argument(s) {sorted(unknown)} — use min_size, max_size or size")
+        raise ConfigError(
+            f"build_transforms: unknown size argument(s) {sorted(unknown)} — use min_size, max_size or size"
+        )
     size = {k: v for k, v in size.items() if v is not None}
     return v2.Compose(BUILDERS[recipe](train, **size))

@@ -51,8 +51,13 @@ def rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": [version, list(internal), gauss],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -63,8 +68,9 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -184,11 +190,15 @@ def read_torch_file(path: str | Path, failure: str, fix: str, map_location: str 
             raise WeightsError(f"{head}: not a readable PyTorch file ({_first_line(e)}); {fix}") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         names = f" ({found.group(1)})" if found else ""
-        raise WeightsError(f"{head}: the file holds Python objects{names} besides tensors and plain values, which "
-                           f"could run code when loaded, so detlab refuses it; {fix}") from None
+        raise WeightsError(
+            f"{head}: the file holds Python objects{names} besides tensors and plain values, which "
+            f"could run code when loaded, so detlab refuses it; {fix}"
+        ) from None
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise WeightsError(f"{head}: not a readable PyTorch file ({type(e).__name__}: {_first_line(e)}); "
-                           f"it may be truncated; {fix}") from None
+        raise WeightsError(
+            f"{head}: not a readable PyTorch file ({type(e).__name__}: {_first_line(e)}); "
+            f"it may be truncated; {fix}"
+        ) from None
 
 
 _CHECKPOINT_FIX = "use a checkpoint written by `detlab train` (RUN/checkpoints/last.pt or best.pt)"
@@ -209,26 +219,44 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint not found; give a run folder with checkpoints/last.pt or a .pt file")
+        raise WeightsError(
+            f"{path}: checkpoint not found; give a run folder with checkpoints/last.pt or a .pt file"
+        )
     ckpt = read_torch_file(path, "cannot load checkpoint", _CHECKPOINT_FIX, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise WeightsError(f"{path}: field 'model' missing; not a detlab checkpoint (a bare state dict is used "
-                           f"with `detlab train --weights {path}`)")
+        raise WeightsError(
+            f"{path}: field 'model' missing; not a detlab checkpoint (a bare state dict is used "
+            f"with `detlab train --weights {path}`)"
+        )
     return ckpt
 
 
 # What `--resume` restores besides the weights (Trainer._restore reads exactly these).
-TRAINING_STATE = ("config", "model_name", "num_classes", "build_kwargs", "optimizer", "scheduler", "scaler",
-                  "epoch", "iteration", "rng", "sampler", "log")
+TRAINING_STATE = (
+    "config",
+    "model_name",
+    "num_classes",
+    "build_kwargs",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "epoch",
+    "iteration",
+    "rng",
+    "sampler",
+    "log",
+)
 
 
 def require_training_state(ckpt: dict, path: str | Path) -> None:
     """Raise WeightsError when a checkpoint lacks what ``--resume`` needs (e.g. weights only)."""
     missing = [k for k in TRAINING_STATE if k not in ckpt]
     if missing:
-        raise WeightsError(f"{path}: holds weights but no training state ({', '.join(missing)} missing), so the run "
-                           f"cannot be resumed; start a new run from these weights with "
-                           f"`detlab train --weights {path} --out NEW_RUN …`")
+        raise WeightsError(
+            f"{path}: holds weights but no training state ({', '.join(missing)} missing), so the run "
+            f"cannot be resumed; start a new run from these weights with "
+            f"`detlab train --weights {path} --out NEW_RUN …`"
+        )
 
 
 def checkpoint_paths(run_dir: str | Path) -> tuple[Path, Path]:

@@ -151,7 +151,7 @@ class ResumableSampler(DistributedSampler):
         self.start = int(start)
 
     def __iter__(self):
-        indices = list(super().__iter__())[self.start:]
+        indices = list(super().__iter__())[self.start :]
         return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
 
     def __len__(self) -> int:
@@ -195,8 +195,16 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def evaluate_sharded(model, dataset, protocols, batch_size: int, ctx: DistContext,
-                     with_loss: bool = True, num_workers: int = 0, progress: bool = False) -> dict:
+def evaluate_sharded(
+    model,
+    dataset,
+    protocols,
+    batch_size: int,
+    ctx: DistContext,
+    with_loss: bool = True,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> dict:
     """Evaluate on every rank's shard, gather detections, score once; same result on every rank.
 
     Args:
@@ -218,8 +226,16 @@ def evaluate_sharded(model, dataset, protocols, batch_size: int, ctx: DistContex
     from detlab.evaluation.evaluator import evaluate_detections, mean_losses, predict_split
 
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
-    dets, sums, n = predict_split(model, dataset, indices, batch_size, ctx.device, with_loss,
-                                  progress=progress and ctx.is_main, num_workers=num_workers)
+    dets, sums, n = predict_split(
+        model,
+        dataset,
+        indices,
+        batch_size,
+        ctx.device,
+        with_loss,
+        progress=progress and ctx.is_main,
+        num_workers=num_workers,
+    )
     gathered = gather_objects((dets, sums, n))
     result = None
     if ctx.is_main:

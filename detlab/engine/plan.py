@@ -69,26 +69,39 @@ def plan_input_size(records: Records, family: str, device_type: str) -> SizePlan
     per_class = {c: float(np.quantile(rel[labels == c], 1 - COVERED)) for c in np.unique(labels).tolist()}
     hardest = min(per_class, key=per_class.get)
     small = per_class[hardest]
-    shorts = np.asarray([min(r.width, r.height) for r in records.images if r.width > 0 and r.height > 0], np.float64)
-    longs = np.asarray([max(r.width, r.height) for r in records.images if r.width > 0 and r.height > 0], np.float64)
+    shorts = np.asarray(
+        [min(r.width, r.height) for r in records.images if r.width > 0 and r.height > 0], np.float64
+    )
+    longs = np.asarray(
+        [max(r.width, r.height) for r in records.images if r.width > 0 and r.height > 0], np.float64
+    )
     aspect = float(np.median(longs / shorts))
     needed = int(np.ceil(need_px / small / 32) * 32)
     if device_type == "cuda":
-        short, where = min(max(GPU_SHORT, needed), GPU_MAX_SHORT), "on a GPU the published 800 px unless the data needs more"
+        short, where = (
+            min(max(GPU_SHORT, needed), GPU_MAX_SHORT),
+            "on a GPU the published 800 px unless the data needs more",
+        )
     else:
-        short, where = min(max(MIN_SHORT, needed), CPU_MAX_SHORT), f"on a CPU kept within {MIN_SHORT}-{CPU_MAX_SHORT} px"
+        short, where = (
+            min(max(MIN_SHORT, needed), CPU_MAX_SHORT),
+            f"on a CPU kept within {MIN_SHORT}-{CPU_MAX_SHORT} px",
+        )
     long = int(np.ceil(short * max(aspect, 1.0) / 32) * 32)
     name = records.class_names[hardest] if hardest < len(records.class_names) else str(hardest)
     covered = float((rel[labels == hardest] * short >= need_px).mean())
-    why = [f"smallest class: {name!r}, 90 % of its boxes have a shorter side of at least {100 * small:.1f} % of "
-           f"their image's (median image {int(np.median(shorts))} px on the short side)",
-           f"{family} finds objects from about {need_px} px at its input, so they need {needed} px; "
-           f"{where}: {short} px ({100 * covered:.0f} % of {name!r} boxes reach {need_px} px)"]
+    why = [
+        f"smallest class: {name!r}, 90 % of its boxes have a shorter side of at least {100 * small:.1f} % of "
+        f"their image's (median image {int(np.median(shorts))} px on the short side)",
+        f"{family} finds objects from about {need_px} px at its input, so they need {needed} px; "
+        f"{where}: {short} px ({100 * covered:.0f} % of {name!r} boxes reach {need_px} px)",
+    ]
     return SizePlan(min_size=short, max_size=long, why=why)
 
 
-def apply_size_plan(model_kwargs: dict, user_kwargs: dict, records: Records, family: str,
-                    device_type: str) -> list[str]:
+def apply_size_plan(
+    model_kwargs: dict, user_kwargs: dict, records: Records, family: str, device_type: str
+) -> list[str]:
     """Set ``min_size``/``max_size`` in ``model_kwargs`` from :func:`plan_input_size` unless the user
     gave a size; return the lines to print (empty when nothing was chosen)."""
     if any(k in user_kwargs for k in SIZE_KEYS):
@@ -97,6 +110,8 @@ def apply_size_plan(model_kwargs: dict, user_kwargs: dict, records: Records, fam
     if plan is None:
         return []
     model_kwargs.update(min_size=plan.min_size, max_size=plan.max_size)
-    return [f"input size {plan.min_size} px (shorter side; longer side up to {plan.max_size}), chosen from the data:",
-            *(f"  {line}" for line in plan.why),
-            f"  override with --set model_kwargs.min_size=N --set model_kwargs.max_size=M"]
+    return [
+        f"input size {plan.min_size} px (shorter side; longer side up to {plan.max_size}), chosen from the data:",
+        *(f"  {line}" for line in plan.why),
+        "  override with --set model_kwargs.min_size=N --set model_kwargs.max_size=M",
+    ]

@@ -23,8 +23,8 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -91,8 +91,13 @@ class RunLog:
 
     def state_dict(self) -> dict:
         """The partly filled logging window, saved in checkpoints so a resumed run logs the same means."""
-        return {"lines": self.lines_written, "window": dict(self._window), "n": self._window_n,
-                "sec": self._window_sec, "data": self._window_data}
+        return {
+            "lines": self.lines_written,
+            "window": dict(self._window),
+            "n": self._window_n,
+            "sec": self._window_sec,
+            "data": self._window_data,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.resume(int(state["lines"]))
@@ -129,8 +134,9 @@ class RunLog:
 
     # --- training steps ----------------------------------------------------------
 
-    def step(self, iteration: int, epoch: int, lr: float, parts: dict[str, float], data_sec: float,
-             step_sec: float) -> None:
+    def step(
+        self, iteration: int, epoch: int, lr: float, parts: dict[str, float], data_sec: float, step_sec: float
+    ) -> None:
         """Account one optimizer step; every ``log_every`` steps write a train line."""
         for k, v in parts.items():
             self._window[k] = self._window.get(k, 0.0) + v
@@ -146,9 +152,16 @@ class RunLog:
     def _flush_window(self, iteration: int, epoch: int, lr: float) -> None:
         n = max(1, self._window_n)
         means = {k: v / n for k, v in self._window.items()}
-        record = {"type": "train", "iter": iteration, "epoch": epoch, "lr": lr, "loss": means.pop("loss", 0.0),
-                  **dict(sorted(means.items())), "sec_per_iter": self._window_sec / n,
-                  "data_sec": self._window_data / n}
+        record = {
+            "type": "train",
+            "iter": iteration,
+            "epoch": epoch,
+            "lr": lr,
+            "loss": means.pop("loss", 0.0),
+            **dict(sorted(means.items())),
+            "sec_per_iter": self._window_sec / n,
+            "data_sec": self._window_data / n,
+        }
         self._append(record)
         if self.tb is not None:
             for k, v in record.items():
@@ -157,8 +170,12 @@ class RunLog:
         if not self.interactive and not self.cfg.quiet:
             eta = (self.total_iters - iteration) * record["sec_per_iter"]
             parts = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in sorted(means.items()))
-            print(f"epoch {epoch} iter {iteration}/{self.total_iters} loss {record['loss']:.4f} ({parts}) "
-                  f"lr {lr:.3g} {record['sec_per_iter']:.2f}s/it ETA {_hms(eta)}", file=sys.stderr, flush=True)
+            print(
+                f"epoch {epoch} iter {iteration}/{self.total_iters} loss {record['loss']:.4f} ({parts}) "
+                f"lr {lr:.3g} {record['sec_per_iter']:.2f}s/it ETA {_hms(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
         self._window, self._window_n, self._window_sec, self._window_data = {}, 0, 0.0, 0.0
 
     def _update_bar(self, iteration: int, epoch: int, parts: dict[str, float]) -> None:
@@ -167,13 +184,17 @@ class RunLog:
         if self.bar is None:
             self.bar = tqdm(total=self.total_iters, initial=iteration - 1, unit="it", dynamic_ncols=True)
         self.bar.set_description(f"epoch {epoch}/{self.cfg.epochs}")
-        self.bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in parts.items()
-                              if k.startswith("loss")}, refresh=False)
+        self.bar.set_postfix(
+            {k.removeprefix("loss_"): f"{v:.3f}" for k, v in parts.items() if k.startswith("loss")},
+            refresh=False,
+        )
         self.bar.update(1)
 
     # --- evaluations -------------------------------------------------------------
 
-    def evaluation(self, epoch: int, iteration: int, flat: dict, result: dict, tag: str, seconds: float) -> None:
+    def evaluation(
+        self, epoch: int, iteration: int, flat: dict, result: dict, tag: str, seconds: float
+    ) -> None:
         """Write the eval line, ``eval/<tag>.json``, TensorBoard scalars and refreshed curves."""
         self._append({"type": "eval", "epoch": epoch, "iter": iteration, **flat})
         if not self.enabled:
@@ -183,7 +204,9 @@ class RunLog:
             for k, v in flat.items():
                 self.tb.add_scalar(k, v, iteration)
         shown = " ".join(f"{k} {flat[k]:.4f}" for k in HEADLINE if k in flat)
-        self.note(f"eval {'before training' if tag == 'before' else f'epoch {epoch}'}: {shown} ({seconds:.1f}s)")
+        self.note(
+            f"eval {'before training' if tag == 'before' else f'epoch {epoch}'}: {shown} ({seconds:.1f}s)"
+        )
         self._refresh_plots()
 
     def _refresh_plots(self) -> None:
@@ -217,9 +240,17 @@ class RunLog:
             return
         if metrics:
             rows = [k for k in HEADLINE if k in metrics]
-            lines = [f"  {k:<10} {before[k]:.4f} → {metrics[k]:.4f}" if before and k in before
-                     else f"  {k:<10} {metrics[k]:.4f}" for k in rows]
-            self.note(("before → after (best checkpoint):" if before else "best checkpoint:") + "\n" + "\n".join(lines))
+            lines = [
+                f"  {k:<10} {before[k]:.4f} → {metrics[k]:.4f}"
+                if before and k in before
+                else f"  {k:<10} {metrics[k]:.4f}"
+                for k in rows
+            ]
+            self.note(
+                ("before → after (best checkpoint):" if before else "best checkpoint:")
+                + "\n"
+                + "\n".join(lines)
+            )
         self.note(f"trained in {_hms(time.perf_counter() - self._t_start)}; run folder {self.out}")
         if cfg.report:
             self._write_report()
@@ -233,7 +264,9 @@ class RunLog:
         try:
             path = write_report(self.out)
         except Exception as e:  # a finished run must not be lost to a report problem
-            self.note(f"report: could not be written ({type(e).__name__}: {e}); `detlab report {self.out}` retries")
+            self.note(
+                f"report: could not be written ({type(e).__name__}: {e}); `detlab report {self.out}` retries"
+            )
             return
         self.note(f"report: {path}")
 
@@ -296,14 +329,18 @@ def _acquire(out: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise OutputError(f"{out}: run folder is in use by a training run ({holder}); wait for it to end, stop it, "
-                          f"or train into another --out") from None
+        raise OutputError(
+            f"{out}: run folder is in use by a training run ({holder}); wait for it to end, stop it, "
+            f"or train into another --out"
+        ) from None
     except OSError:  # file systems without flock (some network mounts): train unlocked rather than not at all
         return handle
     with writing(path, "run lock"):
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.write(
+            f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
         handle.flush()
     return handle
 

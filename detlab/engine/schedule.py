@@ -57,12 +57,14 @@ def param_groups(model: nn.Module, cfg: TrainConfig, lr: float) -> list[dict]:
         groups.setdefault(key, []).append(p)
     out = []
     for (is_backbone, is_no_decay), params in sorted(groups.items()):
-        out.append({
-            "name": ("backbone" if is_backbone else "head") + ("_no_decay" if is_no_decay else ""),
-            "params": params,
-            "lr": lr * (cfg.backbone_lr_mult if is_backbone else 1.0),
-            "weight_decay": cfg.norm_weight_decay if is_no_decay else cfg.weight_decay,
-        })
+        out.append(
+            {
+                "name": ("backbone" if is_backbone else "head") + ("_no_decay" if is_no_decay else ""),
+                "params": params,
+                "lr": lr * (cfg.backbone_lr_mult if is_backbone else 1.0),
+                "weight_decay": cfg.norm_weight_decay if is_no_decay else cfg.weight_decay,
+            }
+        )
     return out
 
 
@@ -89,8 +91,16 @@ class WarmupSchedule:
         min_lr_factor: ``cosine`` final multiplier.
     """
 
-    def __init__(self, total_iters: int, warmup_iters: int, warmup_factor: float, kind: str,
-                 milestones: list, gamma: float, min_lr_factor: float) -> None:
+    def __init__(
+        self,
+        total_iters: int,
+        warmup_iters: int,
+        warmup_factor: float,
+        kind: str,
+        milestones: list,
+        gamma: float,
+        min_lr_factor: float,
+    ) -> None:
         self.total_iters = max(1, int(total_iters))
         self.warmup_iters = min(int(warmup_iters), self.total_iters // 5)
         self.warmup_factor = float(warmup_factor)
@@ -113,9 +123,17 @@ class WarmupSchedule:
         return warm
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                    total_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_iters: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration LambdaLR; call ``scheduler.step()`` after every optimizer step."""
-    fn = WarmupSchedule(total_iters, cfg.warmup_iters, cfg.warmup_factor, cfg.schedule,
-                        cfg.milestones, cfg.gamma, cfg.min_lr_factor)
+    fn = WarmupSchedule(
+        total_iters,
+        cfg.warmup_iters,
+        cfg.warmup_factor,
+        cfg.schedule,
+        cfg.milestones,
+        cfg.gamma,
+        cfg.min_lr_factor,
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

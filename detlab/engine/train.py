@@ -34,8 +34,8 @@ from detlab.config import TrainConfig, effective_lr, save_yaml
 from detlab.data.dataset import collate, targets_to
 from detlab.engine import checkpoint as ckpt_io
 from detlab.engine import distributed as ddp
-from detlab.engine.schedule import build_optimizer, build_scheduler
 from detlab.engine.runlog import RunLog, run_lock
+from detlab.engine.schedule import build_optimizer, build_scheduler
 from detlab.errors import ConfigError, DetlabError, OutputError
 
 
@@ -64,8 +64,14 @@ class Run:
     stopped: str = "finished"
 
 
-def train(model: nn.Module, train_ds, val_ds=None, out: str | Path = "runs/train", epochs: int | None = None,
-          **overrides) -> Run:
+def train(
+    model: nn.Module,
+    train_ds,
+    val_ds=None,
+    out: str | Path = "runs/train",
+    epochs: int | None = None,
+    **overrides,
+) -> Run:
     """Train ``model`` on ``train_ds``, evaluating on ``val_ds``; the Python face of ``detlab train``.
 
     Args:
@@ -92,8 +98,14 @@ def train(model: nn.Module, train_ds, val_ds=None, out: str | Path = "runs/train
     return fit(model, train_ds, val_ds, cfg, ctx=ctx)
 
 
-def fit(model: nn.Module, train_ds, val_ds, cfg: TrainConfig, resume: dict | None = None,
-        ctx: ddp.DistContext | None = None) -> Run:
+def fit(
+    model: nn.Module,
+    train_ds,
+    val_ds,
+    cfg: TrainConfig,
+    resume: dict | None = None,
+    ctx: ddp.DistContext | None = None,
+) -> Run:
     """Run the loop for a built model and loaded datasets under a resolved config.
 
     Args:
@@ -115,7 +127,9 @@ def fit(model: nn.Module, train_ds, val_ds, cfg: TrainConfig, resume: dict | Non
             last, _ = ckpt_io.checkpoint_paths(trainer.out)
             if not last.is_file():
                 raise
-            raise OutputError(f"{e}; continue with `detlab train --resume {trainer.out}` once it is fixed") from None
+            raise OutputError(
+                f"{e}; continue with `detlab train --resume {trainer.out}` once it is fixed"
+            ) from None
         finally:
             trainer.log.close()
 
@@ -168,13 +182,18 @@ class Trainer:
         self._check_metric()
         seed_everything(cfg.seed, cfg.deterministic)
         self.train_ds = ddp.SeededDataset(_with_train_transforms(train_ds, model, cfg))
-        self.sampler = ddp.ResumableSampler(self.train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
+        self.sampler = ddp.ResumableSampler(
+            self.train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed
+        )
         self.loader_gen = torch.Generator().manual_seed(cfg.seed)
         # A lone image in the last batch breaks BatchNorm in train mode (SSD heads, timm
         # backbones): that epoch's last image is left out (a different one each epoch).
         self.drop_last = cfg.batch_size > 1 and self.sampler.num_samples % cfg.batch_size == 1
-        batches = (self.sampler.num_samples // cfg.batch_size if self.drop_last
-                   else math.ceil(self.sampler.num_samples / cfg.batch_size))
+        batches = (
+            self.sampler.num_samples // cfg.batch_size
+            if self.drop_last
+            else math.ceil(self.sampler.num_samples / cfg.batch_size)
+        )
         self.steps_per_epoch = math.ceil(batches / cfg.accumulate)
         self.total_iters = self.steps_per_epoch * cfg.epochs
         self.net = self._wrap_ddp(self.model)
@@ -192,30 +211,43 @@ class Trainer:
     def _check_metric(self) -> None:
         head = self.cfg.metric.split("/")[0]
         if self.val_ds is not None and head not in (*self.cfg.protocols, "val"):
-            raise ConfigError(f"config key 'metric': {self.cfg.metric!r} needs protocol {head!r}, which is not in "
-                              f"protocols {self.cfg.protocols}; add it or pick e.g. metric=coco/AP50")
+            raise ConfigError(
+                f"config key 'metric': {self.cfg.metric!r} needs protocol {head!r}, which is not in "
+                f"protocols {self.cfg.protocols}; add it or pick e.g. metric=coco/AP50"
+            )
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if not self.ctx.distributed:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                                   find_unused_parameters=self.cfg.ddp_find_unused)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=self.cfg.ddp_find_unused
+        )
 
     def _build_ema(self):
         if not self.cfg.ema:
             return None
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True)
+        return AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=True
+        )
 
     def _loader(self) -> DataLoader:
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.step_in_epoch * self.cfg.accumulate * self.cfg.batch_size)
-        return DataLoader(self.train_ds, batch_size=self.cfg.batch_size, sampler=self.sampler,
-                          drop_last=self.drop_last, num_workers=self.cfg.num_workers, collate_fn=collate,
-                          worker_init_fn=ddp.seed_worker, generator=self.loader_gen,
-                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            self.train_ds,
+            batch_size=self.cfg.batch_size,
+            sampler=self.sampler,
+            drop_last=self.drop_last,
+            num_workers=self.cfg.num_workers,
+            collate_fn=collate,
+            worker_init_fn=ddp.seed_worker,
+            generator=self.loader_gen,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
 
     @property
     def eval_model(self) -> nn.Module:
@@ -235,8 +267,10 @@ class Trainer:
                 improved = self._evaluate_and_track()
                 self._save(best=improved)
                 if self.cfg.patience and self.progress["bad_evals"] >= self.cfg.patience:
-                    self.log.note(f"early stopping: {self.cfg.metric} did not improve for "
-                                  f"{self.cfg.patience} evaluations (best at epoch {self.progress['best_epoch']})")
+                    self.log.note(
+                        f"early stopping: {self.cfg.metric} did not improve for "
+                        f"{self.cfg.patience} evaluations (best at epoch {self.progress['best_epoch']})"
+                    )
                     stopped = "early_stopping"
                     break
             else:
@@ -253,13 +287,17 @@ class Trainer:
             return
         self.log.start_fresh()
         amp = f", amp {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else ""
-        self.log.note(f"training {getattr(self.model, 'name', type(self.model).__name__)} on {self.device}{amp}: "
-                      f"{self.cfg.epochs} epochs × {self.steps_per_epoch} steps, batch {self.cfg.batch_size}"
-                      f"×{self.cfg.accumulate}×{self.ctx.world_size}, {self.cfg.optimizer} lr "
-                      f"{effective_lr(self.cfg, self.ctx.world_size):.3g}, {self.cfg.schedule} schedule")
+        self.log.note(
+            f"training {getattr(self.model, 'name', type(self.model).__name__)} on {self.device}{amp}: "
+            f"{self.cfg.epochs} epochs × {self.steps_per_epoch} steps, batch {self.cfg.batch_size}"
+            f"×{self.cfg.accumulate}×{self.ctx.world_size}, {self.cfg.optimizer} lr "
+            f"{effective_lr(self.cfg, self.ctx.world_size):.3g}, {self.cfg.schedule} schedule"
+        )
         if self.drop_last:
-            self.log.note(f"{self.sampler.num_samples} training images per process leave a last batch of 1, which "
-                          f"BatchNorm cannot train on: each epoch skips its last (random) image")
+            self.log.note(
+                f"{self.sampler.num_samples} training images per process leave a last batch of 1, which "
+                f"BatchNorm cannot train on: each epoch skips its last (random) image"
+            )
         if self.val_ds is not None and self._eval_before():
             flat = self._evaluate(tag="before")
             self.progress["before"] = flat
@@ -287,10 +325,19 @@ class Trainer:
             parts = self._step(group)
             self.iteration += 1
             self.step_in_epoch += 1
-            self.log.step(self.iteration, self.epoch + 1, self.optimizer.param_groups[0]["lr"], parts,
-                          data_sec, time.perf_counter() - t_data)
-            if self.cfg.checkpoint_every and self.iteration % self.cfg.checkpoint_every == 0 \
-                    and self.step_in_epoch < self.steps_per_epoch:
+            self.log.step(
+                self.iteration,
+                self.epoch + 1,
+                self.optimizer.param_groups[0]["lr"],
+                parts,
+                data_sec,
+                time.perf_counter() - t_data,
+            )
+            if (
+                self.cfg.checkpoint_every
+                and self.iteration % self.cfg.checkpoint_every == 0
+                and self.step_in_epoch < self.steps_per_epoch
+            ):
                 self._save()
             t_data = time.perf_counter()
 
@@ -302,9 +349,14 @@ class Trainer:
             images = [im.to(self.device, non_blocking=True) for im in images]
             targets = targets_to(targets, self.device)
             sync = i == len(group) - 1 or not self.ctx.distributed
-            with (self.net.no_sync() if not sync else contextlib.nullcontext()), \
-                    torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                   enabled=self.amp_dtype is not None):
+            with (
+                self.net.no_sync() if not sync else contextlib.nullcontext(),
+                torch.autocast(
+                    self.device.type,
+                    dtype=self.amp_dtype or torch.float32,
+                    enabled=self.amp_dtype is not None,
+                ),
+            ):
                 out = self.net(images, targets)
                 loss = sum(v for k, v in out.items() if k.startswith("loss_"))
                 self._check_finite(out)
@@ -320,14 +372,20 @@ class Trainer:
         if ddp.all_true(not bad, self.device):
             return
         where = ", ".join(f"{k}={float(out[k].detach()):.4g}" for k in bad) or "on another rank"
-        self._raise_non_finite(f"loss became non-finite at iteration {self.iteration + 1} "
-                               f"(epoch {self.epoch + 1}): {where}")
+        self._raise_non_finite(
+            f"loss became non-finite at iteration {self.iteration + 1} (epoch {self.epoch + 1}): {where}"
+        )
 
     def _raise_non_finite(self, what: str) -> None:
         last, _ = ckpt_io.checkpoint_paths(self.out)
-        kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no checkpoint was written yet"
-        raise NonFiniteLossError(f"{what}; training stopped, {kept}; lower the learning rate "
-                                 f"(--set lr=…) or set clip_grad_norm")
+        kept = (
+            f"the last good checkpoint is kept at {last}"
+            if last.exists()
+            else "no checkpoint was written yet"
+        )
+        raise NonFiniteLossError(
+            f"{what}; training stopped, {kept}; lower the learning rate (--set lr=…) or set clip_grad_norm"
+        )
 
     def _clip_and_step(self) -> None:
         if self.cfg.clip_grad_norm > 0:
@@ -353,9 +411,16 @@ class Trainer:
         was_training = model.training
         model.eval()
         t0 = time.perf_counter()
-        result = ddp.evaluate_sharded(model, self.val_ds, self.cfg.protocols, self.cfg.eval_batch_size,
-                                      self.ctx, with_loss=True, num_workers=min(self.cfg.num_workers, 2),
-                                      progress=not self.cfg.quiet)
+        result = ddp.evaluate_sharded(
+            model,
+            self.val_ds,
+            self.cfg.protocols,
+            self.cfg.eval_batch_size,
+            self.ctx,
+            with_loss=True,
+            num_workers=min(self.cfg.num_workers, 2),
+            progress=not self.cfg.quiet,
+        )
         model.train(was_training)
         val_loss = result.get("val_loss", {})
         flat = flatten_metrics({k: v for k, v in result.items() if k != "val_loss"})
@@ -368,13 +433,18 @@ class Trainer:
         flat = self._evaluate(tag="last")
         value = flat.get(self.cfg.metric)
         if value is None:
-            raise ConfigError(f"config key 'metric': {self.cfg.metric!r} is not among the evaluation's metrics "
-                              f"({', '.join(sorted(flat))}); pick one of them")
+            raise ConfigError(
+                f"config key 'metric': {self.cfg.metric!r} is not among the evaluation's metrics "
+                f"({', '.join(sorted(flat))}); pick one of them"
+            )
         lower_is_better = self.cfg.metric.startswith("val/")
         best = self.progress["best"]
         if math.isnan(value) and not self.progress.get("undefined_noted"):
-            print(f"detlab: note: {self.cfg.metric} is undefined on the validation data (no ground-truth box of "
-                  "the model's classes): best.pt follows the last evaluation until it is defined", file=sys.stderr)
+            print(
+                f"detlab: note: {self.cfg.metric} is undefined on the validation data (no ground-truth box of "
+                "the model's classes): best.pt follows the last evaluation until it is defined",
+                file=sys.stderr,
+            )
             self.progress["undefined_noted"] = True
         # An undefined metric (NaN) neither beats nor is beaten by itself: the newest weights stand in, and
         # patience only counts evaluations that were measured.
@@ -410,8 +480,11 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": {"n_averaged": self.ema.n_averaged.detach().cpu()} if self.ema is not None else None,
             "train_model": self.model.state_dict() if self.ema is not None else None,
-            "epoch": self.epoch, "iteration": self.iteration, "step_in_epoch": self.step_in_epoch,
-            "rng": rngs[0], "rng_per_rank": rngs,
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "step_in_epoch": self.step_in_epoch,
+            "rng": rngs[0],
+            "rng_per_rank": rngs,
             "sampler": {**self.sampler.state_dict(), "generator": self.loader_gen.get_state()},
             "metrics": dict(self.progress["metrics"]),
             "progress": {k: v for k, v in self.progress.items() if k != "metrics"},
@@ -429,7 +502,9 @@ class Trainer:
         ddp.barrier()
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["train_model"] if ckpt.get("train_model") is not None else ckpt["model"])
+        self.model.load_state_dict(
+            ckpt["train_model"] if ckpt.get("train_model") is not None else ckpt["model"]
+        )
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["model"])
             self.ema.n_averaged.copy_(ckpt["ema"]["n_averaged"])
@@ -454,8 +529,13 @@ class Trainer:
         if self.ctx.is_main:
             self.log.finish(metrics, self.progress.get("before"), self.cfg)
         ddp.barrier()
-        return Run(model=self.model, out=self.out, metrics=metrics, before=self.progress.get("before"),
-                   stopped=stopped)
+        return Run(
+            model=self.model,
+            out=self.out,
+            metrics=metrics,
+            before=self.progress.get("before"),
+            stopped=stopped,
+        )
 
 
 def _source_ids(dataset) -> list:
@@ -484,8 +564,10 @@ def train_command(args) -> int:
         if ctx.is_main:  # before any data is read: a second run into a live run folder stops at once
             held.enter_context(run_lock(cfg.out))
         if resume is None and (Path(cfg.out) / "checkpoints" / "last.pt").exists():
-            raise ConfigError(f"--out {cfg.out}: already holds a run (checkpoints/last.pt); continue it with "
-                              f"--resume {cfg.out} or choose another --out")
+            raise ConfigError(
+                f"--out {cfg.out}: already holds a run (checkpoints/last.pt); continue it with "
+                f"--resume {cfg.out} or choose another --out"
+            )
         seed_everything(cfg.seed, cfg.deterministic)
         train_ds, val_ds = load_train_val(cfg, verbose=ctx.is_main)
         if resume is None:
@@ -504,7 +586,9 @@ def _plan_size(cfg: TrainConfig, records, ctx, verbose: bool) -> None:
     from detlab.config import family_of
     from detlab.engine.plan import apply_size_plan
 
-    lines = apply_size_plan(cfg.model_kwargs, dict(cfg.model_kwargs), records, family_of(cfg.model), ctx.device.type)
+    lines = apply_size_plan(
+        cfg.model_kwargs, dict(cfg.model_kwargs), records, family_of(cfg.model), ctx.device.type
+    )
     if verbose:
         for line in lines:
             print(f"detlab: {line}", file=sys.stderr)
@@ -547,10 +631,13 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
     if cfg.epochs > planned and cfg.schedule != "constant":
         # The scheduler resumes its own state, planned over the saved length: say so rather than let
         # the extra epochs pass unseen at the schedule's final learning rate.
-        print(f"resume: epochs {planned} -> {cfg.epochs}: the {cfg.schedule} learning-rate schedule keeps its "
-              f"plan for {planned} epochs, so epochs {planned + 1}-{cfg.epochs} run at its final rate; to train "
-              "longer with a full schedule, start a new run from this one's weights (--weights "
-              f"{run}/checkpoints/last.pt)", file=sys.stderr)
+        print(
+            f"resume: epochs {planned} -> {cfg.epochs}: the {cfg.schedule} learning-rate schedule keeps its "
+            f"plan for {planned} epochs, so epochs {planned + 1}-{cfg.epochs} run at its final rate; to train "
+            "longer with a full schedule, start a new run from this one's weights (--weights "
+            f"{run}/checkpoints/last.pt)",
+            file=sys.stderr,
+        )
     return cfg, ckpt
 
 
@@ -561,9 +648,13 @@ def _build_for(cfg: TrainConfig, num_classes: int, resume: dict | None) -> nn.Mo
     if resume is None:
         return build_model(cfg.model, num_classes=num_classes, weights=cfg.weights, **cfg.model_kwargs)
     if int(resume["num_classes"]) != num_classes:
-        raise ConfigError(f"--resume: checkpoint has {resume['num_classes']} classes but data {cfg.data} has "
-                          f"{num_classes}; resume with the data the run was started on")
-    return build_model(resume["model_name"], num_classes=num_classes, weights="none", **resume["build_kwargs"])
+        raise ConfigError(
+            f"--resume: checkpoint has {resume['num_classes']} classes but data {cfg.data} has "
+            f"{num_classes}; resume with the data the run was started on"
+        )
+    return build_model(
+        resume["model_name"], num_classes=num_classes, weights="none", **resume["build_kwargs"]
+    )
 
 
 def load_train_val(cfg: TrainConfig, verbose: bool = True):
@@ -579,7 +670,9 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
 
     data = _default_train_split(cfg.data)
     if data != cfg.data and verbose:
-        print(f"training data: {data} (the source's train split; name another with PATH:split)", file=sys.stderr)
+        print(
+            f"training data: {data} (the source's train split; name another with PATH:split)", file=sys.stderr
+        )
     cfg.data = data
     train_ds = load_dataset(cfg.data)
     if cfg.val:
@@ -587,21 +680,29 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
     else:
         cfg.val, val_ds = _auto_val(cfg.data, train_ds)
         if val_ds is None and verbose:
-            print(f"warning: no val, valid or test split found for {cfg.data}; training without evaluation "
-                  "(pass --val DATA to evaluate)", file=sys.stderr)
+            print(
+                f"warning: no val, valid or test split found for {cfg.data}; training without evaluation "
+                "(pass --val DATA to evaluate)",
+                file=sys.stderr,
+            )
         elif verbose:
             print(f"validation data: {cfg.val} ({len(val_ds)} images)", file=sys.stderr)
     if val_ds is not None and verbose and _names_test(cfg.val):
-        print(f"warning: checkpoints/best.pt is picked on {cfg.val}, a split named test: its metrics are then "
-              "tuned to the test set and overstate accuracy — give a validation split with --val PATH:val "
-              "and keep test for the final `detlab eval`", file=sys.stderr)
+        print(
+            f"warning: checkpoints/best.pt is picked on {cfg.val}, a split named test: its metrics are then "
+            "tuned to the test set and overstate accuracy — give a validation split with --val PATH:val "
+            "and keep test for the final `detlab eval`",
+            file=sys.stderr,
+        )
     if val_ds is not None and verbose:
         train_files = {str(r.file) for r in train_ds.records.images}
         shared = sum(str(r.file) in train_files for r in val_ds.records.images)
         if shared:
-            print(f"warning: {shared} of {len(val_ds)} validation images of {cfg.val} are also training images of "
-                  f"{cfg.data}; its metrics overstate accuracy — give disjoint splits (PATH:train, --val PATH:val)",
-                  file=sys.stderr)
+            print(
+                f"warning: {shared} of {len(val_ds)} validation images of {cfg.val} are also training images of "
+                f"{cfg.data}; its metrics overstate accuracy — give disjoint splits (PATH:train, --val PATH:val)",
+                file=sys.stderr,
+            )
     return train_ds, val_ds
 
 
@@ -609,8 +710,10 @@ def _names_test(spec: str) -> bool:
     """Whether a data spec selects a split (``:test``) or a split folder (``…/test``) named test."""
     from detlab.data.formats import split_spec
 
-    return any((split or Path(path).name).lower() in ("test", "testing")
-               for path, split in (split_spec(part) for part in str(spec).split("+")))
+    return any(
+        (split or Path(path).name).lower() in ("test", "testing")
+        for path, split in (split_spec(part) for part in str(spec).split("+"))
+    )
 
 
 def _default_train_split(data: str) -> str:

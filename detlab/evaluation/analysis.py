@@ -45,8 +45,9 @@ def _mean_ap(gt: voc.GroundTruth, det_image, boxes, scores, labels, iou: float) 
     return voc.mean_ap(voc.voc_ap(curves, npos, eleven_point=False))
 
 
-def best_other_class(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray,
-                     labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_other_class(
+    gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each detection's best IoU with a non-ignored GT box of *another* class in its image.
 
     Returns:
@@ -61,8 +62,15 @@ def best_other_class(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarr
     return best, index
 
 
-def classify_errors(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                    labels: np.ndarray, iou: float = 0.5, background_iou: float = 0.1) -> dict[str, np.ndarray]:
+def classify_errors(
+    gt: voc.GroundTruth,
+    det_image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    iou: float = 0.5,
+    background_iou: float = 0.1,
+) -> dict[str, np.ndarray]:
     """The error type of every detection and the missed GT boxes (module docstring).
 
     Returns:
@@ -76,11 +84,13 @@ def classify_errors(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarra
     fp = match["fp"]
     kind = np.full(len(labels), "", dtype=object)
     undecided = fp.copy()
-    rules = (("background", (same < background_iou) & (other < background_iou)),
-             ("localization", (same >= background_iou) & (same <= iou)),
-             ("classification", other > iou),
-             ("duplicate", same > iou),
-             ("both", (other >= background_iou) & (other <= iou)))
+    rules = (
+        ("background", (same < background_iou) & (other < background_iou)),
+        ("localization", (same >= background_iou) & (same <= iou)),
+        ("classification", other > iou),
+        ("duplicate", same > iou),
+        ("both", (other >= background_iou) & (other <= iou)),
+    )
     for name, rule in rules:
         hit = undecided & rule
         kind[hit] = name
@@ -94,8 +104,15 @@ def classify_errors(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarra
     return {"match": match, "type": kind, "target": target, "missed": ~covered & ~gt.ignore}
 
 
-def error_breakdown(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                    labels: np.ndarray, iou: float = 0.5, background_iou: float = 0.1) -> dict:
+def error_breakdown(
+    gt: voc.GroundTruth,
+    det_image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    iou: float = 0.5,
+    background_iou: float = 0.1,
+) -> dict:
     """Counts of each error type and the mAP that fixing it would add.
 
     Args:
@@ -134,17 +151,31 @@ def error_breakdown(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarra
     d_ap["missed"] = _mean_ap(kept_gt, det_image, boxes, scores, labels, iou) - base
     counts["missed"] = int(missed.sum())
     per_class["missed"] = np.bincount(gt.labels[missed], minlength=gt.num_classes).tolist()
-    return {"mAP": base, "counts": counts, "dAP": d_ap, "per_class_counts": per_class,
-            "iou": iou, "background_iou": background_iou}
+    return {
+        "mAP": base,
+        "counts": counts,
+        "dAP": d_ap,
+        "per_class_counts": per_class,
+        "iou": iou,
+        "background_iou": background_iou,
+    }
 
 
 def _subset(gt: voc.GroundTruth, mask: np.ndarray) -> voc.GroundTruth:
-    return voc.GroundTruth(gt.image_ids, gt.box_image[mask], gt.boxes[mask], gt.labels[mask], gt.ignore[mask],
-                           gt.num_classes)
+    return voc.GroundTruth(
+        gt.image_ids, gt.box_image[mask], gt.boxes[mask], gt.labels[mask], gt.ignore[mask], gt.num_classes
+    )
 
 
-def confusion_matrix(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                     labels: np.ndarray, iou: float = 0.5, score_threshold: float = 0.5) -> np.ndarray:
+def confusion_matrix(
+    gt: voc.GroundTruth,
+    det_image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    iou: float = 0.5,
+    score_threshold: float = 0.5,
+) -> np.ndarray:
     """Class confusion of confident detections, with a background row and column.
 
     Detections with ``score >= score_threshold`` are matched to GT boxes of any class,
@@ -179,8 +210,14 @@ def confusion_matrix(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarr
     return matrix
 
 
-def pr_curves_per_class(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                        labels: np.ndarray, iou: float = 0.5) -> list[dict[str, np.ndarray | float]]:
+def pr_curves_per_class(
+    gt: voc.GroundTruth,
+    det_image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    iou: float = 0.5,
+) -> list[dict[str, np.ndarray | float]]:
     """Per class ``{"precision", "recall", "scores": [M_c], "AP": all-point AP, "num_gt": int}``."""
     match = voc.match_detections(gt, det_image, np.asarray(boxes, np.float64), scores, labels, iou)
     npos = gt.num_positives()
@@ -189,9 +226,16 @@ def pr_curves_per_class(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.nd
     return [{**cv, "AP": float(a), "num_gt": int(n)} for cv, a, n in zip(curves, ap, npos)]
 
 
-def analyse(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-            labels: np.ndarray, iou: float = 0.5, background_iou: float = 0.1,
-            score_threshold: float = 0.5) -> dict:
+def analyse(
+    gt: voc.GroundTruth,
+    det_image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    iou: float = 0.5,
+    background_iou: float = 0.1,
+    score_threshold: float = 0.5,
+) -> dict:
     """PR curves, confusion matrix and error breakdown in one dict (arrays kept as numpy).
 
     Args:
@@ -209,7 +253,10 @@ def analyse(gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, score
     scores = np.asarray(scores, np.float64)
     return {
         "pr_curves": pr_curves_per_class(gt, det_image, boxes, scores, labels, iou),
-        "confusion": {"matrix": confusion_matrix(gt, det_image, boxes, scores, labels, iou, score_threshold),
-                      "iou": iou, "score_threshold": score_threshold},
+        "confusion": {
+            "matrix": confusion_matrix(gt, det_image, boxes, scores, labels, iou, score_threshold),
+            "iou": iou,
+            "score_threshold": score_threshold,
+        },
         "errors": error_breakdown(gt, det_image, boxes, scores, labels, iou, background_iou),
     }

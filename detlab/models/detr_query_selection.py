@@ -82,8 +82,16 @@ class QuerySelection(nn.Module):
         """Positional query ``[B, Q, D]`` of reference boxes ``[B, Q, 4]`` cxcywh in 0..1."""
         return self.pos_head(sine_box_embedding(ref, self.memory_proj.in_features // 2))
 
-    def refine(self, decoder: nn.Module, bbox_embed: nn.Module, memory: Tensor, mask: Tensor, pos: Tensor,
-               content: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    def refine(
+        self,
+        decoder: nn.Module,
+        bbox_embed: nn.Module,
+        memory: Tensor,
+        mask: Tensor,
+        pos: Tensor,
+        content: Tensor,
+        ref: Tensor,
+    ) -> tuple[Tensor, Tensor]:
         """Run ``decoder``'s layers one by one, each refining the previous layer's boxes.
 
         Each layer's positional query is made from the current reference boxes, and its

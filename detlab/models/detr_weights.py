@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from detlab.errors import WeightsError
-from detlab.models.weights import filename_from_url, load_with_head_surgery, read_weights_file, resolve_weights_file
+from detlab.models.weights import (
+    filename_from_url,
+    load_with_head_surgery,
+    read_weights_file,
+    resolve_weights_file,
+)
 
 if TYPE_CHECKING:
     from detlab.models.detr import DETR

@@ -12,7 +12,7 @@ Legend for shape comments: ``N`` boxes, ``K`` detections, ``C`` classes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
@@ -32,7 +32,6 @@ BACKBONES = {
 COCO_WEIGHTS = {"faster_rcnn_r50_fpn": FasterRCNN_ResNet50_FPN_Weights.COCO_V1.url}
 # cls_score [C+1, 1024] and bbox_pred [4(C+1), 1024] both depend on the class count.
 HEAD_PREFIXES = ("roi_heads.box_predictor.",)
-
 
 
 class FasterRCNNDetector(ValLossesByFlag, FasterRCNN):
@@ -124,7 +123,9 @@ def build_faster_rcnn(
         backbone = effl0_fpn_backbone(spec == "imagenet", (1, 2, 3, 4), LastLevelMaxPool(), frozen_bn)
     else:
         depth = int(backbone_id[1:])
-        backbone = resnet_fpn_backbone(depth, spec == "imagenet", trainable_layers, frozen_bn, (1, 2, 3, 4), LastLevelMaxPool())
+        backbone = resnet_fpn_backbone(
+            depth, spec == "imagenet", trainable_layers, frozen_bn, (1, 2, 3, 4), LastLevelMaxPool()
+        )
     model = FasterRCNNDetector(
         backbone,
         num_classes + 1,

@@ -10,7 +10,7 @@ Legend for shape comments: ``B`` batch, ``N`` boxes, ``K`` detections, ``C`` cla
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 from torchvision.models.detection import FCOS
@@ -119,7 +119,9 @@ def build_fcos(
         backbone = effl0_fpn_backbone(spec == "imagenet", (2, 3, 4), extra, frozen_bn, fpn_channels)
     else:
         depth = int(backbone_id[1:])
-        backbone = resnet_fpn_backbone(depth, spec == "imagenet", trainable_layers, frozen_bn, (2, 3, 4), extra, fpn_channels)
+        backbone = resnet_fpn_backbone(
+            depth, spec == "imagenet", trainable_layers, frozen_bn, (2, 3, 4), extra, fpn_channels
+        )
     model = FCOSDetector(
         backbone,
         num_classes,

@@ -48,10 +48,14 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if device.type == "cpu":
         if precision == "fp16":
-            raise ConfigError("precision fp16 on CPU: PyTorch has no fast fp16 CPU kernels — use bf16 or fp32")
+            raise ConfigError(
+                "precision fp16 on CPU: PyTorch has no fast fp16 CPU kernels — use bf16 or fp32"
+            )
         if not cpu_has_native_bf16():
-            raise ConfigError("precision bf16 on CPU: this CPU has no native bf16 (AVX512-BF16 / AMX), "
-                              "so it would be slower than float32 — use fp32")
+            raise ConfigError(
+                "precision bf16 on CPU: this CPU has no native bf16 (AVX512-BF16 / AMX), "
+                "so it would be slower than float32 — use fp32"
+            )
     elif precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision bf16: this GPU has no bf16 support — use fp16 (or amp) on CUDA")
     return torch.bfloat16 if precision == "bf16" else torch.float16

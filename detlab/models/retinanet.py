@@ -9,7 +9,7 @@ Legend for shape comments: ``N`` boxes, ``K`` detections, ``C`` classes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor
 from torchvision.models.detection import RetinaNet
@@ -99,7 +99,9 @@ def build_retinanet(
     frozen_bn = pretrained if frozen_bn is None else bool(frozen_bn)
     trainable_layers = (3 if pretrained else 5) if trainable_layers is None else int(trainable_layers)
     depth = int(BACKBONES[name][1:])
-    backbone = resnet_fpn_backbone(depth, spec == "imagenet", trainable_layers, frozen_bn, (2, 3, 4), LastLevelP6P7(256, 256))
+    backbone = resnet_fpn_backbone(
+        depth, spec == "imagenet", trainable_layers, frozen_bn, (2, 3, 4), LastLevelP6P7(256, 256)
+    )
     model = RetinaNetDetector(
         backbone,
         num_classes,

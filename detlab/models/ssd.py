@@ -19,8 +19,8 @@ Legend for shape comments: ``B`` batch, ``N`` boxes, ``K`` detections, ``C`` cla
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,12 @@ from torchvision.models.vgg import VGG16_Weights
 from detlab.errors import ConfigError
 from detlab.models.backbones import efficientnet_lite0_features
 from detlab.models.contract import ValLossesByFlag, loss_targets
-from detlab.models.weights import filename_from_url, load_detector_weights, parse_weights_spec, resolve_weights_file
+from detlab.models.weights import (
+    filename_from_url,
+    load_detector_weights,
+    parse_weights_spec,
+    resolve_weights_file,
+)
 
 BACKBONES = {"ssd300_vgg16": "vgg16", "ssdlite_effl0": "effl0"}
 COCO_WEIGHTS = {"ssd300_vgg16": SSD300_VGG16_Weights.COCO_V1.url}
@@ -94,7 +99,9 @@ class EffL0SSDLiteExtractor(nn.Module):
         extra_channels: output channels of the four extra levels (as SSDLite320).
     """
 
-    def __init__(self, body: nn.Module, norm_layer: Callable[..., nn.Module], extra_channels=(512, 256, 256, 128)) -> None:
+    def __init__(
+        self, body: nn.Module, norm_layer: Callable[..., nn.Module], extra_channels=(512, 256, 256, 128)
+    ) -> None:
         super().__init__()
         self.body = body
         blocks = []
@@ -105,7 +112,7 @@ class EffL0SSDLiteExtractor(nn.Module):
         self.extra = nn.ModuleList(blocks)
         _normal_init(self.extra)
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         output = list(self.body(x))  # [B, 112, H/16, W/16], [B, 320, H/32, W/32]
         x = output[-1]
         for block in self.extra:
@@ -120,7 +127,9 @@ def _vgg16_backbone(pretrained: bool, trainable_layers: int) -> nn.Module:
         path = resolve_weights_file(filename_from_url(VGG16_IMAGENET_URL), VGG16_IMAGENET_URL)
         state = torch.load(path, map_location="cpu", weights_only=True)
         # only the conv trunk is used by SSD; the file's classifier is not needed
-        vgg.features.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")})
+        vgg.features.load_state_dict(
+            {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+        )
     return _vgg_extractor(vgg, False, trainable_layers)
 
 
@@ -128,7 +137,9 @@ def _out_channels(name: str, backbone: nn.Module, size: int) -> list[int]:
     try:
         return det_utils.retrieve_out_channels(backbone, (size, size))
     except RuntimeError:
-        raise ConfigError(f"{name}: size={size} is too small for its feature pyramid; use size >= {DEFAULT_SIZE[name]}") from None
+        raise ConfigError(
+            f"{name}: size={size} is too small for its feature pyramid; use size >= {DEFAULT_SIZE[name]}"
+        ) from None
 
 
 def _vgg16_parts(pretrained: bool, trainable_layers: int, num_classes: int, size: int):
@@ -139,7 +150,9 @@ def _vgg16_parts(pretrained: bool, trainable_layers: int, num_classes: int, size
         scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
         steps=[8, 16, 32, 64, 100, 300] if size == 300 else None,  # the paper's steps are for 300 only
     )
-    head = SSDHead(_out_channels("ssd300_vgg16", backbone, size), anchors.num_anchors_per_location(), num_classes + 1)
+    head = SSDHead(
+        _out_channels("ssd300_vgg16", backbone, size), anchors.num_anchors_per_location(), num_classes + 1
+    )
     # VGG weights expect 0..255 inputs minus the mean: undo ToTensor's scaling
     norm = dict(image_mean=[0.48235, 0.45882, 0.40784], image_std=[1.0 / 255.0] * 3)
     return backbone, anchors, head, norm
@@ -152,7 +165,9 @@ def _effl0_parts(pretrained: bool, frozen_bn: bool, num_classes: int, size: int)
     anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
     channels = _out_channels("ssdlite_effl0", backbone, size)
     head = SSDLiteHead(channels, anchors.num_anchors_per_location(), num_classes + 1, norm_layer)
-    norm = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # the ImageNet weights' stats
+    norm = dict(
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+    )  # the ImageNet weights' stats
     return backbone, anchors, head, norm
 
 

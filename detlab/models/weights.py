@@ -15,8 +15,8 @@ fresh initialisation, and one log line says what was dropped.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -72,14 +72,18 @@ def resolve_weights_file(filename: str, url: str | None = None) -> Path:
         return path
     where = f"download {url} and place it in {folder}/" if url else f"place it in {folder}/"
     if url is None or not _downloads_allowed():
-        raise WeightsError(f"pretrained weights file {filename} not found in {folder}: {where} (or set TORCH_HOME)")
+        raise WeightsError(
+            f"pretrained weights file {filename} not found in {folder}: {where} (or set TORCH_HOME)"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(path), progress=True)
     except Exception as e:  # any network / disk failure is the same advice to the user
         path.unlink(missing_ok=True)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"could not download pretrained weights file {filename} ({reason}): {where}") from None
+        raise WeightsError(
+            f"could not download pretrained weights file {filename} ({reason}): {where}"
+        ) from None
     return path
 
 
@@ -104,15 +108,22 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {path} not found: use --weights none|imagenet|coco or the path of a .pt/.pth file")
-    obj = read_torch_file(path, "cannot read weights file",
-                          "it must be a state dict or a detlab checkpoint saved with torch.save")
+        raise WeightsError(
+            f"weights file {path} not found: use --weights none|imagenet|coco or the path of a .pt/.pth file"
+        )
+    obj = read_torch_file(
+        path,
+        "cannot read weights file",
+        "it must be a state dict or a detlab checkpoint saved with torch.save",
+    )
     meta: dict = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         meta = {k: obj[k] for k in ("model_name", "num_classes", "class_names") if k in obj}
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not any(isinstance(v, Tensor) for v in obj.values()):
-        raise WeightsError(f"weights file {path} holds no state dict: expected tensors by name, or a dict with a 'model' state dict")
+        raise WeightsError(
+            f"weights file {path} holds no state dict: expected tensors by name, or a dict with a 'model' state dict"
+        )
     return {k: v for k, v in obj.items() if isinstance(v, Tensor)}, meta
 
 
@@ -203,7 +214,9 @@ def parse_weights_spec(weights: str | os.PathLike | None) -> str:
     if spec.lower() in WEIGHT_CHOICES:
         return spec.lower()
     if not Path(spec).is_file():
-        raise WeightsError(f"weights {spec!r}: no such file; use none, imagenet, coco or the path of a .pt/.pth file")
+        raise WeightsError(
+            f"weights {spec!r}: no such file; use none, imagenet, coco or the path of a .pt/.pth file"
+        )
     return spec
 
 
@@ -237,7 +250,9 @@ def load_detector_weights(
         return []
     if spec == "coco":
         if coco_url is None:
-            raise WeightsError(f"{name} has no published COCO weights: use --weights imagenet, none, or a path to a checkpoint")
+            raise WeightsError(
+                f"{name} has no published COCO weights: use --weights imagenet, none, or a path to a checkpoint"
+            )
         path = resolve_weights_file(filename_from_url(coco_url), coco_url)
         state_dict, meta = read_weights_file(path)
     else:

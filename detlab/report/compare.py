@@ -46,8 +46,20 @@ from detlab.report.html import (
     validation_dataset,
 )
 
-COLUMNS = ["method", "run", "AP", "AP50", "AP75", "APs", "APm", "APl",
-           "ms/img", "train time (min)", "params (M)", "GFLOPs"]
+COLUMNS = [
+    "method",
+    "run",
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "ms/img",
+    "train time (min)",
+    "params (M)",
+    "GFLOPs",
+]
 GALLERY_SCORE = 0.5
 GALLERY_POOL = 40  # images scored for disagreement
 GALLERY_SIZE = 6
@@ -130,13 +142,17 @@ def measure(entries: list[Entry], dataset, device: str | None) -> None:
     """Load each run's model and fill latency, parameters and GFLOPs (on the same images and device)."""
     from detlab.predict import Detector
 
-    images = [dataset[i][0] for i in sample_indices(len(dataset), LATENCY_IMAGES)] if dataset is not None else []
+    images = (
+        [dataset[i][0] for i in sample_indices(len(dataset), LATENCY_IMAGES)] if dataset is not None else []
+    )
     for entry in entries:
         try:
             entry.detector = Detector.from_run(entry.info.path, device=device)
         except (DetlabError, ImportError, RuntimeError) as e:
-            print(f"note: {entry.info.path}: model not loaded ({e}); latency, params and GFLOPs left out",
-                  file=sys.stderr)
+            print(
+                f"note: {entry.info.path}: model not loaded ({e}); latency, params and GFLOPs left out",
+                file=sys.stderr,
+            )
             continue
         entry.params = count_parameters(entry.detector.model)
         if images:
@@ -188,19 +204,36 @@ def gallery(entries: list[Entry], dataset) -> str:
     scored.sort(key=lambda s: (-s[0], s[1]))
     shown = [s for s in scored if s[0] > 0][:GALLERY_SIZE]
     if not shown:
-        return note(f"the runs agree on all {len(scored)} scored images (score ≥ {GALLERY_SCORE}, IoU ≥ 0.5).")
+        return note(
+            f"the runs agree on all {len(scored)} scored images (score ≥ {GALLERY_SCORE}, IoU ≥ 0.5)."
+        )
     blocks = []
     for score, i, dets in shown:
         image, target = dataset[i]
         name = Path(dataset.records.images[i].file).name
-        figs = [figure(draw_png(image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True),
-                       f"{name}: ground truth")]
-        figs += [figure(draw_png(image, d["boxes"], d["labels"], e.detector.class_names, d["scores"]),
-                        f"{e.label}: {len(d['labels'])} boxes") for e, d in zip(loaded, dets)]
-        blocks.append(f"<h3>{esc(name)} — disagreement {score:.2f}</h3><div class=\"grid\">{''.join(figs)}</div>")
-    return (f"<p>{len(scored)} validation images scored; detections with score ≥ {GALLERY_SCORE}; "
-            "disagreement = 1 − mean pairwise F1 of class-matched boxes at IoU ≥ 0.5; "
-            "images where they agree are not shown.</p>" + "".join(blocks))
+        figs = [
+            figure(
+                draw_png(
+                    image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True
+                ),
+                f"{name}: ground truth",
+            )
+        ]
+        figs += [
+            figure(
+                draw_png(image, d["boxes"], d["labels"], e.detector.class_names, d["scores"]),
+                f"{e.label}: {len(d['labels'])} boxes",
+            )
+            for e, d in zip(loaded, dets)
+        ]
+        blocks.append(
+            f'<h3>{esc(name)} — disagreement {score:.2f}</h3><div class="grid">{"".join(figs)}</div>'
+        )
+    return (
+        f"<p>{len(scored)} validation images scored; detections with score ≥ {GALLERY_SCORE}; "
+        "disagreement = 1 − mean pairwise F1 of class-matched boxes at IoU ≥ 0.5; "
+        "images where they agree are not shown.</p>" + "".join(blocks)
+    )
 
 
 # --- table, curves, per-class ------------------------------------------------------------------
@@ -215,9 +248,16 @@ def table_rows(entries: list[Entry]) -> list[list[str]]:
     rows = []
     for e in entries:
         coco = e.info.final.get("coco", {})
-        rows.append([e.info.model_name, e.info.name] + [pct(coco.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
-                    + [_num(e.ms_per_image, ".1f"), _num(None if e.train_seconds is None else e.train_seconds / 60, ".1f"),
-                       _num(None if e.params is None else e.params / 1e6, ".2f"), _num(e.gflops, ".1f")])
+        rows.append(
+            [e.info.model_name, e.info.name]
+            + [pct(coco.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+            + [
+                _num(e.ms_per_image, ".1f"),
+                _num(None if e.train_seconds is None else e.train_seconds / 60, ".1f"),
+                _num(None if e.params is None else e.params / 1e6, ".2f"),
+                _num(e.gflops, ".1f"),
+            ]
+        )
     return rows
 
 
@@ -238,7 +278,9 @@ def per_class_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     for n in names:
         values = [e.info.final.get("coco", {}).get("per_class", {}).get(n) for e in entries]
         ok = [defined(v) for v in values]
-        deltas = [f"{100 * (v - values[0]):+.1f}" if ok[0] and ok[j + 1] else "–" for j, v in enumerate(values[1:])]
+        deltas = [
+            f"{100 * (v - values[0]):+.1f}" if ok[0] and ok[j + 1] else "–" for j, v in enumerate(values[1:])
+        ]
         rows.append([n] + [pct(v) for v in values] + deltas)
     return header, rows
 
@@ -263,13 +305,23 @@ def curves_png(entries: list[Entry], metric: str = "coco/AP") -> bytes | None:
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 3.8))
     drawn = False
     for e in entries:
-        train = [r for r in e.info.lines if r.get("type") == "train" and isinstance(r.get("loss"), (int, float))]
-        evals = [r for r in e.info.lines if r.get("type") == "eval" and isinstance(r.get(metric), (int, float))]
+        train = [
+            r for r in e.info.lines if r.get("type") == "train" and isinstance(r.get("loss"), (int, float))
+        ]
+        evals = [
+            r for r in e.info.lines if r.get("type") == "eval" and isinstance(r.get(metric), (int, float))
+        ]
         if train:
-            ax_loss.plot([r.get("iter", i) for i, r in enumerate(train)], [r["loss"] for r in train], label=e.label)
+            ax_loss.plot(
+                [r.get("iter", i) for i, r in enumerate(train)], [r["loss"] for r in train], label=e.label
+            )
         if evals:
-            ax_ap.plot([r.get("epoch", i) for i, r in enumerate(evals)], [100 * r[metric] for r in evals],
-                       marker="o", label=e.label)
+            ax_ap.plot(
+                [r.get("epoch", i) for i, r in enumerate(evals)],
+                [100 * r[metric] for r in evals],
+                marker="o",
+                label=e.label,
+            )
         drawn = drawn or bool(train or evals)
     if not drawn:
         plt.close(fig)
@@ -314,12 +366,15 @@ def _load_dataset(entries: list[Entry], data: str | None):
     try:
         return validation_dataset(entries[0].info.config, data)
     except (DetlabError, ImportError, OSError) as e:
-        print(f"note: no validation data ({e}); latency, GFLOPs and the gallery are left out", file=sys.stderr)
+        print(
+            f"note: no validation data ({e}); latency, GFLOPs and the gallery are left out", file=sys.stderr
+        )
         return None
 
 
-def write_comparison(runs: list[str | Path], out: str | Path, data: str | None = None,
-                     device: str | None = None) -> Path:
+def write_comparison(
+    runs: list[str | Path], out: str | Path, data: str | None = None, device: str | None = None
+) -> Path:
     """Compare runs and write ``compare.csv``, ``compare.md`` and ``compare.html`` under ``out``.
 
     Args:
@@ -345,7 +400,9 @@ def write_comparison(runs: list[str | Path], out: str | Path, data: str | None =
     with open(out / "compare.csv", "w", newline="") as f:
         csv.writer(f).writerows([COLUMNS] + rows)
     pc_header, pc_rows = per_class_rows(entries)
-    md = "# detlab compare\n\nAP numbers in %, from each run's final evaluation.\n\n" + markdown_table(COLUMNS, rows)
+    md = "# detlab compare\n\nAP numbers in %, from each run's final evaluation.\n\n" + markdown_table(
+        COLUMNS, rows
+    )
     if pc_rows:
         md += "\n## Per-class COCO AP (%)\n\n" + markdown_table(pc_header, pc_rows)
     (out / "compare.md").write_text(md, encoding="utf-8")
@@ -356,17 +413,26 @@ def write_comparison(runs: list[str | Path], out: str | Path, data: str | None =
 def _html(entries: list[Entry], rows, pc_header, pc_rows, dataset) -> str:
     dev = next((str(e.detector.device) for e in entries if e.detector is not None), "–")
     sources = "; ".join(f"{e.info.name}: {e.info.final_source or 'no evaluation'}" for e in entries)
-    table_body = (table(COLUMNS, rows) + f"<p>AP numbers in %; ms/img: median of {LATENCY_IMAGES} validation "
-                  f"images, one per call, after warm-up, on {esc(dev)}; GFLOPs: FlopCounterMode on one image "
-                  f"(2 per multiply-add). Evaluations: {esc(sources)}.</p>")
+    table_body = (
+        table(COLUMNS, rows) + f"<p>AP numbers in %; ms/img: median of {LATENCY_IMAGES} validation "
+        f"images, one per call, after warm-up, on {esc(dev)}; GFLOPs: FlopCounterMode on one image "
+        f"(2 per multiply-add). Evaluations: {esc(sources)}.</p>"
+    )
     curves = curves_png(entries)
     pc_png = per_class_png(entries)
     sections = [
         section("table", "Comparison", table_body),
-        section("curves", "Training curves", figure(curves, "training curves") if curves
-                else note("no metrics.jsonl lines in these runs.")),
-        section("per-class", "Per-class AP", (figure(pc_png, "per-class AP") if pc_png else "")
-                + (table(pc_header, pc_rows) if pc_rows else note("no per-class AP in the evaluations."))),
+        section(
+            "curves",
+            "Training curves",
+            figure(curves, "training curves") if curves else note("no metrics.jsonl lines in these runs."),
+        ),
+        section(
+            "per-class",
+            "Per-class AP",
+            (figure(pc_png, "per-class AP") if pc_png else "")
+            + (table(pc_header, pc_rows) if pc_rows else note("no per-class AP in the evaluations.")),
+        ),
         section("gallery", "Where the runs disagree most", gallery(entries, dataset)),
     ]
     return page("detlab compare", " vs ".join(e.label for e in entries), sections)

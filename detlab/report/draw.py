@@ -60,15 +60,28 @@ def _ink(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, colour, width: int) -> None:
     x1, y1, x2, y2 = box
     dash = 4 * width + 2
-    for a, b, horizontal, fixed in ((x1, x2, True, y1), (x1, x2, True, y2), (y1, y2, False, x1), (y1, y2, False, x2)):
+    for a, b, horizontal, fixed in (
+        (x1, x2, True, y1),
+        (x1, x2, True, y2),
+        (y1, y2, False, x1),
+        (y1, y2, False, x2),
+    ):
         for start in np.arange(a, b, 2 * dash):
             end = min(start + dash, b)
             points = [(start, fixed), (end, fixed)] if horizontal else [(fixed, start), (fixed, end)]
             draw.line(points, fill=colour, width=width)
 
 
-def draw_boxes(image: torch.Tensor, boxes, labels, class_names: list[str], scores=None, width: int | None = None,
-               ground_truth: bool = False, marks=None) -> torch.Tensor:
+def draw_boxes(
+    image: torch.Tensor,
+    boxes,
+    labels,
+    class_names: list[str],
+    scores=None,
+    width: int | None = None,
+    ground_truth: bool = False,
+    marks=None,
+) -> torch.Tensor:
     """Draw boxes with class-coloured outlines and readable captions (see the module docstring).
 
     Args:
@@ -85,7 +98,9 @@ def draw_boxes(image: torch.Tensor, boxes, labels, class_names: list[str], score
         ``uint8 [3, H, W]``.
     """
     img = to_uint8(image.cpu())
-    boxes = np.asarray(boxes.detach().cpu().float() if torch.is_tensor(boxes) else boxes, np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes.detach().cpu().float() if torch.is_tensor(boxes) else boxes, np.float64).reshape(
+        -1, 4
+    )
     labels = [int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
     if boxes.shape[0] == 0:
         return img
@@ -100,7 +115,9 @@ def draw_boxes(image: torch.Tensor, boxes, labels, class_names: list[str], score
     face = font(text_size(h, w))
     canvas = Image.fromarray(img.permute(1, 2, 0).numpy().copy())
     draw = ImageDraw.Draw(canvas)
-    order = np.argsort(scores if scores is not None else np.zeros(len(labels)), kind="stable")  # best drawn last, on top
+    order = np.argsort(
+        scores if scores is not None else np.zeros(len(labels)), kind="stable"
+    )  # best drawn last, on top
     for i in order.tolist():
         colour = class_colour(labels[i])
         x1, y1, x2, y2 = boxes[i].tolist()
@@ -136,9 +153,11 @@ def fit_tile(image: torch.Tensor, side: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     scale = side / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    small = nnf.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    small = nnf.interpolate(
+        image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     tile = torch.zeros(3, side, side)
-    tile[:, (side - nh) // 2:(side - nh) // 2 + nh, (side - nw) // 2:(side - nw) // 2 + nw] = small
+    tile[:, (side - nh) // 2 : (side - nh) // 2 + nh, (side - nw) // 2 : (side - nw) // 2 + nw] = small
     return tile.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -147,8 +166,15 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
 
 
-def show_command(data: str, out: str, n: int = 8, split: str | None = None, images: str | None = None,
-                 classes: str | None = None, tile: int = 320) -> int:
+def show_command(
+    data: str,
+    out: str,
+    n: int = 8,
+    split: str | None = None,
+    images: str | None = None,
+    classes: str | None = None,
+    tile: int = 320,
+) -> int:
     """``detlab show DATA --out DIR``: ground truth drawn on ``n`` images spread over the dataset.
 
     Writes one PNG per image (``<stem>.png``; ground truth dashed, ``difficult`` boxes
@@ -165,15 +191,28 @@ def show_command(data: str, out: str, n: int = 8, split: str | None = None, imag
     for i in picks:
         image, target = ds[int(i)]
         marks = ["difficult" if d else "" for d in target["difficult"].tolist()]
-        drawn = draw_boxes(image, target["boxes"], target["labels"], ds.class_names, ground_truth=True, marks=marks)
+        drawn = draw_boxes(
+            image, target["boxes"], target["labels"], ds.class_names, ground_truth=True, marks=marks
+        )
         name = Path(ds.records.images[int(i)].file).name
         save_png(drawn, out_dir / f"{Path(name).stem}.png")
         # drawn again at tile size, so captions keep a readable size instead of shrinking with the image
-        small, boxes = fit_tile(to_uint8(image), tile), target["boxes"].numpy() * (tile / max(image.shape[-2:]))
-        offset = [(tile - round(image.shape[-1] * tile / max(image.shape[-2:]))) // 2,
-                  (tile - round(image.shape[-2] * tile / max(image.shape[-2:]))) // 2]
-        tile_drawn = draw_boxes(small, boxes + np.array(offset * 2), target["labels"], ds.class_names,
-                                ground_truth=True, marks=marks)
+        small, boxes = (
+            fit_tile(to_uint8(image), tile),
+            target["boxes"].numpy() * (tile / max(image.shape[-2:])),
+        )
+        offset = [
+            (tile - round(image.shape[-1] * tile / max(image.shape[-2:]))) // 2,
+            (tile - round(image.shape[-2] * tile / max(image.shape[-2:]))) // 2,
+        ]
+        tile_drawn = draw_boxes(
+            small,
+            boxes + np.array(offset * 2),
+            target["labels"],
+            ds.class_names,
+            ground_truth=True,
+            marks=marks,
+        )
         tiles.append(caption(tile_drawn, name))
     grid = make_grid(torch.stack(tiles), nrow=min(4, len(tiles)), padding=4)
     save_png(grid, out_dir / "grid.png")

@@ -144,8 +144,15 @@ def read_jsonl(path: Path) -> list[dict]:
 def _final_eval(run: Path, lines: list[dict], meta: dict) -> tuple[dict, str]:
     """The run's final evaluation: ``eval/best.json`` (the checkpoint predict deploys), else
     ``eval/last.json``, else the newest other ``eval/*.json`` (not before.json), else the last eval line."""
-    others = sorted((p for p in (run / "eval").glob("*.json") if p.name != "before.json"),
-                    key=lambda p: p.stat().st_mtime, reverse=True) if (run / "eval").is_dir() else []
+    others = (
+        sorted(
+            (p for p in (run / "eval").glob("*.json") if p.name != "before.json"),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        if (run / "eval").is_dir()
+        else []
+    )
     candidates = sorted(others, key=lambda p: {"best.json": 0, "last.json": 1}.get(p.name, 2))
     for path in candidates:
         try:
@@ -175,13 +182,18 @@ def load_run(run_dir: str | Path) -> RunInfo:
             break
     if info.checkpoint is not None:
         try:
-            ckpt = read_torch_file(info.checkpoint, "cannot load checkpoint", "the report is written without it")
+            ckpt = read_torch_file(
+                info.checkpoint, "cannot load checkpoint", "the report is written without it"
+            )
         except WeightsError as e:  # an unreadable checkpoint still leaves the metrics to report
             print(f"skipped: {e}", file=sys.stderr)
             ckpt = {}
         if isinstance(ckpt, dict):
-            info.meta = {k: v for k, v in ckpt.items()
-                         if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng")}
+            info.meta = {
+                k: v
+                for k, v in ckpt.items()
+                if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng")
+            }
     if (run / "config.yaml").is_file():
         info.config = yaml.safe_load((run / "config.yaml").read_text()) or {}
     info.config = info.config or dict(info.meta.get("config") or {})
@@ -190,7 +202,9 @@ def load_run(run_dir: str | Path) -> RunInfo:
     if (run / "eval" / "before.json").is_file():
         info.before = as_result(json.loads((run / "eval" / "before.json").read_text()))
     if not (info.config or info.lines or info.final or info.meta):
-        raise DataError(f"{run}: no config.yaml, metrics.jsonl, eval/*.json or checkpoint — not a detlab run folder")
+        raise DataError(
+            f"{run}: no config.yaml, metrics.jsonl, eval/*.json or checkpoint — not a detlab run folder"
+        )
     return info
 
 
@@ -254,14 +268,22 @@ _NUMBER = re.compile(r"^([+\-]?\d[\d.,]*|–)$")
 def table(header: list[str], rows: list[list]) -> str:
     """An HTML table; numbers right-aligned, text left."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    cell = (lambda c: f'<td class="n">{esc(c)}</td>' if _NUMBER.match(str(c)) else f"<td>{esc(c)}</td>")
+
+    def cell(c) -> str:
+        return f'<td class="n">{esc(c)}</td>' if _NUMBER.match(str(c)) else f"<td>{esc(c)}</td>"
+
     body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def defined(value) -> bool:
     """Whether a metric has a value: a finite number >= 0 (COCO's ``-1``, NaN and ``None`` mean undefined)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def pct(value) -> str:
@@ -275,9 +297,11 @@ def section(sid: str, title: str, body: str) -> str:
 
 def page(title: str, subtitle: str, sections: list[str]) -> str:
     """A whole self-contained HTML document."""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>"
-            f"<main>{''.join(sections)}</main></body></html>")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>"
+        f"<main>{''.join(sections)}</main></body></html>"
+    )
 
 
 def plot_files(run: Path) -> list[Path]:
@@ -315,9 +339,14 @@ def _figures(paths: list[Path]) -> str:
 def _config_section(info: RunInfo) -> str:
     if not info.config:
         return section("config", "Config", note("config.yaml not found in the run folder."))
-    facts = [["model", info.model_name], ["classes", ", ".join(info.class_names) or "?"],
-             ["train data", info.config.get("data", "?")], ["val data", info.config.get("val") or "auto"],
-             ["weights", info.config.get("weights", "?")], ["epochs", info.config.get("epochs", "?")]]
+    facts = [
+        ["model", info.model_name],
+        ["classes", ", ".join(info.class_names) or "?"],
+        ["train data", info.config.get("data", "?")],
+        ["val data", info.config.get("val") or "auto"],
+        ["weights", info.config.get("weights", "?")],
+        ["epochs", info.config.get("epochs", "?")],
+    ]
     text = yaml.safe_dump(info.config, sort_keys=False, allow_unicode=True)
     return section("config", "Config", table(["key", "value"], facts) + f"<pre>{esc(text)}</pre>")
 
@@ -334,7 +363,9 @@ def _curves_section(info: RunInfo, plots: list[Path], tmp: Path) -> str:
         except (ImportError, DetlabError, ValueError, KeyError) as e:
             return section("curves", "Training curves", note(f"could not plot metrics.jsonl ({e})."))
     if not found:
-        return section("curves", "Training curves", note("no metrics.jsonl and no plots/*.png in the run folder."))
+        return section(
+            "curves", "Training curves", note("no metrics.jsonl and no plots/*.png in the run folder.")
+        )
     return section("curves", "Training curves", _figures(found))
 
 
@@ -347,12 +378,16 @@ def metrics_rows(result: dict) -> list[list[str]]:
 
 def _metrics_section(info: RunInfo) -> str:
     if not info.final:
-        return section("metrics", "Metrics", note("no evaluation found (eval/*.json or eval lines in metrics.jsonl)."))
+        return section(
+            "metrics", "Metrics", note("no evaluation found (eval/*.json or eval lines in metrics.jsonl).")
+        )
     body = f"<p>From <code>{esc(info.final_source)}</code>; values in %.</p>"
     body += table(["metric", "value (%)"], metrics_rows(info.final))
     if "val_loss" in info.final and isinstance(info.final["val_loss"], dict):
         body += "<h3>Validation loss</h3>" + table(
-            ["loss", "value"], [[k, f"{v:.4f}"] for k, v in info.final["val_loss"].items() if isinstance(v, (int, float))])
+            ["loss", "value"],
+            [[k, f"{v:.4f}"] for k, v in info.final["val_loss"].items() if isinstance(v, (int, float))],
+        )
     return section("metrics", "Metrics", body)
 
 
@@ -388,7 +423,9 @@ def _per_class_section(info: RunInfo, plots: list[Path], tmp: Path) -> str:
 def _plot_section(sid: str, title: str, plots: list[Path], kind: str, run: Path) -> str:
     found = [p for p in plots if _kind(p) == kind]
     if not found:
-        return section(sid, title, note(f"no {title.lower()} plot in plots/ or eval/ — run `detlab eval {run}` first."))
+        return section(
+            sid, title, note(f"no {title.lower()} plot in plots/ or eval/ — run `detlab eval {run}` first.")
+        )
     return section(sid, title, _figures(found))
 
 
@@ -407,18 +444,29 @@ def before_after_rows(before: dict, after: dict) -> list[list[str]]:
 
 def _before_after_section(info: RunInfo) -> str:
     if not info.before:
-        return section("before-after", "Before / after fine-tuning",
-                       note("no eval/before.json: the run did not evaluate before its first step "
-                            "(it does when it starts from pretrained weights, or with --set eval_before=true)."))
+        return section(
+            "before-after",
+            "Before / after fine-tuning",
+            note(
+                "no eval/before.json: the run did not evaluate before its first step "
+                "(it does when it starts from pretrained weights, or with --set eval_before=true)."
+            ),
+        )
     if not info.final:
-        return section("before-after", "Before / after fine-tuning", note("no final evaluation to compare with."))
+        return section(
+            "before-after", "Before / after fine-tuning", note("no final evaluation to compare with.")
+        )
     rows = before_after_rows(info.before, info.final)
-    return section("before-after", "Before / after fine-tuning",
-                   "<p>Values in %; change in points.</p>" + table(["metric", "before", "after", "change"], rows))
+    return section(
+        "before-after",
+        "Before / after fine-tuning",
+        "<p>Values in %; change in points.</p>" + table(["metric", "before", "after", "change"], rows),
+    )
 
 
-def draw_png(image: torch.Tensor, boxes, labels, class_names: list[str], scores=None,
-             ground_truth: bool = False) -> bytes:
+def draw_png(
+    image: torch.Tensor, boxes, labels, class_names: list[str], scores=None, ground_truth: bool = False
+) -> bytes:
     """PNG bytes of ``image`` (``float32 [3, H, W]`` in 0..1) with xyxy absolute ``boxes`` drawn by ``report.draw``
     (dashed for ``ground_truth``)."""
     from detlab.report.draw import draw_boxes
@@ -442,7 +490,9 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         detector = Detector.from_run(info.path, device="cpu")
         dataset = validation_dataset(info.config)
     except (DetlabError, ImportError, OSError, RuntimeError) as e:
-        return section("samples", title, note(f"model or validation data unavailable ({e}); section skipped."))
+        return section(
+            "samples", title, note(f"model or validation data unavailable ({e}); section skipped.")
+        )
     rows = []
     for i in sample_indices(len(dataset), NUM_SAMPLES):
         image, target = dataset[i]
@@ -451,8 +501,10 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         gt = draw_png(image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True)
         pred = draw_png(image, det["boxes"], det["labels"], detector.class_names, det["scores"])
         n_gt, n_pred = len(target["boxes"]), len(det["boxes"])
-        rows.append(f'<div class="grid">{figure(gt, f"{name}: ground truth ({n_gt} boxes)")}'
-                    f'{figure(pred, f"{name}: predicted, score ≥ {score} ({n_pred} boxes)")}</div>')
+        rows.append(
+            f'<div class="grid">{figure(gt, f"{name}: ground truth ({n_gt} boxes)")}'
+            f"{figure(pred, f'{name}: predicted, score ≥ {score} ({n_pred} boxes)')}</div>"
+        )
     if not rows:
         return section("samples", title, note("the validation data holds no images."))
     return section("samples", title, "".join(rows))

@@ -60,13 +60,19 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
 
 
 def _series(rows: list[dict], x_key: str, key: str) -> tuple[list, list]:
-    pts = [(r[x_key], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and x_key in r
-           and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    pts = [
+        (r[x_key], r[key])
+        for r in rows
+        if isinstance(r.get(key), (int, float))
+        and x_key in r
+        and not (isinstance(r[key], float) and math.isnan(r[key]))
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _line_plot(rows: list[dict], x_key: str, keys: Sequence[str], title: str, ylabel: str, path: Path,
-               log: bool = False) -> Path | None:
+def _line_plot(
+    rows: list[dict], x_key: str, keys: Sequence[str], title: str, ylabel: str, path: Path, log: bool = False
+) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = 0
     for key in keys:
@@ -125,8 +131,11 @@ def plot_per_class_ap(result: Mapping, out_path: str | Path, title: str = "per-c
     if all(isinstance(v, (int, float)) or v is None for v in result.values()):
         series = {"AP": dict(result)}
     else:
-        series = {PROTOCOL_LABELS.get(p, p): v["per_class"] for p, v in result.items()
-                  if isinstance(v, Mapping) and isinstance(v.get("per_class"), Mapping)}
+        series = {
+            PROTOCOL_LABELS.get(p, p): v["per_class"]
+            for p, v in result.items()
+            if isinstance(v, Mapping) and isinstance(v.get("per_class"), Mapping)
+        }
     if not series:
         raise ValueError("plot_per_class_ap: the result has no per_class AP")
     names = list(dict.fromkeys(n for s in series.values() for n in s))
@@ -145,8 +154,9 @@ def plot_per_class_ap(result: Mapping, out_path: str | Path, title: str = "per-c
     return _save(fig, Path(out_path))
 
 
-def plot_pr_curves(curves: Sequence[Mapping], class_names: Sequence[str], out_dir: str | Path,
-                   per_page: int = 16) -> list[Path]:
+def plot_pr_curves(
+    curves: Sequence[Mapping], class_names: Sequence[str], out_dir: str | Path, per_page: int = 16
+) -> list[Path]:
     """Precision-recall curves, one panel per class, ``pr_curves[_N].png`` pages of ``per_page``.
 
     Args:
@@ -165,7 +175,7 @@ def plot_pr_curves(curves: Sequence[Mapping], class_names: Sequence[str], out_di
         cols = min(4, max(1, len(chunk)))
         rows = max(1, math.ceil(len(chunk) / cols))
         fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-        for ax in axes.flat[len(chunk):]:
+        for ax in axes.flat[len(chunk) :]:
             ax.axis("off")
         for ax, c in zip(axes.flat, chunk):
             _pr_panel(ax, curves[c], class_names[c])
@@ -188,8 +198,13 @@ def _pr_panel(ax, curve: Mapping, name: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], out_path: str | Path,
-                          normalize: bool = True, title: str = "confusion matrix") -> Path:
+def plot_confusion_matrix(
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    out_path: str | Path,
+    normalize: bool = True,
+    title: str = "confusion matrix",
+) -> Path:
     """Heat map of a ``[C+1, C+1]`` confusion matrix (rows GT, columns prediction, last = background).
 
     Args:
@@ -216,8 +231,15 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], out_pa
     if len(labels) <= 30:
         top = shade.max() or 1
         for i, j in zip(*np.nonzero(m)):
-            ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
-                    color="white" if shade[i, j] > 0.6 * top else "black")
+            ax.text(
+                j,
+                i,
+                int(m[i, j]),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if shade[i, j] > 0.6 * top else "black",
+            )
     return _save(fig, Path(out_path))
 
 

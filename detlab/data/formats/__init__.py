@@ -16,7 +16,7 @@ from detlab.data.formats.classes import parse_class_list, resolve_names
 from detlab.data.formats.coco import find_coco_json, read_coco
 from detlab.data.formats.folder import is_folder, read_folder
 from detlab.data.formats.voc import is_voc_year, is_vocdevkit, read_voc_year, read_vocdevkit
-from detlab.data.formats.yolo import find_yaml, is_yolo, read_yolo
+from detlab.data.formats.yolo import is_yolo, read_yolo
 from detlab.data.records import Records
 from detlab.errors import DataError
 
@@ -44,13 +44,17 @@ def detect_format(path: Path, split: str | None = None) -> str:
         DataError: the path does not exist or matches no layout (says which layouts are known).
     """
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder — give a dataset path (VOC, COCO JSON, YOLO or images with XML)")
+        raise DataError(
+            f"{path}: no such file or folder — give a dataset path (VOC, COCO JSON, YOLO or images with XML)"
+        )
     if path.is_file():
         if path.suffix.lower() == ".json":
             return "coco"
         if path.suffix.lower() in (".yaml", ".yml"):
             return "yolo"
-        raise DataError(f"{path}: not a dataset file — give a COCO .json, a YOLO data.yaml or a dataset folder")
+        raise DataError(
+            f"{path}: not a dataset file — give a COCO .json, a YOLO data.yaml or a dataset folder"
+        )
     if is_voc_year(path):
         return "voc"
     if is_yolo(path):
@@ -68,8 +72,9 @@ def detect_format(path: Path, split: str | None = None) -> str:
     )
 
 
-def read_source(path: Path, split: str | None = None, images: str | Path | None = None,
-                classes: list[str] | None = None) -> list[Records]:
+def read_source(
+    path: Path, split: str | None = None, images: str | Path | None = None, classes: list[str] | None = None
+) -> list[Records]:
     """Read one dataset path (no ``+``) into one Records per part (a VOCdevkit gives one per year)."""
     fmt = detect_format(path, split)
     if fmt == "voc":
@@ -80,21 +85,29 @@ def read_source(path: Path, split: str | None = None, images: str | Path | None 
         return [read_yolo(path, split, classes)]
     if fmt == "folder":
         if split:
-            raise DataError(f"{path}: an image folder has no splits — drop --split/':{split}' or use a VOC/COCO/YOLO layout")
+            raise DataError(
+                f"{path}: an image folder has no splits — drop --split/':{split}' or use a VOC/COCO/YOLO layout"
+            )
         return [read_folder(path, classes)]
     if path.is_file():
         json_path = path
-        split = split or (path.stem[len("instances_"):] if path.stem.startswith("instances_") else None)
+        split = split or (path.stem[len("instances_") :] if path.stem.startswith("instances_") else None)
     else:
         found = find_coco_json(path, split)
         if found is None:
-            raise DataError(f"{path}: no COCO JSON for split {split!r} — expected annotations/instances_{split}.json or {split}/*.json")
+            raise DataError(
+                f"{path}: no COCO JSON for split {split!r} — expected annotations/instances_{split}.json or {split}/*.json"
+            )
         json_path, split = found
     return [read_coco(json_path, split, images, classes)]
 
 
-def read_records(spec: str | Path, split: str | None = None, images: str | Path | None = None,
-                 classes: str | list[str] | None = None) -> Records:
+def read_records(
+    spec: str | Path,
+    split: str | None = None,
+    images: str | Path | None = None,
+    classes: str | list[str] | None = None,
+) -> Records:
     """Read a dataset spec (``PATH``, ``PATH:split``, joins with ``+``) into one :class:`Records`.
 
     Args:

@@ -46,7 +46,9 @@ def parse_class_list(classes: str | list[str] | tuple[str, ...] | None) -> list[
     else:
         names, where = [str(c) for c in classes], "classes"
     if not names:
-        raise DataError(f"{where}: the class list is empty — give names comma separated or one per line in a file")
+        raise DataError(
+            f"{where}: the class list is empty — give names comma separated or one per line in a file"
+        )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DataError(f"{where}: duplicate class names {dup} — list each class once")
@@ -103,8 +105,10 @@ def indexed_names(names: list, where: str) -> list[str]:
     seen: dict[str, int] = {}
     for i, n in enumerate(out):
         if n in seen:
-            raise DataError(f"{where}: {n!r} is listed twice (indices {seen[n]} and {i}) — boxes of both would merge into "
-                            "one class; give each index its own name")
+            raise DataError(
+                f"{where}: {n!r} is listed twice (indices {seen[n]} and {i}) — boxes of both would merge into "
+                "one class; give each index its own name"
+            )
         seen[n] = i
     return out
 

@@ -40,7 +40,11 @@ def find_coco_json(folder: Path, split: str | None) -> tuple[Path, str | None] |
     """
     ann = folder / "annotations"
     if split:
-        for cand in (ann / f"instances_{split}.json", ann / f"{split}.json", folder / split / "_annotations.coco.json"):
+        for cand in (
+            ann / f"instances_{split}.json",
+            ann / f"{split}.json",
+            folder / split / "_annotations.coco.json",
+        ):
             if cand.is_file():
                 return cand, split
         inside = sorted((folder / split).glob("*.json")) if (folder / split).is_dir() else []
@@ -49,8 +53,12 @@ def find_coco_json(folder: Path, split: str | None) -> tuple[Path, str | None] |
     else:
         found = sorted(ann.glob("instances_*.json")) if ann.is_dir() else []
         if found:
-            by_split = {p.stem[len("instances_"):]: p for p in found}
-            name = next((s for s in by_split if s.startswith("train")), None) if len(by_split) > 1 else next(iter(by_split))
+            by_split = {p.stem[len("instances_") :]: p for p in found}
+            name = (
+                next((s for s in by_split if s.startswith("train")), None)
+                if len(by_split) > 1
+                else next(iter(by_split))
+            )
             if name is not None:
                 return by_split[name], name
         if (folder / "train" / "_annotations.coco.json").is_file():
@@ -81,7 +89,9 @@ def _load_json(path: Path) -> dict:
         if collecting:
             gc.enable()
     if not isinstance(data, dict):
-        raise DataError(f"{path}: top level is not an object — a COCO file holds images, annotations, categories")
+        raise DataError(
+            f"{path}: top level is not an object — a COCO file holds images, annotations, categories"
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{path}: {key}: missing or not a list — this is not a COCO detection file")
@@ -94,8 +104,10 @@ def _decode(raw: bytes, path: Path) -> str:
     try:
         return raw.decode(encoding, "surrogatepass")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not {encoding.upper()} text (byte 0x{raw[e.start]:02x} at offset {e.start} cannot be decoded) — "
-                        "JSON must be UTF-8: re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}: not {encoding.upper()} text (byte 0x{raw[e.start]:02x} at offset {e.start} cannot be decoded) — "
+            "JSON must be UTF-8: re-save the file as UTF-8"
+        ) from None
 
 
 def _drop_segmentation(obj: dict) -> dict:
@@ -106,7 +118,9 @@ def _drop_segmentation(obj: dict) -> dict:
     return obj
 
 
-def find_image_dir(json_path: Path, split: str | None, file_names: list[str], images: str | Path | None) -> Path:
+def find_image_dir(
+    json_path: Path, split: str | None, file_names: list[str], images: str | Path | None
+) -> Path:
     """The folder the COCO ``file_name`` entries are relative to.
 
     Args:
@@ -118,10 +132,12 @@ def find_image_dir(json_path: Path, split: str | None, file_names: list[str], im
     if images is not None:
         folder = Path(images)
         if not folder.is_dir():
-            raise DataError(f"{folder}: --images folder does not exist — give the folder holding the COCO images")
+            raise DataError(
+                f"{folder}: --images folder does not exist — give the folder holding the COCO images"
+            )
         return folder
     here, up = json_path.parent, json_path.parent.parent
-    names = [s for s in ([split] if split else []) + ([json_path.stem.replace("instances_", "")])]
+    names = ([split] if split else []) + [json_path.stem.replace("instances_", "")]
     candidates = [here]
     for s in dict.fromkeys(names):
         candidates += [here / "images" / s, up / "images" / s, up / s, here / s]
@@ -149,8 +165,15 @@ def _categories(data: dict, path: Path, problems: list[Problem]) -> tuple[np.nda
     first: dict[str, int] = {}
     for cid, name in zip(ids, names):
         if name in first:
-            problems.append(Problem(str(path), f"categories[id={cid}].name", f"{name!r} is also the name of category {first[name]}",
-                                    f"rename one — the boxes of both are read as one class {name!r}", "warning"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"categories[id={cid}].name",
+                    f"{name!r} is also the name of category {first[name]}",
+                    f"rename one — the boxes of both are read as one class {name!r}",
+                    "warning",
+                )
+            )
         first.setdefault(name, cid)
     return np.asarray(ids, np.int64), names
 
@@ -159,15 +182,32 @@ def _images(data: dict, path: Path, problems: list[Problem]) -> tuple[list[dict]
     kept, ids, seen = [], [], set()
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
-            problems.append(Problem(str(path), f"images[{i}]", "needs 'id' and 'file_name'", "fix the entry — image skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"images[{i}]",
+                    "needs 'id' and 'file_name'",
+                    "fix the entry — image skipped",
+                    "skipped",
+                )
+            )
             continue
         bad = _id_problem(img["id"])
         if bad:
-            problems.append(Problem(str(path), f"images[{i}].id", bad[0], f"{bad[1]} — image skipped", "skipped"))
+            problems.append(
+                Problem(str(path), f"images[{i}].id", bad[0], f"{bad[1]} — image skipped", "skipped")
+            )
             continue
         if img["id"] in seen:
-            problems.append(Problem(str(path), f"images[id={img['id']}].id", "duplicate image id",
-                                    "give every image its own id — later duplicate skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"images[id={img['id']}].id",
+                    "duplicate image id",
+                    "give every image its own id — later duplicate skipped",
+                    "skipped",
+                )
+            )
             continue
         seen.add(img["id"])
         kept.append(img)
@@ -175,7 +215,9 @@ def _images(data: dict, path: Path, problems: list[Problem]) -> tuple[list[dict]
     return kept, np.asarray(ids, np.int64)
 
 
-def _annotation_arrays(anns: list, path: Path, problems: list[Problem], cat_of_name: dict) -> tuple[np.ndarray, ...]:
+def _annotation_arrays(
+    anns: list, path: Path, problems: list[Problem], cat_of_name: dict
+) -> tuple[np.ndarray, ...]:
     """Columns of the annotation list: ids, image ids, category ids, bbox ``[A, 4]``, flags, area.
 
     Tries one vectorised pass; on any malformed entry, walks the list and reports each bad one.
@@ -197,13 +239,24 @@ def _annotation_arrays(anns: list, path: Path, problems: list[Problem], cat_of_n
     except (KeyError, TypeError, ValueError, OverflowError):
         bbox, cols, ok = _annotation_arrays_slow(anns, path, problems, cat_of_name)
     if all_dicts:
-        flags = [np.fromiter(map(bool, map(dict.get, anns, repeat(k))), bool, count=n) for k in ("iscrowd", "difficult")]
+        flags = [
+            np.fromiter(map(bool, map(dict.get, anns, repeat(k))), bool, count=n)
+            for k in ("iscrowd", "difficult")
+        ]
         area = list(map(dict.get, anns, repeat("area")))
-        area = np.array(area, np.float64) if set(map(type, area)) <= {float, int} else np.fromiter(map(_float, area), np.float64, count=n)
+        area = (
+            np.array(area, np.float64)
+            if set(map(type, area)) <= {float, int}
+            else np.fromiter(map(_float, area), np.float64, count=n)
+        )
     else:
-        flags = [np.fromiter((bool(a.get(k, 0)) if isinstance(a, dict) else False for a in anns), bool, count=n)
-                 for k in ("iscrowd", "difficult")]
-        area = np.fromiter((_float(a.get("area")) if isinstance(a, dict) else np.nan for a in anns), np.float64, count=n)
+        flags = [
+            np.fromiter((bool(a.get(k, 0)) if isinstance(a, dict) else False for a in anns), bool, count=n)
+            for k in ("iscrowd", "difficult")
+        ]
+        area = np.fromiter(
+            (_float(a.get("area")) if isinstance(a, dict) else np.nan for a in anns), np.float64, count=n
+        )
     return cols[0], cols[1], cols[2], bbox, flags[0], flags[1], area, ok
 
 
@@ -212,12 +265,29 @@ def _annotation_arrays_slow(anns: list, path: Path, problems: list[Problem], cat
     cols = np.zeros((3, len(anns)), np.int64)
     ok = np.zeros(len(anns), bool)
     for i, a in enumerate(anns):
-        where = f"annotations[id={a['id']}]" if isinstance(a, dict) and not _id_problem(a.get("id")) else f"annotations[{i}]"
-        missing = [k for k in ("id", "image_id", "category_id", "bbox") if not isinstance(a, dict) or k not in a]
+        where = (
+            f"annotations[id={a['id']}]"
+            if isinstance(a, dict) and not _id_problem(a.get("id"))
+            else f"annotations[{i}]"
+        )
+        missing = [
+            k for k in ("id", "image_id", "category_id", "bbox") if not isinstance(a, dict) or k not in a
+        ]
         if missing:
-            problems.append(Problem(str(path), where, f"missing {', '.join(missing)}", "complete the entry — box skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    where,
+                    f"missing {', '.join(missing)}",
+                    "complete the entry — box skipped",
+                    "skipped",
+                )
+            )
             continue
-        bad = [(k, _id_problem(a[k], cat_of_name if k == "category_id" else None)) for k in ("id", "image_id", "category_id")]
+        bad = [
+            (k, _id_problem(a[k], cat_of_name if k == "category_id" else None))
+            for k in ("id", "image_id", "category_id")
+        ]
         bad = [(k, why) for k, why in bad if why]
         if bad:
             key, (message, fix) = bad[0]
@@ -226,13 +296,29 @@ def _annotation_arrays_slow(anns: list, path: Path, problems: list[Problem], cat
         box = a["bbox"]
         if not isinstance(box, (list, tuple)) or len(box) != 4:
             got = len(box) if isinstance(box, (list, tuple)) else type(box).__name__
-            problems.append(Problem(str(path), f"{where}.bbox", f"needs 4 numbers [x, y, w, h], got {got}", "fix the bbox — box skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"{where}.bbox",
+                    f"needs 4 numbers [x, y, w, h], got {got}",
+                    "fix the bbox — box skipped",
+                    "skipped",
+                )
+            )
             continue
         try:
             bbox[i] = [float(v) if v is not None else np.nan for v in box]
             cols[:, i] = [int(a["id"]), int(a["image_id"]), int(a["category_id"])]
         except (TypeError, ValueError):
-            problems.append(Problem(str(path), f"{where}.bbox", f"not numbers: {box!r}", "fix the entry — box skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"{where}.bbox",
+                    f"not numbers: {box!r}",
+                    "fix the entry — box skipped",
+                    "skipped",
+                )
+            )
             continue
         ok[i] = True
     return bbox, cols, ok
@@ -245,7 +331,9 @@ def _id_problem(value, cat_of_name: dict | None = None) -> tuple[str, str] | Non
     name given as ``category_id`` gets that category's id in the fix.
     """
     if type(value) is int or (type(value) is float and value.is_integer()):
-        return None if -2**63 <= value < 2**63 else (f"{value!r} is out of range", "COCO ids fit in 64 bits")
+        return (
+            None if -(2**63) <= value < 2**63 else (f"{value!r} is out of range", "COCO ids fit in 64 bits")
+        )
     if isinstance(value, str) and cat_of_name and value in cat_of_name:
         return f"{value!r} is a category name", f"give the category's id, {cat_of_name[value]}"
     if isinstance(value, str):
@@ -253,8 +341,14 @@ def _id_problem(value, cat_of_name: dict | None = None) -> tuple[str, str] | Non
     return f"{value!r} is not an integer", "COCO ids are integers"
 
 
-def _class_map(cat_ids: np.ndarray, cat_names: list[str], counts: np.ndarray, classes: list[str] | None,
-               path: Path, problems: list[Problem]) -> tuple[list[str], list, np.ndarray]:
+def _class_map(
+    cat_ids: np.ndarray,
+    cat_names: list[str],
+    counts: np.ndarray,
+    classes: list[str] | None,
+    path: Path,
+    problems: list[Problem],
+) -> tuple[list[str], list, np.ndarray]:
     """Class names, their source ids, and category index → label (``-1`` = not a class)."""
     to_label = np.full(len(cat_ids), -1, np.int64)
     if classes is None:
@@ -264,8 +358,15 @@ def _class_map(cat_ids: np.ndarray, cat_names: list[str], counts: np.ndarray, cl
                 to_label[k] = label_of[name]
                 continue
             if counts[k] == 0:
-                problems.append(Problem(str(path), f"categories[id={cid}]", f"category {name!r} has no boxes",
-                                        "not made a class (pass --classes to keep it)", "info"))
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"categories[id={cid}]",
+                        f"category {name!r} has no boxes",
+                        "not made a class (pass --classes to keep it)",
+                        "info",
+                    )
+                )
                 continue
             to_label[k] = label_of[name] = len(names)
             names.append(name)
@@ -279,13 +380,21 @@ def _class_map(cat_ids: np.ndarray, cat_names: list[str], counts: np.ndarray, cl
             if source[lookup[name]] is None:
                 source[lookup[name]] = int(cid)
         elif counts[k]:
-            problems.append(Problem(str(path), f"categories[id={cid}]", f"category {name!r} is not in the class list",
-                                    f"add it to --classes — its {int(counts[k])} boxes skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"categories[id={cid}]",
+                    f"category {name!r} is not in the class list",
+                    f"add it to --classes — its {int(counts[k])} boxes skipped",
+                    "skipped",
+                )
+            )
     return list(classes), source, to_label
 
 
-def read_coco(path: Path, split: str | None = None, images: str | Path | None = None,
-              classes: list[str] | None = None) -> Records:
+def read_coco(
+    path: Path, split: str | None = None, images: str | Path | None = None, classes: list[str] | None = None
+) -> Records:
     """Read a COCO detection JSON into :class:`Records`.
 
     Args:
@@ -303,8 +412,11 @@ def read_coco(path: Path, split: str | None = None, images: str | Path | None = 
     cat_ids, cat_names = _categories(data, path, problems)
     imgs, img_ids = _images(data, path, problems)
     ann_ids, ann_img, ann_cat, bbox, crowd, difficult, area, ok = _annotation_arrays(
-        data["annotations"], path, problems, dict(zip(reversed(cat_names), reversed(cat_ids.tolist()))))
-    del data  # the annotation dicts are the bulk of the memory, and everything needed from them is in columns now
+        data["annotations"], path, problems, dict(zip(reversed(cat_names), reversed(cat_ids.tolist())))
+    )
+    del (
+        data
+    )  # the annotation dicts are the bulk of the memory, and everything needed from them is in columns now
     _report_duplicate_ann_ids(ann_ids[ok], path, problems)
     order = np.argsort(img_ids, kind="stable")
     pos = np.searchsorted(img_ids[order], ann_img).clip(0, max(len(img_ids) - 1, 0))
@@ -313,11 +425,25 @@ def read_coco(path: Path, split: str | None = None, images: str | Path | None = 
     cat_pos = np.searchsorted(cat_ids, ann_cat).clip(0, max(len(cat_ids) - 1, 0))
     has_cat = (cat_ids[cat_pos] == ann_cat) if len(cat_ids) else np.zeros(len(ann_ids), bool)
     for i in np.flatnonzero(ok & ~has_img):
-        problems.append(Problem(str(path), f"annotations[id={ann_ids[i]}].image_id", f"no image with id {ann_img[i]}",
-                                "fix the id — box skipped", "skipped"))
+        problems.append(
+            Problem(
+                str(path),
+                f"annotations[id={ann_ids[i]}].image_id",
+                f"no image with id {ann_img[i]}",
+                "fix the id — box skipped",
+                "skipped",
+            )
+        )
     for i in np.flatnonzero(ok & has_img & ~has_cat):
-        problems.append(Problem(str(path), f"annotations[id={ann_ids[i]}].category_id", f"no category with id {ann_cat[i]}",
-                                "fix the id — box skipped", "skipped"))
+        problems.append(
+            Problem(
+                str(path),
+                f"annotations[id={ann_ids[i]}].category_id",
+                f"no category with id {ann_cat[i]}",
+                "fix the id — box skipped",
+                "skipped",
+            )
+        )
     valid = ok & has_img & has_cat
     counts = np.bincount(cat_pos[valid], minlength=len(cat_ids))
     names, source, to_label = _class_map(cat_ids, cat_names, counts, classes, path, problems)
@@ -333,12 +459,26 @@ def read_coco(path: Path, split: str | None = None, images: str | Path | None = 
 def _report_duplicate_ann_ids(ids: np.ndarray, path: Path, problems: list[Problem]) -> None:
     uniq, counts = np.unique(ids, return_counts=True)
     for dup in uniq[counts > 1]:
-        problems.append(Problem(str(path), f"annotations[id={dup}].id", f"annotation id used {counts[uniq == dup][0]} times",
-                                "give every annotation its own id (boxes kept; ids renumbered on convert)", "warning"))
+        problems.append(
+            Problem(
+                str(path),
+                f"annotations[id={dup}].id",
+                f"annotation id used {counts[uniq == dup][0]} times",
+                "give every annotation its own id (boxes kept; ids renumbered on convert)",
+                "warning",
+            )
+        )
 
 
-def _group_by_image(imgs: list[dict], img_idx: np.ndarray, valid: np.ndarray, columns: dict, folder: Path,
-                    path: Path, problems: list[Problem]) -> list[ImageRecord]:
+def _group_by_image(
+    imgs: list[dict],
+    img_idx: np.ndarray,
+    valid: np.ndarray,
+    columns: dict,
+    folder: Path,
+    path: Path,
+    problems: list[Problem],
+) -> list[ImageRecord]:
     """Slice the per-annotation columns into one :class:`ImageRecord` per image (no per-box objects)."""
     sel = np.flatnonzero(valid)
     sel = sel[np.argsort(img_idx[sel], kind="stable")]
@@ -347,18 +487,37 @@ def _group_by_image(imgs: list[dict], img_idx: np.ndarray, valid: np.ndarray, co
     out = []
     for k, img in enumerate(imgs):
         name = img["file_name"]
-        file = folder / name if (".." not in name and not name.startswith(("/", "\\"))) else safe_join(folder, name)
+        file = (
+            folder / name
+            if (".." not in name and not name.startswith(("/", "\\")))
+            else safe_join(folder, name)
+        )
         if file is None:
-            problems.append(Problem(str(path), f"images[id={img['id']}].file_name", f"{name!r} escapes the dataset folder",
-                                    "use a path inside the image folder — image skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(path),
+                    f"images[id={img['id']}].file_name",
+                    f"{name!r} escapes the dataset folder",
+                    "use a path inside the image folder — image skipped",
+                    "skipped",
+                )
+            )
             continue
         a, b = starts[k], starts[k + 1]
-        out.append(ImageRecord(
-            image_id=int(img["id"]), file=file, width=_int(img.get("width")), height=_int(img.get("height")),
-            boxes=cols["boxes"][a:b], labels=cols["labels"][a:b], difficult=cols["difficult"][a:b],
-            iscrowd=cols["iscrowd"][a:b], ann_file=path,
-            extra={"ann_ids": cols["ann_ids"][a:b], "area": cols["area"][a:b], "file_name": name},
-        ))
+        out.append(
+            ImageRecord(
+                image_id=int(img["id"]),
+                file=file,
+                width=_int(img.get("width")),
+                height=_int(img.get("height")),
+                boxes=cols["boxes"][a:b],
+                labels=cols["labels"][a:b],
+                difficult=cols["difficult"][a:b],
+                iscrowd=cols["iscrowd"][a:b],
+                ann_file=path,
+                extra={"ann_ids": cols["ann_ids"][a:b], "area": cols["area"][a:b], "file_name": name},
+            )
+        )
     return out
 
 

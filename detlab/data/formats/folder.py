@@ -67,7 +67,9 @@ def read_folder(path: Path, classes: list[str] | None = None) -> Records:
     """
     folders = find_folders(path)
     if folders is None:
-        raise DataError(f"{path}: no images with matching .xml files found — put each image's VOC XML beside it or in a sibling folder")
+        raise DataError(
+            f"{path}: no images with matching .xml files found — put each image's VOC XML beside it or in a sibling folder"
+        )
     image_dir, xml_dir = folders
     index = ImageIndex(image_dir)
     xml_by_stem, problems = list_xml(xml_dir)

@@ -41,7 +41,13 @@ def is_appledouble(path: str | Path) -> bool:
 
 
 def appledouble_problem(path: Path) -> Problem:
-    return Problem(str(path), "file", "macOS AppleDouble metadata file (._*), not an image or annotation", "ignored", "info")
+    return Problem(
+        str(path),
+        "file",
+        "macOS AppleDouble metadata file (._*), not an image or annotation",
+        "ignored",
+        "info",
+    )
 
 
 def link_problem(path: Path) -> Problem | None:
@@ -53,10 +59,20 @@ def link_problem(path: Path) -> Problem | None:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            return Problem(str(path), "file", "symbolic link loop (the link leads back to itself)",
-                           "point it at a real file or delete it — skipped", "skipped")
-        return Problem(str(path), "file", f"broken symbolic link to {os.readlink(path)!r} (target missing)",
-                       "restore the target or delete the link — skipped", "skipped")
+            return Problem(
+                str(path),
+                "file",
+                "symbolic link loop (the link leads back to itself)",
+                "point it at a real file or delete it — skipped",
+                "skipped",
+            )
+        return Problem(
+            str(path),
+            "file",
+            f"broken symbolic link to {os.readlink(path)!r} (target missing)",
+            "restore the target or delete the link — skipped",
+            "skipped",
+        )
 
 
 def _is(test) -> bool:
@@ -88,14 +104,30 @@ def list_files(folder: Path, accept, recursive: bool = False) -> tuple[list[Path
         try:
             entries = sorted(os.scandir(here), key=lambda e: e.name)
         except OSError as e:
-            problems.append(Problem(str(here), "file", f"cannot list folder ({e.strerror or e})", "check permissions — skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(here),
+                    "file",
+                    f"cannot list folder ({e.strerror or e})",
+                    "check permissions — skipped",
+                    "skipped",
+                )
+            )
             continue
         for entry in entries:
             path = Path(entry.path)
             if recursive and _is(entry.is_dir):
                 real = os.path.realpath(path)
                 if real in seen:
-                    problems.append(Problem(str(path), "folder", f"folder link loop (leads back to {real})", "not followed", "warning"))
+                    problems.append(
+                        Problem(
+                            str(path),
+                            "folder",
+                            f"folder link loop (leads back to {real})",
+                            "not followed",
+                            "warning",
+                        )
+                    )
                     continue
                 seen.add(real)
                 stack.append(path)
@@ -141,7 +173,9 @@ class ImageIndex:
         self._by_name = {nfc(p.name): p for p in self.files}
         self._by_stem: dict[str, list[Path]] = {}
         self._by_fold: dict[str, list[Path]] = {}
-        for p in sorted(self.files, key=lambda p: (IMAGE_EXTS.index(p.suffix.lower()), p.suffix != p.suffix.lower())):
+        for p in sorted(
+            self.files, key=lambda p: (IMAGE_EXTS.index(p.suffix.lower()), p.suffix != p.suffix.lower())
+        ):
             self._by_stem.setdefault(nfc(p.stem), []).append(p)
             self._by_fold.setdefault(nfc(p.stem).casefold(), []).append(p)
 

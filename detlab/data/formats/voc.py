@@ -95,7 +95,9 @@ def _flag(obj: ET.Element, tag: str, xml: str, where: str, problems: list[Proble
     try:
         return float(key) != 0  # 0.0 / 1.0 from tools that write every number as a float
     except ValueError:
-        problems.append(Problem(xml, f"{where}.{tag}", f"not a flag: {value!r}", "read as 0 — write 0 or 1", "warning"))
+        problems.append(
+            Problem(xml, f"{where}.{tag}", f"not a flag: {value!r}", "read as 0 — write 0 or 1", "warning")
+        )
         return False
 
 
@@ -107,7 +109,9 @@ def _parse_size(root: ET.Element, xml: str, problems: list[Problem]) -> tuple[in
         width = height = 0
     if width <= 0 or height <= 0:
         # Not fatal: the load-time check reads the size from the image header.
-        problems.append(Problem(xml, "size", "no usable <size><width>/<height>", "size read from the image file", "info"))
+        problems.append(
+            Problem(xml, "size", "no usable <size><width>/<height>", "size read from the image file", "info")
+        )
         return 0, 0
     return width, height
 
@@ -122,7 +126,11 @@ def _strip_namespaces(root: ET.Element) -> None:
 def _parse_box(obj: ET.Element, xml: str, where: str, problems: list[Problem]) -> list[float] | None:
     bnd = obj.find("bndbox")
     if bnd is None:
-        problems.append(Problem(xml, f"{where}.bndbox", "missing <bndbox>", "add xmin/ymin/xmax/ymax — box skipped", "skipped"))
+        problems.append(
+            Problem(
+                xml, f"{where}.bndbox", "missing <bndbox>", "add xmin/ymin/xmax/ymax — box skipped", "skipped"
+            )
+        )
         return None
     values = []
     for tag in ("xmin", "ymin", "xmax", "ymax"):
@@ -130,15 +138,38 @@ def _parse_box(obj: ET.Element, xml: str, where: str, problems: list[Problem]) -
         try:
             values.append(float(text))
         except (TypeError, ValueError):
-            problems.append(Problem(xml, f"{where}.bndbox.{tag}", f"not a number: {text!r}", "write a pixel index — box skipped", "skipped"))
+            problems.append(
+                Problem(
+                    xml,
+                    f"{where}.bndbox.{tag}",
+                    f"not a number: {text!r}",
+                    "write a pixel index — box skipped",
+                    "skipped",
+                )
+            )
             return None
     if not np.all(np.isfinite(values)):
-        problems.append(Problem(xml, f"{where}.bndbox", f"NaN or infinite coordinate {values}", "write finite pixel indices — box skipped", "skipped"))
+        problems.append(
+            Problem(
+                xml,
+                f"{where}.bndbox",
+                f"NaN or infinite coordinate {values}",
+                "write finite pixel indices — box skipped",
+                "skipped",
+            )
+        )
         return None
     xmin, ymin, xmax, ymax = values
     if xmax <= xmin or ymax <= ymin:
-        problems.append(Problem(xml, f"{where}.bndbox", f"zero or negative size (xmin={xmin:g} xmax={xmax:g} ymin={ymin:g} ymax={ymax:g})",
-                                "fix or delete this object — box skipped", "skipped"))
+        problems.append(
+            Problem(
+                xml,
+                f"{where}.bndbox",
+                f"zero or negative size (xmin={xmin:g} xmax={xmax:g} ymin={ymin:g} ymax={ymax:g})",
+                "fix or delete this object — box skipped",
+                "skipped",
+            )
+        )
         return None
     return [xmin - 1.0, ymin - 1.0, xmax, ymax]
 
@@ -172,7 +203,9 @@ def parse_voc_xml(path: Path) -> VocAnnotation:
         where = f"object[{i}]"
         name = _text(obj, "name")
         if not name:
-            problems.append(Problem(xml, f"{where}.name", "missing class name", "add <name> — box skipped", "skipped"))
+            problems.append(
+                Problem(xml, f"{where}.name", "missing class name", "add <name> — box skipped", "skipped")
+            )
             continue
         box = _parse_box(obj, xml, where, problems)
         if box is None:
@@ -184,10 +217,17 @@ def parse_voc_xml(path: Path) -> VocAnnotation:
         crowd.append(_flag(obj, "iscrowd", xml, where, problems))
         objects.append(i)
     return VocAnnotation(
-        xml=path, filename=_text(root, "filename"), width=width, height=height,
-        boxes=np.asarray(boxes, np.float32).reshape(-1, 4), names=names,
-        difficult=np.asarray(difficult, bool), truncated=np.asarray(truncated, bool),
-        iscrowd=np.asarray(crowd, bool), objects=np.asarray(objects, np.int64), problems=problems,
+        xml=path,
+        filename=_text(root, "filename"),
+        width=width,
+        height=height,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        names=names,
+        difficult=np.asarray(difficult, bool),
+        truncated=np.asarray(truncated, bool),
+        iscrowd=np.asarray(crowd, bool),
+        objects=np.asarray(objects, np.int64),
+        problems=problems,
     )
 
 
@@ -196,12 +236,25 @@ def read_xml_or_problem(path: Path) -> tuple[VocAnnotation | None, Problem | Non
     try:
         return parse_voc_xml(path), None
     except ET.ParseError as e:
-        return None, Problem(str(path), "xml", f"malformed XML ({e})", "fix or delete the file — image skipped", "skipped")
+        return None, Problem(
+            str(path), "xml", f"malformed XML ({e})", "fix or delete the file — image skipped", "skipped"
+        )
     except NotVoc as e:
-        return None, Problem(str(path), "xml", f"root element <{e}> is not <annotation>: not a PASCAL VOC file",
-                             "export VOC XML (one file per image) — file skipped", "skipped")
+        return None, Problem(
+            str(path),
+            "xml",
+            f"root element <{e}> is not <annotation>: not a PASCAL VOC file",
+            "export VOC XML (one file per image) — file skipped",
+            "skipped",
+        )
     except OSError as e:
-        return None, Problem(str(path), "file", f"cannot read ({e.strerror or e})", "check permissions — image skipped", "skipped")
+        return None, Problem(
+            str(path),
+            "file",
+            f"cannot read ({e.strerror or e})",
+            "check permissions — image skipped",
+            "skipped",
+        )
 
 
 def safe_join(folder: Path, name: str) -> Path | None:
@@ -237,8 +290,15 @@ def image_for(ann: VocAnnotation, index: ImageIndex, stem: str, problems: list[P
         if not _is_absolute(name):
             direct = safe_join(folder, name)
             if direct is None:
-                problems.append(Problem(xml, "filename", f"{ann.filename!r} escapes the dataset folder",
-                                        f"use a name inside {folder.name}/ — image skipped", "skipped"))
+                problems.append(
+                    Problem(
+                        xml,
+                        "filename",
+                        f"{ann.filename!r} escapes the dataset folder",
+                        f"use a name inside {folder.name}/ — image skipped",
+                        "skipped",
+                    )
+                )
                 return None
             if direct.is_file():
                 return direct
@@ -251,11 +311,25 @@ def image_for(ann: VocAnnotation, index: ImageIndex, stem: str, problems: list[P
         if not found:
             continue
         if len(found) > 1:
-            problems.append(Problem(xml, "filename", f"images {', '.join(p.name for p in found)} share the stem {s!r}",
-                                    f"{found[0].name} used — name the image in <filename>", "warning"))
+            problems.append(
+                Problem(
+                    xml,
+                    "filename",
+                    f"images {', '.join(p.name for p in found)} share the stem {s!r}",
+                    f"{found[0].name} used — name the image in <filename>",
+                    "warning",
+                )
+            )
         if folded:
-            problems.append(Problem(xml, "filename", f"no image {s!r}; {found[0].name} matches it ignoring case",
-                                    f"{found[0].name} used — make the names match", "info"))
+            problems.append(
+                Problem(
+                    xml,
+                    "filename",
+                    f"no image {s!r}; {found[0].name} matches it ignoring case",
+                    f"{found[0].name} used — make the names match",
+                    "info",
+                )
+            )
         return found[0]
     guess = folder / (base or f"{stem}.jpg")
     if (bad := link_problem(guess)) is not None:
@@ -265,7 +339,9 @@ def image_for(ann: VocAnnotation, index: ImageIndex, stem: str, problems: list[P
     return guess
 
 
-def one_record_per_image(pairs: list[tuple[VocAnnotation, Path]], problems: list[Problem]) -> list[tuple[VocAnnotation, Path]]:
+def one_record_per_image(
+    pairs: list[tuple[VocAnnotation, Path]], problems: list[Problem]
+) -> list[tuple[VocAnnotation, Path]]:
     """Keep one annotation per image: the XML whose stem matches the image, else the first; report the rest."""
     claims: dict[str, list[int]] = {}
     for i, (_, image) in enumerate(pairs):
@@ -279,13 +355,26 @@ def one_record_per_image(pairs: list[tuple[VocAnnotation, Path]], problems: list
         for i in members:
             if i != keep:
                 dropped.add(i)
-                problems.append(Problem(str(pairs[i][0].xml), "filename", f"leads to {image.name}, which {pairs[keep][0].xml.name} "
-                                        "already annotates", "fix <filename> or delete this XML — XML skipped", "skipped"))
+                problems.append(
+                    Problem(
+                        str(pairs[i][0].xml),
+                        "filename",
+                        f"leads to {image.name}, which {pairs[keep][0].xml.name} already annotates",
+                        "fix <filename> or delete this XML — XML skipped",
+                        "skipped",
+                    )
+                )
     return [p for i, p in enumerate(pairs) if i not in dropped]
 
 
-def annotations_to_records(pairs: list[tuple[VocAnnotation, Path]], classes: list[str] | None,
-                           root: Path, fmt: str, split: str | None, problems: list[Problem]) -> Records:
+def annotations_to_records(
+    pairs: list[tuple[VocAnnotation, Path]],
+    classes: list[str] | None,
+    root: Path,
+    fmt: str,
+    split: str | None,
+    problems: list[Problem],
+) -> Records:
     """Turn parsed XML plus image paths into :class:`Records` with a class list.
 
     Class names are exact strings: ``RBC`` and ``rbc`` are two classes, and each such
@@ -304,23 +393,44 @@ def annotations_to_records(pairs: list[tuple[VocAnnotation, Path]], classes: lis
         for n, i in zip(ann.names, ann.objects):
             first.setdefault(n, (str(ann.xml), f"object[{i}].name"))
     for a, b in case_clashes(list(dict.fromkeys(found))):
-        problems.append(Problem(*first[b], f"class names {a!r} and {b!r} differ only in case",
-                                "kept as two classes — rename one if they are the same class", "warning"))
+        problems.append(
+            Problem(
+                *first[b],
+                f"class names {a!r} and {b!r} differ only in case",
+                "kept as two classes — rename one if they are the same class",
+                "warning",
+            )
+        )
     lookup = label_lookup(names)
     images = []
     for image_id, (ann, image) in enumerate(pairs):
         problems.extend(ann.problems)
         labels = np.asarray([lookup.get(n, -1) for n in ann.names], np.int64)
         for i in np.flatnonzero(labels < 0):
-            problems.append(Problem(str(ann.xml), f"object[{ann.objects[i]}].name", f"class {ann.names[i]!r} is not in the class list",
-                                    "add it to --classes or rename it — box skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(ann.xml),
+                    f"object[{ann.objects[i]}].name",
+                    f"class {ann.names[i]!r} is not in the class list",
+                    "add it to --classes or rename it — box skipped",
+                    "skipped",
+                )
+            )
         keep = labels >= 0
-        images.append(ImageRecord(
-            image_id=image_id, file=image, width=ann.width, height=ann.height,
-            boxes=ann.boxes[keep], labels=labels[keep], difficult=ann.difficult[keep],
-            iscrowd=ann.iscrowd[keep], ann_file=ann.xml,
-            extra={"stem": ann.xml.stem, "truncated": ann.truncated[keep], "objects": ann.objects[keep]},
-        ))
+        images.append(
+            ImageRecord(
+                image_id=image_id,
+                file=image,
+                width=ann.width,
+                height=ann.height,
+                boxes=ann.boxes[keep],
+                labels=labels[keep],
+                difficult=ann.difficult[keep],
+                iscrowd=ann.iscrowd[keep],
+                ann_file=ann.xml,
+                extra={"stem": ann.xml.stem, "truncated": ann.truncated[keep], "objects": ann.objects[keep]},
+            )
+        )
     return Records(images, names, list(names), fmt, root, split, problems)
 
 
@@ -330,8 +440,9 @@ def list_xml(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     return {nfc(p.stem): p for p in files}, problems
 
 
-def pair_annotations(stems: list[str], xml_by_stem: dict[str, Path], index: ImageIndex,
-                     problems: list[Problem]) -> tuple[list[tuple[VocAnnotation, Path]], set[str]]:
+def pair_annotations(
+    stems: list[str], xml_by_stem: dict[str, Path], index: ImageIndex, problems: list[Problem]
+) -> tuple[list[tuple[VocAnnotation, Path]], set[str]]:
     """Parse the XML of each stem and find its image.
 
     Returns:
@@ -352,8 +463,13 @@ def pair_annotations(stems: list[str], xml_by_stem: dict[str, Path], index: Imag
     return one_record_per_image(pairs, problems), covered
 
 
-def report_unannotated(index: ImageIndex, pairs: list[tuple[VocAnnotation, Path]], covered: set[str],
-                       where: str, problems: list[Problem]) -> None:
+def report_unannotated(
+    index: ImageIndex,
+    pairs: list[tuple[VocAnnotation, Path]],
+    covered: set[str],
+    where: str,
+    problems: list[Problem],
+) -> None:
     """One ``skipped`` line per image no annotation leads to, saying why (no XML, or its XML names another image)."""
     used = {os.path.realpath(image) for _, image in pairs}
     by_stem = {nfc(ann.xml.stem): (ann, image) for ann, image in pairs}
@@ -366,7 +482,15 @@ def report_unannotated(index: ImageIndex, pairs: list[tuple[VocAnnotation, Path]
             msg = f"{ann.xml.name} is used for {other.name}, not for this image"
         else:
             msg = f"no {where}{image.stem}.xml"
-        problems.append(Problem(str(image), "annotation", msg, "image not read — add an XML (one with no <object> for a negative)", "skipped"))
+        problems.append(
+            Problem(
+                str(image),
+                "annotation",
+                msg,
+                "image not read — add an XML (one with no <object> for a negative)",
+                "skipped",
+            )
+        )
 
 
 def split_ids(year: Path, split: str) -> list[str]:
@@ -378,10 +502,16 @@ def split_ids(year: Path, split: str) -> list[str]:
     path = year / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         have = sorted(p.stem for p in (year / "ImageSets" / "Main").glob("*.txt") if "_" not in p.stem)
-        raise DataError(f"{path}: split {split!r} not found — use one of {have or 'no splits (omit --split)'}")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig", errors="replace").splitlines() if ln.strip()]
+        raise DataError(
+            f"{path}: split {split!r} not found — use one of {have or 'no splits (omit --split)'}"
+        )
+    lines = [
+        ln.strip() for ln in path.read_text(encoding="utf-8-sig", errors="replace").splitlines() if ln.strip()
+    ]
     # An id may hold spaces (``my photo``): the whole line is the id when such an XML exists.
-    return [ln if " " in ln and (year / "Annotations" / f"{ln}.xml").is_file() else ln.split()[0] for ln in lines]
+    return [
+        ln if " " in ln and (year / "Annotations" / f"{ln}.xml").is_file() else ln.split()[0] for ln in lines
+    ]
 
 
 def read_voc_year(year: Path, split: str | None = None, classes: list[str] | None = None) -> Records:
@@ -405,8 +535,15 @@ def read_voc_year(year: Path, split: str | None = None, classes: list[str] | Non
         if nfc(stem) in xml_by_stem:
             stems.append(stem)
         else:
-            problems.append(Problem(str(year / "Annotations" / f"{stem}.xml"), "file", f"missing annotation for image id {stem!r} "
-                                    f"listed in split {split!r}", "add the XML or remove the id — image skipped", "skipped"))
+            problems.append(
+                Problem(
+                    str(year / "Annotations" / f"{stem}.xml"),
+                    "file",
+                    f"missing annotation for image id {stem!r} listed in split {split!r}",
+                    "add the XML or remove the id — image skipped",
+                    "skipped",
+                )
+            )
     pairs, covered = pair_annotations(stems, xml_by_stem, index, problems)
     if split is None:
         report_unannotated(index, pairs, covered, "Annotations/", problems)
@@ -418,10 +555,16 @@ def read_vocdevkit(devkit: Path, split: str | None = None, classes: list[str] | 
     parts, missing = [], []
     for year in sorted(p for p in devkit.iterdir() if p.is_dir() and is_voc_year(p)):
         if split and not (year / "ImageSets" / "Main" / f"{split}.txt").is_file():
-            missing.append(Problem(str(year), "ImageSets/Main", f"no split {split!r} in this year", "year not read", "info"))
+            missing.append(
+                Problem(
+                    str(year), "ImageSets/Main", f"no split {split!r} in this year", "year not read", "info"
+                )
+            )
             continue
         parts.append(read_voc_year(year, split, classes))
     if not parts:
-        raise DataError(f"{devkit}: no VOC year folder has split {split!r} — pick a split that exists, e.g. trainval")
+        raise DataError(
+            f"{devkit}: no VOC year folder has split {split!r} — pick a split that exists, e.g. trainval"
+        )
     parts[0].problems[:0] = missing
     return parts
