@@ -527,6 +527,9 @@ class Trainer:
         self.model.eval()
         metrics = dict(self.progress.get("best_metrics") or self.progress["metrics"])
         if self.ctx.is_main:
+            from detlab.evaluation.final import final_evaluation  # RUN/eval/ for report.html
+
+            final_evaluation(self.out, self.model, self.val_ds, self.cfg, self.device)
             self.log.finish(metrics, self.progress.get("before"), self.cfg)
         ddp.barrier()
         return Run(

@@ -21,6 +21,13 @@ another class in the image:
 ``missed``: non-ignored GT boxes that no true positive matched and that are not the
 target of a localization or classification error.
 
+Operating point: the counts a person reads ("how many boxes are wrong") depend on the
+score a deployment keeps, so :func:`analyse` counts errors and fills the confusion
+matrix at one score threshold, by default the F1-maximising one of all classes pooled
+(:func:`operating_point`). dAP still integrates over every detection, as TIDE defines it.
+A detection's type does not depend on the threshold (VOC matching is greedy in descending
+score, so only higher-scoring detections decide it); only ``missed`` does.
+
 dAP of a type = mAP (VOC all-point, at ``iou``) after fixing every error of that type and
 re-running the matching, minus the mAP before. Fixes: a localization error takes its
 target GT box, a classification error takes its target GT's class — or, when that GT
@@ -104,6 +111,57 @@ def classify_errors(
     return {"match": match, "type": kind, "target": target, "missed": ~covered & ~gt.ignore}
 
 
+DEFAULT_SCORE = 0.5  # the operating point when F1 has no maximum to find (no GT or no true positive)
+
+
+def operating_point(
+    gt: voc.GroundTruth,
+    det_image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    iou: float = 0.5,
+) -> dict:
+    """The score threshold that maximises F1 of all classes pooled (VOC matching at ``iou``).
+
+    Candidates are the detections' own scores (a threshold keeps ``score >= t``, so tied
+    scores go in or out together); of equal F1 the highest threshold wins.
+
+    Returns:
+        ``{"score", "precision", "recall", "f1", "tp", "fp", "num_gt", "rule"}``; ``rule`` is
+        ``"F1-max"``, or ``"default"`` with ``score`` :data:`DEFAULT_SCORE` when there is no GT
+        box or no true positive.
+    """
+    scores = np.asarray(scores, np.float64)
+    match = voc.match_detections(gt, det_image, np.asarray(boxes, np.float64), scores, labels, iou)
+    counted = match["tp"] | match["fp"]  # ignored (difficult / crowd) detections count for nothing
+    s, tp = scores[counted], match["tp"][counted]
+    num_gt = int(gt.num_positives().sum())
+    if num_gt == 0 or not tp.any():
+        nan = float("nan")
+        return dict(
+            score=DEFAULT_SCORE, precision=nan, recall=nan, f1=nan, tp=0, fp=0, num_gt=num_gt, rule="default"
+        )
+    order = np.argsort(-s, kind="stable")
+    s, tp = s[order], tp[order]  # [M'] score-descending
+    n_tp = np.cumsum(tp)
+    n = np.arange(1, len(s) + 1)
+    precision, recall = n_tp / n, n_tp / num_gt
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    f1[np.r_[s[1:] == s[:-1], False]] = -1.0  # only after the last of a run of tied scores
+    k = int(np.argmax(f1))
+    return dict(
+        score=float(s[k]),
+        precision=float(precision[k]),
+        recall=float(recall[k]),
+        f1=float(f1[k]),
+        tp=int(n_tp[k]),
+        fp=int(n[k] - n_tp[k]),
+        num_gt=num_gt,
+        rule="F1-max",
+    )
+
+
 def error_breakdown(
     gt: voc.GroundTruth,
     det_image: np.ndarray,
@@ -112,6 +170,7 @@ def error_breakdown(
     labels: np.ndarray,
     iou: float = 0.5,
     background_iou: float = 0.1,
+    score_threshold: float | None = None,
 ) -> dict:
     """Counts of each error type and the mAP that fixing it would add.
 
@@ -120,10 +179,12 @@ def error_breakdown(
         det_image: ``int64 [M]`` image index (all valid); boxes: ``float64 [M, 4]`` xyxy;
         scores: ``[M]``; labels: ``int64 [M]``.
         iou: foreground threshold ``t_f``; background_iou: ``t_b``.
+        score_threshold: count the errors of detections with ``score >= score_threshold`` only
+            (and the GT boxes those miss); ``None`` counts every detection. dAP always uses all.
 
     Returns:
         ``{"mAP": base, "counts": {type: n}, "dAP": {type: mAP gain}, "iou", "background_iou",
-        "per_class_counts": {type: [C]}}``.
+        "score_threshold", "per_class_counts": {type: [C]}}``.
     """
     boxes, scores = np.asarray(boxes, np.float64), np.asarray(scores, np.float64)
     errors = classify_errors(gt, det_image, boxes, scores, labels, iou, background_iou)
@@ -132,7 +193,18 @@ def error_breakdown(
     taken[errors["match"]["gt"][errors["match"]["tp"]]] = True
     base = _mean_ap(gt, det_image, boxes, scores, labels, iou)
     d_ap, counts, per_class = {}, {}, {}
+    if score_threshold is None:
+        counted = errors
+    else:
+        keep = scores >= score_threshold
+        counted = classify_errors(
+            gt, det_image[keep], boxes[keep], scores[keep], labels[keep], iou, background_iou
+        )
+        counted["labels"] = labels[keep]
     for name in ERROR_TYPES[:-1]:
+        sel = counted["type"] == name
+        counts[name] = int(sel.sum())
+        per_class[name] = np.bincount(counted.get("labels", labels)[sel], minlength=gt.num_classes).tolist()
         sel = kind == name
         keep, fixed_boxes, fixed_labels = ~sel, boxes.copy(), labels.copy()
         if name in ("localization", "classification"):
@@ -144,13 +216,12 @@ def error_breakdown(
             else:
                 fixed_labels[repair] = gt.labels[target[repair]]
         fixed = _mean_ap(gt, det_image[keep], fixed_boxes[keep], scores[keep], fixed_labels[keep], iou)
-        d_ap[name], counts[name] = fixed - base, int(sel.sum())
-        per_class[name] = np.bincount(labels[sel], minlength=gt.num_classes).tolist()
+        d_ap[name] = fixed - base
     missed = errors["missed"]
     kept_gt = _subset(gt, ~missed)
     d_ap["missed"] = _mean_ap(kept_gt, det_image, boxes, scores, labels, iou) - base
-    counts["missed"] = int(missed.sum())
-    per_class["missed"] = np.bincount(gt.labels[missed], minlength=gt.num_classes).tolist()
+    counts["missed"] = int(counted["missed"].sum())
+    per_class["missed"] = np.bincount(gt.labels[counted["missed"]], minlength=gt.num_classes).tolist()
     return {
         "mAP": base,
         "counts": counts,
@@ -158,6 +229,7 @@ def error_breakdown(
         "per_class_counts": per_class,
         "iou": iou,
         "background_iou": background_iou,
+        "score_threshold": score_threshold,
     }
 
 
@@ -234,7 +306,7 @@ def analyse(
     labels: np.ndarray,
     iou: float = 0.5,
     background_iou: float = 0.1,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
 ) -> dict:
     """PR curves, confusion matrix and error breakdown in one dict (arrays kept as numpy).
 
@@ -243,20 +315,66 @@ def analyse(
         det_image: ``int64 [M]`` image index (:func:`voc.image_index`, all valid).
         boxes: ``[M, 4]`` xyxy absolute pixels; scores: ``[M]``; labels: ``int64 [M]`` in ``0..C-1``.
         iou, background_iou: TIDE's ``t_f`` / ``t_b``; ``iou`` is also the PR and confusion threshold.
-        score_threshold: detections counted in the confusion matrix.
+        score_threshold: the operating point: detections counted in the confusion matrix and the
+            error counts; ``None`` takes the F1-maximising score (:func:`operating_point`).
 
     Returns:
         ``{"pr_curves": [...], "confusion": {"matrix": int64 [C+1, C+1], "iou", "score_threshold"},
-        "errors": error_breakdown(...)}``.
+        "errors": error_breakdown(...), "operating_point": {...operating_point(), "chosen": float,
+        "chosen_by": "F1-max" | "default" | "given"}}``; each PR curve also holds
+        ``"at_operating_point": {"precision", "recall"}`` (NaN when the class has no GT).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     scores = np.asarray(scores, np.float64)
+    point = operating_point(gt, det_image, boxes, scores, labels, iou)
+    chosen = point["score"] if score_threshold is None else float(score_threshold)
+    point = {**point, "chosen": chosen, "chosen_by": point["rule"] if score_threshold is None else "given"}
+    curves = pr_curves_per_class(gt, det_image, boxes, scores, labels, iou)
+    for curve in curves:
+        kept = int(np.sum(np.asarray(curve["scores"]) >= chosen))  # the curve runs in descending score
+        rec, prec = np.asarray(curve["recall"]), np.asarray(curve["precision"])
+        at = (float(prec[kept - 1]), float(rec[kept - 1])) if kept and curve["num_gt"] else (np.nan, np.nan)
+        curve["at_operating_point"] = {"precision": at[0], "recall": at[1], "score": chosen}
     return {
-        "pr_curves": pr_curves_per_class(gt, det_image, boxes, scores, labels, iou),
+        "pr_curves": curves,
         "confusion": {
-            "matrix": confusion_matrix(gt, det_image, boxes, scores, labels, iou, score_threshold),
+            "matrix": confusion_matrix(gt, det_image, boxes, scores, labels, iou, chosen),
             "iou": iou,
-            "score_threshold": score_threshold,
+            "score_threshold": chosen,
         },
-        "errors": error_breakdown(gt, det_image, boxes, scores, labels, iou, background_iou),
+        "errors": error_breakdown(gt, det_image, boxes, scores, labels, iou, background_iou, chosen),
+        "operating_point": point,
     }
+
+
+def match_types(
+    gt: voc.GroundTruth,
+    det_image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    iou: float = 0.5,
+    background_iou: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the report's browser shows at any score threshold, from one classification.
+
+    Returns:
+        ``(type object [M], found_at float64 [G])``: each detection's ``"true_positive"``,
+        ``"ignored"`` or error type (:func:`classify_errors`, threshold-free: module docstring);
+        each GT box's highest score among the detections that find it (a true positive, or a
+        localization / classification error aimed at it), ``-1`` when none does — so the box is
+        ``missed`` at threshold ``t`` exactly when ``found_at < t`` (``inf`` for ignored boxes).
+    """
+    scores = np.asarray(scores, np.float64)
+    errors = classify_errors(
+        gt, det_image, np.asarray(boxes, np.float64), scores, labels, iou, background_iou
+    )
+    kind = errors["type"].copy()
+    kind[errors["match"]["tp"]] = "true_positive"
+    kind[errors["match"]["ignored"]] = "ignored"
+    found_at = np.full(len(gt.labels), -1.0)
+    finder = np.where(errors["match"]["tp"], errors["match"]["gt"], errors["target"])  # [M] GT index or -1
+    has = finder >= 0
+    np.maximum.at(found_at, finder[has], scores[has])
+    found_at[gt.ignore] = np.inf
+    return kind, found_at

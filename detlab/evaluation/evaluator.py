@@ -739,14 +739,7 @@ def _write_analysis(records, dets, result, meta, out, args) -> list:
         },
         "confusion": {**found["confusion"], "labels": names + ["background"]},
         "errors": errors,
+        "operating_point": found["operating_point"],
     }
     (out / "analysis.json").write_text(json.dumps(json_ready(summary), indent=1))
-    paths = [out / "analysis.json"]
-    if any(isinstance(v, Mapping) and "per_class" in v for v in result.values()):
-        paths.append(plots.plot_per_class_ap(result, out / "per_class_ap.png"))
-    paths += plots.plot_pr_curves(found["pr_curves"], names, out)
-    paths.append(
-        plots.plot_confusion_matrix(found["confusion"]["matrix"], names, out / "confusion_matrix.png")
-    )
-    paths.append(plots.plot_error_breakdown(errors, out / "errors.png"))
-    return paths
+    return [out / "analysis.json"] + plots.plot_analysis(found, result, names, out)

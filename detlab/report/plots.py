@@ -155,15 +155,20 @@ def plot_per_class_ap(result: Mapping, out_path: str | Path, title: str = "per-c
 
 
 def plot_pr_curves(
-    curves: Sequence[Mapping], class_names: Sequence[str], out_dir: str | Path, per_page: int = 16
+    curves: Sequence[Mapping],
+    class_names: Sequence[str],
+    out_dir: str | Path,
+    per_page: int = 16,
+    iou: float = 0.5,
 ) -> list[Path]:
     """Precision-recall curves, one panel per class, ``pr_curves[_N].png`` pages of ``per_page``.
 
     Args:
-        curves: per class ``{"precision", "recall": [K], "AP": float, "num_gt": int}``
-            (:func:`detlab.evaluation.analysis.pr_curves_per_class`).
+        curves: per class ``{"precision", "recall": [K], "AP": float, "num_gt": int}`` and, from
+            :func:`detlab.evaluation.analysis.analyse`, ``"at_operating_point"`` (marked by a dot).
         class_names: ``C`` names.
         out_dir: output folder.
+        iou: the matching threshold the curves were computed at (in the title).
 
     Returns:
         The PNGs written.
@@ -179,7 +184,15 @@ def plot_pr_curves(
             ax.axis("off")
         for ax, c in zip(axes.flat, chunk):
             _pr_panel(ax, curves[c], class_names[c])
-        fig.tight_layout()
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        point = next((cv["at_operating_point"] for cv in curves if "at_operating_point" in cv), None)
+        title = f"precision-recall per class, IoU > {iou:g}"
+        if point is not None:
+            title += f"; dot: operating point, score ≥ {point['score']:.2f}"
+        fig.suptitle(title, fontsize=10)
+        if handles:
+            fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 0.97))
         name = "pr_curves.png" if pages == 1 else f"pr_curves_{page + 1}.png"
         paths.append(_save(fig, out / name))
     return paths
@@ -189,8 +202,11 @@ def _pr_panel(ax, curve: Mapping, name: str) -> None:
     rec, prec = np.asarray(curve["recall"], float), np.asarray(curve["precision"], float)
     if curve.get("num_gt", 1) and len(rec):
         envelope = np.maximum.accumulate(prec[::-1])[::-1]  # the interpolated precision AP integrates
-        ax.plot(rec, prec, lw=0.8, alpha=0.5, label="raw")
-        ax.step(rec, envelope, where="post", lw=1.5, label="interpolated")
+        ax.plot(rec, prec, lw=0.8, alpha=0.5, label="precision after each detection")
+        ax.step(rec, envelope, where="post", lw=1.5, label="interpolated (what AP integrates)")
+    point = curve.get("at_operating_point") or {}
+    if isinstance(point.get("recall"), float) and math.isfinite(point["recall"]):
+        ax.plot([point["recall"]], [point["precision"]], "o", color="tab:red", ms=6, label="operating point")
     ap = curve.get("AP")
     ap_text = "no GT" if ap is None or (isinstance(ap, float) and math.isnan(ap)) else f"AP50 {100 * ap:.1f}"
     ax.set(xlim=(0, 1), ylim=(0, 1.02), title=f"{name} ({ap_text})", xlabel="recall", ylabel="precision")
@@ -255,12 +271,47 @@ def plot_error_breakdown(errors: Mapping, out_path: str | Path) -> Path:
     """
     types = list(errors["counts"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.bar(types, [errors["counts"][t] for t in types], color="tab:gray")
-    a1.set(title="errors (count)", ylabel="count")
+    counts = [errors["counts"][t] for t in types]
+    bars = a1.bar(types, counts, color="tab:gray")
+    a1.bar_label(bars, fontsize=8)
+    t = errors.get("score_threshold")
+    where = "every detection" if t is None else f"detections with score ≥ {t:.2f}"
+    a1.set(title=f"errors of {where} (IoU {errors.get('iou', 0.5):g})", ylabel="count")
     gains = [100 * (errors["dAP"].get(t) or 0.0) for t in types]
     a2.bar(types, gains, color="tab:red")
-    a2.set(title=f"dAP50 if fixed (base mAP {100 * errors['mAP']:.1f})", ylabel="AP points")
+    a2.set(
+        title=f"AP50 points gained if fixed, all scores (base mAP {100 * errors['mAP']:.1f})",
+        ylabel="AP points",
+    )
     for ax in (a1, a2):
         ax.tick_params(axis="x", rotation=35, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
+        ax.title.set_fontsize(9)
     return _save(fig, Path(out_path))
+
+
+def plot_analysis(
+    found: Mapping, result: Mapping, class_names: Sequence[str], out_dir: str | Path
+) -> list[Path]:
+    """Every analysis picture ``detlab eval`` and the end of training write, thresholds in the titles.
+
+    Args:
+        found: :func:`detlab.evaluation.analysis.analyse`'s dict.
+        result: the protocol results (per-class AP bars when one has ``per_class``).
+        class_names: ``C`` names.
+        out_dir: folder for ``per_class_ap.png``, ``pr_curves*.png``, ``confusion_matrix.png``, ``errors.png``.
+
+    Returns:
+        The PNGs written.
+    """
+    out, paths = Path(out_dir), []
+    if any(isinstance(v, Mapping) and "per_class" in v for v in result.values()):
+        paths.append(plot_per_class_ap(result, out / "per_class_ap.png"))
+    confusion = found["confusion"]
+    paths += plot_pr_curves(found["pr_curves"], class_names, out, iou=confusion["iou"])
+    title = f"confusion matrix: detections with score ≥ {confusion['score_threshold']:.2f}, IoU ≥ {confusion['iou']:g}"
+    paths.append(
+        plot_confusion_matrix(confusion["matrix"], class_names, out / "confusion_matrix.png", title=title)
+    )
+    paths.append(plot_error_breakdown(found["errors"], out / "errors.png"))
+    return paths
