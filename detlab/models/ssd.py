@@ -22,7 +22,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import vgg16
 from torchvision.models.detection import _utils as det_utils
@@ -38,6 +37,7 @@ from detlab.models.weights import (
     filename_from_url,
     load_detector_weights,
     parse_weights_spec,
+    read_pretrained_file,
     resolve_weights_file,
 )
 
@@ -125,7 +125,7 @@ def _vgg16_backbone(pretrained: bool, trainable_layers: int) -> nn.Module:
     vgg = vgg16(weights=None)
     if pretrained:
         path = resolve_weights_file(filename_from_url(VGG16_IMAGENET_URL), VGG16_IMAGENET_URL)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_pretrained_file(path, VGG16_IMAGENET_URL)
         # only the conv trunk is used by SSD; the file's classifier is not needed
         vgg.features.load_state_dict(
             {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}

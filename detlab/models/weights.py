@@ -87,6 +87,15 @@ def resolve_weights_file(filename: str, url: str | None = None) -> Path:
     return path
 
 
+def read_pretrained_file(path: str | os.PathLike, url: str) -> dict[str, Tensor]:
+    """A pretrained file from the hub cache; an empty, cut-off or refused one is one line saying to replace it."""
+    return read_torch_file(
+        path,
+        "cannot read pretrained weights",
+        f"delete it and download {url} again (or place that file there)",
+    )
+
+
 def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
     """Read a weights file with ``torch.load(..., weights_only=True)``.
 
