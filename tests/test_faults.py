@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -403,6 +405,41 @@ def test_failed_second_split_restores_the_existing_dataset(tmp_path, shapes, mon
     assert after == before
     assert "val" not in yaml.safe_load((out / "data.yaml").read_text())
     assert len(read_records(f"{out}:train").images) == 8
+
+
+@pytest.mark.parametrize("to", ["voc", "yolo", "coco"])
+def test_failed_rewrite_of_existing_images_puts_them_back(tmp_path, shapes, monkeypatch, to):
+    """Re-exporting images a destination already holds (labels fixed, images re-encoded) and failing
+    midway: the annotation files rewritten in place and the images replaced are all put back."""
+    import detlab.data.convert as conv
+
+    out = tmp_path / "out"
+    convert(f"{shapes}:train", out, to)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    edited = tmp_path / "edited"  # the same file names, other boxes and other image bytes
+    shutil.copytree(shapes, edited)
+    for xml in (edited / "Annotations").glob("*.xml"):
+        xml.write_text(
+            re.sub(r"<xmin>(\d+)</xmin>", lambda m: f"<xmin>{int(m.group(1)) + 1}</xmin>", xml.read_text())
+        )
+    for jpg in (edited / "JPEGImages").glob("*"):
+        Image.open(jpg).convert("RGB").save(jpg, format="JPEG", quality=60)
+    real, placed = conv.place_image, []
+
+    def place(src, dst, link="hardlink"):
+        if len(placed) == 3:  # three images (and their annotations) replaced, then the disk fills
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        placed.append(dst)
+        real(src, dst, link)
+
+    monkeypatch.setattr(conv, "place_image", place)
+    with pytest.raises(OutputError, match="the files written were removed and the existing dataset restored"):
+        convert(f"{edited}:train", out, to)
+    assert len(placed) == 3
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)
+    assert [p for p in before if after[p] != before[p]] == []
+    assert not list(out.rglob(".detlab-replaced-*"))
 
 
 # --- read-only and not-a-directory output folders ------------------------------------------------------

@@ -367,13 +367,61 @@ def write_all_or_nothing(writer, records: Records, dst: Path, link: str = "hardl
         if dst.suffix == ".json"
         else [*dst.glob("data.yaml"), *dst.glob("ImageSets/Main/*.txt"), *dst.glob("annotations/*.json")]
     )
-    saved = {p: p.read_bytes() for p in index if p.is_file()}
+    annotations, images = _replaced_by(writer, records, dst)
+    saved = {p: p.read_bytes() for p in [*index, *annotations] if p.is_file()}
+    home = dst.parent if dst.suffix == ".json" else dst
+    backup = home / f".detlab-replaced-{os.getpid()}-{secrets.token_hex(4)}"
+    with writing(dst, "dataset", "nothing was changed"):
+        kept = _link_aside(images, backup)
+    before.add(backup)
+    before.update(backup.rglob("*"))
     try:
         with writing(dst, "dataset", "the files written were removed and the existing dataset restored"):
             return writer(records, dst, records.split, link)
     except BaseException:
         _undo(roots, before, saved, dst)
+        for original, aside in kept.items():
+            with contextlib.suppress(OSError):
+                os.replace(aside, original)
         raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _replaced_by(writer, records: Records, dst: Path) -> tuple[list[Path], list[Path]]:
+    """The existing files the writer will overwrite: ``(annotation files, images)``.
+
+    Adding images whose names a destination already holds (a second split sharing stems, a
+    re-export after fixing labels) rewrites their annotation files in place and replaces the
+    images, so both must be put back if the write fails.
+    """
+    names = dest_names(records)
+    if writer is write_voc:
+        anns = [dst / "Annotations" / f"{Path(n).stem}.xml" for n in names]
+        return [p for p in anns if p.is_file()], [p for n in names if (p := dst / "JPEGImages" / n).is_file()]
+    if writer is write_yolo:
+        folders = (
+            [p for p in (dst / "labels").glob("*") if p.is_dir()],
+            [p for p in (dst / "images").glob("*") if p.is_dir()],
+        )
+        anns = [p for d in folders[0] for n in names if (p := d / f"{Path(n).stem}.txt").is_file()]
+        return anns, [p for d in folders[1] for n in names if (p := d / n).is_file()]
+    folders = [dst.parent / "images"] if dst.suffix == ".json" else list((dst / "images").glob("*"))
+    return [], [p for d in folders for n in names if (p := d / n).is_file()]
+
+
+def _link_aside(images: list[Path], backup: Path) -> dict[Path, Path]:
+    """Hard-link (or copy) each image into ``backup``; the writer unlinks before it places, so the link survives."""
+    kept = {}
+    for i, p in enumerate(images):
+        aside = backup / f"{i}{p.suffix}"
+        aside.parent.mkdir(exist_ok=True)
+        try:
+            os.link(p, aside)
+        except OSError:
+            shutil.copy2(p, aside)
+        kept[p] = aside
+    return kept
 
 
 def _undo(roots: list[Path], before: set[Path], saved: dict[Path, bytes], dst: Path) -> None:
