@@ -495,7 +495,7 @@ def validate(cfg: TrainConfig, family: str | None = None) -> None:
         )
     if family is None and cfg.model and cfg.model.startswith(_FAMILY_PREFIXES):
         family = family_of(cfg.model)
-    _validate_metric(cfg.metric, cfg.protocols, family)
+    validate_metric(cfg.metric, cfg.protocols, family)
     _validate_device(cfg.device, cfg.amp)
     _validate_model_kwargs(cfg.model, cfg.model_kwargs)
 
@@ -518,7 +518,7 @@ _LOSS_PARTS = {
 }
 
 
-def _validate_metric(metric: str, protocols: list, family: str | None) -> None:
+def validate_metric(metric: str, protocols: list, family: str | None) -> None:
     head = metric.split("/")[0]
     if metric in _METRICS:
         if head not in (*protocols, "val"):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from detlab.config import TrainConfig, effective_lr, save_yaml
+from detlab.config import TrainConfig, effective_lr, save_yaml, validate_metric
 from detlab.data.dataset import collate, targets_to
 from detlab.engine import checkpoint as ckpt_io
 from detlab.engine import distributed as ddp
@@ -199,7 +199,8 @@ class Trainer:
         self.out = Path(cfg.out)
         self.model = model.to(self.device)
         self.val_ds = val_ds
-        self._check_metric()
+        if val_ds is not None:  # a config built without resolve() (the Python API) gets resolve's check
+            validate_metric(cfg.metric, cfg.protocols, getattr(model, "family", None))
         seed_everything(cfg.seed, cfg.deterministic)
         self.train_ds = ddp.SeededDataset(_with_train_transforms(train_ds, model, cfg))
         self.sampler = ddp.ResumableSampler(
@@ -227,14 +228,6 @@ class Trainer:
         self.log = RunLog(self.out, ctx.is_main, cfg, self.total_iters)
 
     # --- setup helpers ---------------------------------------------------------
-
-    def _check_metric(self) -> None:
-        head = self.cfg.metric.split("/")[0]
-        if self.val_ds is not None and head not in (*self.cfg.protocols, "val"):
-            raise ConfigError(
-                f"config key 'metric': {self.cfg.metric!r} needs protocol {head!r}, which is not in "
-                f"protocols {self.cfg.protocols}; add it or pick e.g. metric=coco/AP50"
-            )
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if not self.ctx.distributed:
