@@ -1,8 +1,8 @@
 """The ``detlab`` command line: argparse → plain function calls, no logic here.
 
 Each subcommand has one ``_add_<name>`` (its arguments) and one ``_run_<name>``
-(the call it makes). Heavy imports happen inside ``_run_*`` so ``detlab --help``
-stays fast.
+(the call it makes), paired in the literal :data:`COMMANDS`. Heavy imports happen
+inside ``_run_*`` so ``detlab --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -289,34 +289,40 @@ def _run_export(args) -> int:
     return export_command(args)
 
 
-COMMANDS = [
-    "demo",
-    "check",
-    "convert",
-    "show",
-    "models",
-    "train",
-    "eval",
-    "predict",
-    "report",
-    "compare",
-    "bench",
-    "export",
-]
+# name → (adds its arguments, runs it); the order is the order of `detlab --help`.
+COMMANDS = {
+    "demo": (_add_demo, _run_demo),
+    "check": (_add_check, _run_check),
+    "convert": (_add_convert, _run_convert),
+    "show": (_add_show, _run_show),
+    "models": (_add_models, _run_models),
+    "train": (_add_train, _run_train),
+    "eval": (_add_eval, _run_eval),
+    "predict": (_add_predict, _run_predict),
+    "report": (_add_report, _run_report),
+    "compare": (_add_compare, _run_compare),
+    "bench": (_add_bench, _run_bench),
+    "export": (_add_export, _run_export),
+}
+
+DESCRIPTION = (
+    "Train, fine-tune, evaluate, compare and look at object detectors (Faster R-CNN, DETR, FCOS, SSD) "
+    "on VOC, COCO, YOLO and custom data. Start with `detlab demo`; `detlab COMMAND --help` for each command."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detlab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        globals()[f"_add_{name}"](sub)
+    parser = argparse.ArgumentParser(prog="detlab", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in COMMANDS.values():
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(globals()[f"_run_{args.command}"](args) or 0)
+        return int(COMMANDS[args.command][1](args) or 0)
     except DetlabError as e:
         print(f"detlab: {e}", file=sys.stderr)
         return e.exit_code
