@@ -66,7 +66,6 @@ class RunLog:
         self._window: dict[str, float] = {}
         self._window_n, self._window_sec, self._window_data = 0, 0.0, 0.0
         self._t_start = time.perf_counter()
-        self._plot_note_shown = False
         self.interactive = enabled and not cfg.quiet and sys.stderr.isatty()
 
     # --- files -------------------------------------------------------------------
@@ -212,13 +211,8 @@ class RunLog:
     def _refresh_plots(self) -> None:
         if not self.cfg.plots:
             return
-        try:
-            from detlab.report.plots import plot_training_curves
-        except ImportError as e:
-            if not self._plot_note_shown:
-                self.note(f"plots: skipped, detlab.report.plots is unavailable ({e})")
-                self._plot_note_shown = True
-            return
+        from detlab.report.plots import plot_training_curves
+
         with writing(self.out / "plots", "training curves"):
             plot_training_curves(self.path, self.out / "plots")
 
@@ -234,7 +228,7 @@ class RunLog:
             print(message, file=sys.stderr, flush=True)
 
     def finish(self, metrics: dict, before: dict | None, cfg: TrainConfig) -> None:
-        """Close the bar; print before/after; write the HTML report when the report module exists."""
+        """Close the bar; print before/after; write the HTML report (``cfg.report``)."""
         self._close_bar()
         if not self.enabled:
             return
@@ -256,11 +250,8 @@ class RunLog:
             self._write_report()
 
     def _write_report(self) -> None:
-        try:
-            from detlab.report.html import write_report
-        except ImportError as e:
-            self.note(f"report: skipped, detlab.report.html is unavailable ({e})")
-            return
+        from detlab.report.html import write_report
+
         try:
             path = write_report(self.out)
         except Exception as e:  # a finished run must not be lost to a report problem

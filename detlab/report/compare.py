@@ -192,10 +192,6 @@ def gallery(entries: list[Entry], dataset) -> str:
     loaded = [e for e in entries if e.detector is not None]
     if len(loaded) < 2 or dataset is None:
         return note("needs at least two runs whose models load, and validation data; gallery skipped.")
-    try:
-        from detlab.report.draw import draw_boxes  # noqa: F401  (fail here, before any model runs)
-    except ImportError as e:
-        return note(f"cannot draw boxes ({e}); gallery skipped.")
     scored = []
     for i in sample_indices(len(dataset), GALLERY_POOL):
         image, _ = dataset[i]
