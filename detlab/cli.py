@@ -126,6 +126,13 @@ def _add_train(sub) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
     )
     p.add_argument("--resume", default=None, metavar="RUN", help="continue a run exactly where it stopped")
+    p.add_argument(
+        "--time",
+        default=None,
+        metavar="DURATION",
+        help="wall-time budget for the whole run (90s, 10m, 2h, 1h30m): steps and an evaluation are timed "
+        "and the epochs planned to end on time, schedule completed (config key time_budget)",
+    )
 
 
 def _run_train(args) -> int:

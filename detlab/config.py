@@ -34,6 +34,7 @@ class TrainConfig:
     # --- what to train -------------------------------------------------------
     data: str | None = None  # training data: DATA or DATA:split (default split: train)
     val: str | None = None  # validation data; None = auto (same source's val, else test, else none)
+    val_fraction: float = 0.0  # without a validation split: hold out this seeded, class-stratified share
     model: str | None = None  # catalogue name (see `detlab models`)
     weights: str = "none"  # none | imagenet | coco | PATH: what build_model starts from
     model_kwargs: dict = field(default_factory=dict)  # extra build_model knobs (e.g. image size)
@@ -41,6 +42,7 @@ class TrainConfig:
 
     # --- schedule length and batches -----------------------------------------
     epochs: int = 12  # passes over the training data
+    time_budget: str | float | None = None  # --time: wall time for the whole run (90s, 10m, 2h); plans epochs
     batch_size: int = 4  # images per step per process
     accumulate: int = (
         1  # batches summed into one optimizer step (effective batch = batch_size·accumulate·world)
@@ -378,6 +380,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         )
     },
     "lr": (lambda v: v is None or v > 0, "a positive number, or null to scale base_lr"),
+    "time_budget": (
+        lambda v: v is None or duration_seconds(v, check=False) is not None,
+        "a duration such as 90s, 10m, 2h or 1h30m (or seconds), or null",
+    ),
+    "val_fraction": (_within(0, 1, hi_open=True), "a number in [0, 1), e.g. 0.2"),
     "momentum": (_within(0, 1, hi_open=True), "a number in [0, 1)"),
     "warmup_factor": (_within(0, 1), "a number in [0, 1]"),
     "min_lr_factor": (_within(0, 1), "a number in [0, 1]"),
@@ -414,6 +421,37 @@ _PY_TYPES = {
     "dict": dict,
     "None": type(None),
 }
+
+
+_DURATION = re.compile(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*")
+
+
+def duration_seconds(value: str | float | int | None, check: bool = True) -> float | None:
+    """``"90s"``, ``"10m"``, ``"2h"``, ``"1h30m"``, ``"600"`` or a number of seconds → seconds (> 0).
+
+    Returns None for None; an unreadable or non-positive value raises ConfigError (``check``) or
+    gives None (``check=False``, for validation).
+    """
+    if value is None:
+        return None
+    seconds = None
+    if _is_number(value):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.fullmatch(value.lower())
+        if value.strip() and m and any(m.groups()):
+            h, mins, s = (float(g) if g else 0.0 for g in m.groups())
+            seconds = 3600 * h + 60 * mins + s
+        else:
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = None
+    if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
+        seconds = None
+    if seconds is None and check:
+        raise ConfigError(f"time budget {value!r}: not a duration; use e.g. --time 90s, 10m, 2h or 1h30m")
+    return seconds
 
 
 def _is_number(v: Any) -> bool:

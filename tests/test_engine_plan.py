@@ -98,31 +98,3 @@ def test_selecting_checkpoints_on_a_split_named_test_is_warned_about(chess, caps
     cfg = resolve({"model": "fcos_effl0_fpn", "data": f"{chess}/train", "val": f"{chess}/valid", "out": "y"})
     load_train_val(cfg)
     assert "a split named test" not in capsys.readouterr().err
-
-
-def test_resume_with_more_epochs_says_the_schedule_keeps_its_plan(tmp_path, monkeypatch, capsys):
-    from argparse import Namespace
-
-    from detlab.engine import train
-
-    saved = resolve({"model": "fcos_effl0_fpn", "data": "d", "out": str(tmp_path), "epochs": 4}).to_dict()
-    state = {key: {} for key in train.ckpt_io.TRAINING_STATE}
-    monkeypatch.setattr(train.ckpt_io, "load_checkpoint", lambda run: {**state, "config": saved})
-    args = Namespace(
-        resume=str(tmp_path),
-        out=None,
-        config=None,
-        set=["epochs=6"],
-        data=None,
-        val=None,
-        model=None,
-        weights=None,
-    )
-    cfg, _ = train._resume_config(args)
-    assert cfg.epochs == 6
-    assert (
-        "epochs 4 -> 6: the step learning-rate schedule keeps its plan for 4 epochs"
-        in capsys.readouterr().err
-    )
-    train._resume_config(Namespace(**{**vars(args), "set": []}))
-    assert "keeps its plan" not in capsys.readouterr().err

@@ -9,6 +9,10 @@ Schedule: linear warmup from ``warmup_factor`` to 1, then ``step`` (multiply by
 ``min_lr_factor``) or ``constant``. It is a ``LambdaLR`` stepped once per
 optimizer step; the lambda is a small object so its state saves with the
 scheduler's ``state_dict`` as plain numbers.
+
+Re-planning (``--time`` on resume, ``--resume --set epochs=N``): :func:`stretch_schedule` maps the
+steps still to come onto the part of the schedule still to run, so a longer or shorter run still
+goes through its remaining milestones (or its remaining cosine) and ends at the final rate.
 """
 
 from __future__ import annotations
@@ -108,8 +112,26 @@ class WarmupSchedule:
         self.milestones = [int(round(m * self.total_iters)) for m in milestones]
         self.gamma = float(gamma)
         self.min_lr_factor = float(min_lr_factor)
+        # [at, old_end, new_end] per re-plan, oldest first: from step ``at`` on, the steps up to
+        # ``new_end`` replay the schedule's steps up to ``old_end`` at an even pace.
+        self.remaps: list[list[float]] = []
+
+    @property
+    def planned_total(self) -> int:
+        """The step at which the (re-planned) schedule ends."""
+        return int(self.remaps[-1][2]) if self.remaps else self.total_iters
 
     def __call__(self, it: int) -> float:
+        return self._base(self._virtual(it))
+
+    def _virtual(self, it: float) -> float:
+        """The step of the first plan that step ``it`` of the latest plan replays."""
+        for at, old_end, new_end in reversed(self.remaps):
+            if it > at:
+                it = at + (min(it, new_end) - at) * (old_end - at) / (new_end - at)
+        return it
+
+    def _base(self, it: float) -> float:
         warm = 1.0
         if it < self.warmup_iters:
             alpha = it / self.warmup_iters
@@ -137,3 +159,30 @@ def build_scheduler(
         cfg.min_lr_factor,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def stretch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, at: int, new_total: int) -> bool:
+    """Re-plan the rest of a :func:`build_scheduler` schedule so it ends at step ``new_total``.
+
+    The steps from ``at`` (the current step) to ``new_total`` replay, evenly spread, what the
+    schedule still had to run from ``at`` to its planned end: its remaining milestones or cosine,
+    ending at its final rate. The rate at ``at`` itself is unchanged, so nothing jumps.
+
+    Args:
+        scheduler: the run's LambdaLR (one :class:`WarmupSchedule` shared by its groups).
+        at: optimizer steps taken so far.
+        new_total: the step the run now ends at; must be > ``at``.
+
+    Returns:
+        False (nothing changed) when the schedule had already ended by ``at`` — nothing is left
+        to stretch — or when it already ends at ``new_total``; True when it was re-planned.
+    """
+    fns = {id(f): f for f in scheduler.lr_lambdas}
+    if len(fns) != 1 or not isinstance(scheduler.lr_lambdas[0], WarmupSchedule):
+        raise TypeError("stretch_schedule expects a scheduler from build_scheduler")
+    fn = scheduler.lr_lambdas[0]
+    old_end = fn.planned_total
+    if new_total == old_end or at >= old_end or new_total <= at:
+        return False
+    fn.remaps.append([int(at), int(old_end), int(new_total)])
+    return True

@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader
 
 from detlab.config import TrainConfig, effective_lr, save_yaml, validate_metric
 from detlab.data.dataset import collate, targets_to
+from detlab.engine import budget
 from detlab.engine import checkpoint as ckpt_io
 from detlab.engine import distributed as ddp
 from detlab.engine.runlog import RunLog, run_lock
-from detlab.engine.schedule import build_optimizer, build_scheduler
+from detlab.engine.schedule import build_optimizer, build_scheduler, stretch_schedule
 from detlab.errors import ConfigError, DetlabError, OutputError
 
 
@@ -89,13 +90,14 @@ def train(
     """
     from detlab.config import resolve
 
+    started = time.monotonic()  # a time budget counts from here
     user = dict(overrides)
     if epochs is not None:
         user["epochs"] = epochs
     user.update(out=str(out), model=getattr(model, "name", None))
     cfg = resolve(user, family=getattr(model, "family", None), model_name=getattr(model, "name", None))
     ctx = ddp.setup(cfg.device)
-    return fit(model, train_ds, val_ds, cfg, ctx=ctx)
+    return fit(model, train_ds, val_ds, cfg, ctx=ctx, started=started)
 
 
 @contextlib.contextmanager
@@ -125,6 +127,9 @@ def fit(
     cfg: TrainConfig,
     resume: dict | None = None,
     ctx: ddp.DistContext | None = None,
+    started: float | None = None,
+    clock=time.monotonic,
+    measure=None,
 ) -> Run:
     """Run the loop for a built model and loaded datasets under a resolved config.
 
@@ -134,13 +139,19 @@ def fit(
         cfg: resolved config; ``cfg.out`` is the run folder.
         resume: a checkpoint dict to continue from (``--resume``), or None.
         ctx: process group context (default: single process on ``cfg.device``).
+        started: ``clock()`` when this session began (data loading counts against a time
+            budget); default: now.
+        clock: seconds, monotonic (tests give a fake one).
+        measure: ``measure(trainer) -> budget.Timing`` for a time budget (default
+            :func:`detlab.engine.budget.measure`, which times real steps; tests give fixed costs).
 
     Returns:
         The :class:`Run`.
     """
     ctx = ctx or ddp.DistContext(device=ddp.pick_device(cfg.device))
     with locked_run(cfg.out, ctx):
-        trainer = Trainer(model, train_ds, val_ds, cfg, ctx)
+        trainer = Trainer(model, train_ds, val_ds, cfg, ctx, clock=clock, started=started)
+        trainer.measure = measure or budget.measure
         try:
             return trainer.run(resume)
         except OutputError as e:
@@ -192,7 +203,16 @@ def _with_train_transforms(dataset, model: nn.Module, cfg: TrainConfig):
 class Trainer:
     """Holds the moving parts of one run; :meth:`run` reads top-down."""
 
-    def __init__(self, model: nn.Module, train_ds, val_ds, cfg: TrainConfig, ctx: ddp.DistContext) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        train_ds,
+        val_ds,
+        cfg: TrainConfig,
+        ctx: ddp.DistContext,
+        clock=time.monotonic,
+        started: float | None = None,
+    ) -> None:
         if cfg.out is None:
             raise ConfigError("config key 'out': no run folder given; pass --out RUN")
         self.cfg, self.ctx, self.device = cfg, ctx, ctx.device
@@ -226,6 +246,14 @@ class Trainer:
         self.epoch, self.iteration, self.step_in_epoch = 0, 0, 0
         self.progress = {"best": None, "best_epoch": None, "bad_evals": 0, "metrics": {}, "before": None}
         self.log = RunLog(self.out, ctx.is_main, cfg, self.total_iters)
+        # Time accounting (``--time``): this session's start, earlier sessions' seconds, the plan.
+        self.clock = clock
+        self.started = clock() if started is None else started
+        self.time_before = 0.0
+        self.time_plan: budget.TimePlan | None = None
+        self.measure = budget.measure
+        self.step_seconds: list[float] = []  # this _train_epoch call's step times
+        self.eval_seconds: float | None = None  # the last full evaluation, logging and plots included
 
     # --- setup helpers ---------------------------------------------------------
 
@@ -272,6 +300,7 @@ class Trainer:
     def run(self, resume: dict | None) -> Run:
         """Resume or start, train epoch by epoch with evaluations, return the best model."""
         self._start(resume)
+        self._plan_length(resume)
         stopped = "finished"
         while self.epoch < self.cfg.epochs:
             self._train_epoch()
@@ -315,6 +344,55 @@ class Trainer:
             flat = self._evaluate(tag="before")
             self.progress["before"] = flat
 
+    # --- the run's length: a time budget, or a changed epoch count on resume --------------
+
+    def spent(self) -> float:
+        """Seconds this run has used: earlier sessions (to their last checkpoint) and this one so far."""
+        return self.time_before + self.clock() - self.started
+
+    def _plan_length(self, resume: dict | None) -> None:
+        """Fit the run to ``time_budget`` (:mod:`detlab.engine.budget`), or, on resume, re-plan the
+        rest of the learning-rate schedule for a changed ``epochs``."""
+        planned = self.scheduler.lr_lambdas[0].planned_total
+        if resume is not None and self.epoch >= self.cfg.epochs:
+            return
+        if self.cfg.time_budget is None:
+            if resume is not None and planned != self.total_iters:
+                self._stretch_for_epochs(planned)
+            return
+        if resume is not None:  # the steps still planned, which the measurement must not pass
+            self.total_iters = planned
+        plan = budget.make_plan(self, self.measure, resumed=resume is not None)
+        self.cfg.epochs, self.total_iters = plan.epochs, plan.total_iters
+        stretch_schedule(self.scheduler, self.iteration, plan.total_iters)
+        self.log.total_iters = plan.total_iters
+        if self.log.bar is not None:
+            self.log.bar.total = plan.total_iters
+        self.time_plan = plan
+        self.progress["time_plan"] = plan.to_dict()
+        if self.ctx.is_main:
+            save_yaml(self.cfg, self.out / "config.yaml")
+            budget.write_plan(self.out, plan)
+
+    def _stretch_for_epochs(self, planned: int) -> None:
+        """``--resume --set epochs=N``: the rest of the schedule re-planned to end at epoch N, said in one line."""
+        old_epochs = math.ceil(planned / self.steps_per_epoch)
+        change = f"resume: epochs {old_epochs} -> {self.cfg.epochs}"
+        if stretch_schedule(self.scheduler, self.iteration, self.total_iters):
+            what = "stretched" if self.total_iters > planned else "compressed"
+            self.log.total_iters = self.total_iters
+            self.log.note(
+                f"{change}: the rest of the {self.cfg.schedule} learning-rate schedule (steps "
+                f"{self.iteration}-{planned}) is re-planned, {what} over steps {self.iteration}-"
+                f"{self.total_iters}, so it still ends at its final rate at epoch {self.cfg.epochs}"
+            )
+        elif self.cfg.schedule != "constant":
+            self.log.note(
+                f"{change}: the {self.cfg.schedule} learning-rate schedule had already ended (step {planned}), so "
+                f"epochs {old_epochs + 1}-{self.cfg.epochs} run at its final rate; to train longer with a full "
+                f"schedule, start a new run from this one's weights (--weights {self.out}/checkpoints/last.pt)"
+            )
+
     def _eval_before(self) -> bool:
         if self.cfg.eval_before == "auto":
             return self.cfg.weights not in (None, "none")
@@ -326,11 +404,15 @@ class Trainer:
         last = self.epoch == self.cfg.epochs
         return last or (self.cfg.eval_every > 0 and self.epoch % self.cfg.eval_every == 0)
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self, limit: int | None = None) -> None:
+        """Train the rest of this epoch, up to the run's last step; ``limit``: only that many steps
+        (a time budget's measurement). Each step's seconds land in ``step_seconds``."""
         self.net.train()
         batches = iter(self._loader())
+        self.step_seconds = []
+        end = self.steps_per_epoch if limit is None else min(self.steps_per_epoch, self.step_in_epoch + limit)
         t_data = time.perf_counter()
-        while self.step_in_epoch < self.steps_per_epoch:
+        while self.step_in_epoch < end and self.iteration < self.total_iters:
             group = [b for _, b in zip(range(self.cfg.accumulate), batches)]
             if not group:
                 break
@@ -346,6 +428,7 @@ class Trainer:
                 data_sec,
                 time.perf_counter() - t_data,
             )
+            self.step_seconds.append(time.perf_counter() - t_data)
             if (
                 self.cfg.checkpoint_every
                 and self.iteration % self.cfg.checkpoint_every == 0
@@ -364,11 +447,7 @@ class Trainer:
             sync = i == len(group) - 1 or not self.ctx.distributed
             with (
                 self.net.no_sync() if not sync else contextlib.nullcontext(),
-                torch.autocast(
-                    self.device.type,
-                    dtype=self.amp_dtype or torch.float32,
-                    enabled=self.amp_dtype is not None,
-                ),
+                self._autocast(),
             ):
                 out = self.net(images, targets)
                 loss = sum(v for k, v in out.items() if k.startswith("loss_"))
@@ -379,6 +458,17 @@ class Trainer:
         self._clip_and_step()
         sums["loss"] = sum(v for k, v in sums.items() if k.startswith("loss_"))
         return sums
+
+    def _autocast(self):
+        """The precision of a forward pass. On CPU (bf16, config-checked to be native) only the network
+        modules run under autocast and return float32, so that losses and box coding stay float32."""
+        if self.amp_dtype is not None and self.device.type == "cpu":
+            from detlab.models.precision import autocast_network
+
+            return autocast_network(self.model, self.amp_dtype, "cpu")
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
 
     def _check_finite(self, out: dict) -> None:
         bad = [k for k, v in out.items() if k.startswith("loss_") and not torch.isfinite(v.detach()).all()]
@@ -440,6 +530,7 @@ class Trainer:
         flat.update({f"val/{k}": v for k, v in val_loss.items()})
         flat = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float, np.number))}
         self.log.evaluation(self.epoch, self.iteration, flat, result, tag, time.perf_counter() - t0)
+        self.eval_seconds = time.perf_counter() - t0
         return flat
 
     def _evaluate_and_track(self) -> bool:
@@ -478,6 +569,7 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------
 
     def _state(self) -> dict:
+        self.progress["time_spent_s"] = self.spent()
         rngs = ddp.gather_objects(ckpt_io.rng_state())
         state = {
             "model": self.eval_model.state_dict(),
@@ -531,6 +623,7 @@ class Trainer:
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         ckpt_io.set_rng_state(per_rank[self.ctx.rank] if self.ctx.rank < len(per_rank) else ckpt["rng"])
         self.log.load_state_dict(ckpt["log"])
+        self.time_before = float(self.progress.get("time_spent_s", 0.0))
 
     def _finish(self, stopped: str) -> Run:
         _, best_path = ckpt_io.checkpoint_paths(self.out)
@@ -544,6 +637,10 @@ class Trainer:
 
             final_evaluation(self.out, self.model, self.val_ds, self.cfg, self.device)
             self.log.finish(metrics, self.progress.get("before"), self.cfg)
+            if self.time_plan is not None:
+                took = self.spent()
+                budget.write_plan(self.out, self.time_plan, took)
+                self.log.note(budget.finish_line(self.time_plan, took))
         ddp.barrier()
         return Run(
             model=self.model,
@@ -573,12 +670,14 @@ def train_command(args) -> int:
     Returns:
         Exit code 0; bad input raises a DetlabError the CLI prints as one line.
     """
+    started = time.monotonic()  # a time budget counts from here: loading the data is part of the run
     cfg, resume = _resume_config(args) if args.resume else (_config_from_args(args), None)
     ctx = ddp.setup(cfg.device)
     held = contextlib.ExitStack()
     try:
-        # before any data is read: a second run into a live run folder stops at once
-        held.enter_context(locked_run(cfg.out, ctx))
+        held.enter_context(
+            locked_run(cfg.out, ctx)
+        )  # before any data is read: a live run folder stops us at once
         if resume is None and (Path(cfg.out) / "checkpoints" / "last.pt").exists():
             raise ConfigError(
                 f"--out {cfg.out}: already holds a run (checkpoints/last.pt); continue it with "
@@ -589,7 +688,7 @@ def train_command(args) -> int:
         if resume is None:
             _plan_size(cfg, train_ds.records, ctx, verbose=ctx.is_main)
         model = _build_for(cfg, train_ds.num_classes, resume)
-        fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx)
+        fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx, started=started)
     finally:
         held.close()
         ddp.cleanup()
@@ -617,6 +716,8 @@ def _config_from_args(args) -> TrainConfig:
     for flag in ("data", "val", "model", "out", "weights"):
         if getattr(args, flag, None) is not None:
             user[flag] = getattr(args, flag)
+    if getattr(args, "time", None) is not None:
+        user["time_budget"] = args.time
     for flag in ("data", "model", "out"):
         if not user.get(flag):
             raise ConfigError(f"{flag}: not given; pass --{flag} or set `{flag}:` in the --config YAML")
@@ -636,6 +737,8 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
     for flag in ("data", "val", "model", "weights"):
         if getattr(args, flag, None) is not None:
             changes[flag] = getattr(args, flag)
+    if getattr(args, "time", None) is not None:
+        changes["time_budget"] = args.time
     merged = apply_overrides(TrainConfig().to_dict(), ckpt["config"], f"{run}/checkpoints/last.pt config")
     merged = apply_overrides(merged, changes, "--set")
     merged["out"] = str(run)
@@ -643,17 +746,6 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
     validate(cfg)
     if changes:
         print(f"resume: changed {', '.join(sorted(changes))} from the saved config", file=sys.stderr)
-    planned = int(ckpt["config"].get("epochs", cfg.epochs))
-    if cfg.epochs > planned and cfg.schedule != "constant":
-        # The scheduler resumes its own state, planned over the saved length: say so rather than let
-        # the extra epochs pass unseen at the schedule's final learning rate.
-        print(
-            f"resume: epochs {planned} -> {cfg.epochs}: the {cfg.schedule} learning-rate schedule keeps its "
-            f"plan for {planned} epochs, so epochs {planned + 1}-{cfg.epochs} run at its final rate; to train "
-            "longer with a full schedule, start a new run from this one's weights (--weights "
-            f"{run}/checkpoints/last.pt)",
-            file=sys.stderr,
-        )
     return cfg, ckpt
 
 
