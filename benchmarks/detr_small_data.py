@@ -1,7 +1,7 @@
-"""DETR on small data: train ``DETR_SMALL_DATA_RECIPE`` on BCCD train, report COCO AP50 on BCCD val.
+"""DETR on small data: train ``detlab.config.RECIPES["detr"]`` on BCCD train, report COCO AP50 on BCCD val.
 
 DETR fine-tunes on a few hundred images often end at AP 0. This script is the
-measurement behind ``detlab.models.detr.DETR_SMALL_DATA_RECIPE``: it trains the
+measurement behind ``detlab.config.RECIPES["detr"]``: it trains the
 recipe (or a variant given on the command line) on CPU and prints the COCO
 metrics (faster-coco-eval, pycocotools-identical) of the validation split.
 
@@ -28,10 +28,12 @@ import torch
 import yaml
 from PIL import Image
 
+from detlab.config import RECIPES
 from detlab.data.formats.voc import read_voc_year
-from detlab.models.detr import DETR_SMALL_DATA_RECIPE, build_detr
+from detlab.models.detr import build_detr
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bccd" / "BCCD"
+MODEL = "detr_effl0"  # the recipe's model: its EfficientNet-Lite0 ImageNet weights are offline
 
 
 def load_split(split: str, classes: list[str] | None) -> tuple[list, list[str]]:
@@ -165,8 +167,8 @@ def query_spread(model, items: list, cached: list | None, n: int = 8) -> float:
 
 
 def main() -> None:
-    r = DETR_SMALL_DATA_RECIPE
-    k = r["model_knobs"]
+    r = RECIPES["detr"]
+    k = r["model_kwargs"]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=r["epochs"])
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
@@ -184,7 +186,7 @@ def main() -> None:
     )
     p.add_argument("--size", type=int, default=k["min_size"])
     p.add_argument("--queries", type=int, default=k["num_queries"])
-    p.add_argument("--lr", type=float, default=r["lr"])
+    p.add_argument("--lr", type=float, default=r["base_lr"])
     p.add_argument("--batch", type=int, default=r["batch_size"])
     p.add_argument(
         "--lr-drop", type=int, default=None, help="epoch of the lr × 0.1 step (default: the recipe's, scaled)"
@@ -205,7 +207,7 @@ def main() -> None:
     for item in args.knob:
         key, value = item.split("=", 1)
         knobs[key] = yaml.safe_load(value)
-    model = build_detr(r["model"], len(class_names), weights=r["weights"], **knobs)
+    model = build_detr(MODEL, len(class_names), weights="imagenet", **knobs)
     backbone = [
         p for n, p in model.named_parameters() if n.startswith(model.backbone_prefixes) and p.requires_grad
     ]
@@ -219,11 +221,9 @@ def main() -> None:
         lr=args.lr,
         weight_decay=r["weight_decay"],
     )
-    drop_at = (
-        args.lr_drop if args.lr_drop is not None else round(args.epochs * r["lr_drop_epoch"] / r["epochs"])
-    )
+    drop_at = args.lr_drop if args.lr_drop is not None else round(args.epochs * r["milestones"][0])
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(drop_at, 1), gamma=0.1)
-    print(f"{r['model']} {knobs} lr={args.lr} batch={args.batch} epochs={args.epochs} (lr drop at {drop_at})")
+    print(f"{MODEL} {knobs} lr={args.lr} batch={args.batch} epochs={args.epochs} (lr drop at {drop_at})")
     start = time.time()
     frozen = not any(
         p.requires_grad for n, p in model.named_parameters() if n.startswith(model.backbone_prefixes)

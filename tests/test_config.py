@@ -7,6 +7,7 @@ import yaml
 
 from detlab.cli import main
 from detlab.config import (
+    RECIPES,
     TrainConfig,
     apply_overrides,
     effective_lr,
@@ -116,15 +117,9 @@ def test_family_recipes_and_lr_scaling():
     detr = resolve({"model": "detr_effl0", "weights": "imagenet"})
     assert (detr.optimizer, detr.backbone_lr_mult, detr.clip_grad_norm) == ("adamw", 0.1, 0.1)
     assert effective_lr(detr, world_size=8) == pytest.approx(detr.base_lr)  # AdamW lr is not scaled
-    try:
-        from detlab.models.detr import DETR_SMALL_DATA_RECIPE
-    except ImportError:
-        assert detr.base_lr == 1e-4
-    else:  # the DETR module's published recipe is the default
-        assert (
-            detr.base_lr == DETR_SMALL_DATA_RECIPE["lr"] and detr.epochs == DETR_SMALL_DATA_RECIPE["epochs"]
-        )
-        assert detr.model_kwargs == DETR_SMALL_DATA_RECIPE["model_knobs"]
+    small_data = RECIPES["detr"]  # DETR's small-data recipe is the default
+    assert detr.base_lr == small_data["base_lr"] and detr.epochs == small_data["epochs"]
+    assert detr.model_kwargs == small_data["model_kwargs"]
     assert (
         resolve({"model": "detr_r18", "weights": "imagenet"}).model == "detr_r18"
     )  # never the recipe's model

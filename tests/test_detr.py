@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
+from detlab.config import RECIPES
 from detlab.errors import ConfigError, WeightsError
-from detlab.models.detr import DETR_SMALL_DATA_RECIPE, build_detr
-from detlab.models.detr_matcher import HungarianMatcher, SetCriterion
+from detlab.models.detr import build_detr
+from detlab.models.detr.criterion import HungarianMatcher, SetCriterion
 
 # Small enough for CPU tests; the published defaults are checked separately.
 TINY = dict(
@@ -319,18 +320,18 @@ def test_effl0_imagenet_backbone_loads_offline():
 
 
 def test_small_data_recipe_builds():
-    r = DETR_SMALL_DATA_RECIPE
+    r = RECIPES["detr"]  # in TrainConfig's own keys: base_lr (absolute: base_batch 0), model_kwargs
     assert {
         "optimizer",
-        "lr",
+        "base_lr",
         "backbone_lr_mult",
         "weight_decay",
         "clip_grad_norm",
         "epochs",
-        "model_knobs",
+        "model_kwargs",
     } <= set(r)
-    model = build_detr(r["model"], num_classes=3, **r["model_knobs"])
-    assert model.knobs.num_queries == r["model_knobs"]["num_queries"]
+    model = build_detr("detr_effl0", num_classes=3, **r["model_kwargs"])
+    assert model.knobs.num_queries == r["model_kwargs"]["num_queries"]
 
 
 @pytest.mark.parametrize("name", ["detr_r50", "detr_effl0"])

@@ -6,7 +6,7 @@ import torch
 from test_detr import TINY, _target, train_30_steps_on_one_image
 
 from detlab.models.detr import build_detr
-from detlab.models.detr_query_selection import (
+from detlab.models.detr.query_selection import (
     QuerySelection,
     inverse_sigmoid,
     sine_box_embedding,

@@ -1,9 +1,8 @@
 """The model catalogue: one literal dict from name to builder, and ``detlab models``.
 
 Every builder is called as ``builder(name, num_classes, weights="none", **knobs)``
-and returns a model with the contract of CONTRIBUTING.md ("Models"). The DETR
-builder is imported only when a DETR is built, so this module imports even
-while ``detr.py`` is being written.
+and returns a model with the contract of CONTRIBUTING.md ("Models"); ``knobs`` are the
+fields of the family's knobs dataclass (:data:`KNOBS`, listed by :func:`knobs`).
 """
 
 from __future__ import annotations
@@ -21,15 +20,11 @@ from torch import nn
 from detlab.errors import ConfigError
 from detlab.models import faster_rcnn, fcos, retinanet, ssd
 from detlab.models.backbones import RESNET_WEIGHTS, effl0_available
+from detlab.models.detr import DetrKnobs, build_detr
+from detlab.models.detr.weights import DETR_COCO_URLS
+from detlab.models.families import family_of
+from detlab.models.knobs import Knob, knob_rows
 from detlab.models.weights import is_available_offline
-
-
-def build_detr(name: str, num_classes: int, weights: str = "none", **knobs) -> nn.Module:
-    """Build a DETR (``detlab.models.detr.build_detr``, imported on first use)."""
-    from detlab.models.detr import build_detr as _build_detr
-
-    return _build_detr(name, num_classes, weights=weights, **knobs)
-
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "faster_rcnn_r50_fpn": faster_rcnn.build_faster_rcnn,
@@ -48,13 +43,37 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "retinanet_r50_fpn": retinanet.build_retinanet,
 }
 
-# Official DETR checkpoint (loaded by detr.py); listed here for `detlab models`.
-_DETR_COCO = {"detr_r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"}
+#: family → its knobs dataclass: what ``model_kwargs`` / ``**knobs`` may set
+KNOBS: dict[str, type] = {
+    "faster_rcnn": faster_rcnn.FasterRCNNKnobs,
+    "fcos": fcos.FCOSKnobs,
+    "retinanet": retinanet.RetinaNetKnobs,
+    "ssd": ssd.SSDKnobs,
+    "detr": DetrKnobs,
+}
 
 
 def list_models() -> list[str]:
     """The catalogue names, in catalogue order."""
     return list(MODELS)
+
+
+def knobs(name: str) -> list[Knob]:
+    """The build knobs of a catalogue model, in their dataclass's order.
+
+    Args:
+        name: a catalogue name (:func:`list_models`).
+
+    Returns:
+        One ``Knob(name, type, default, comment)`` row per knob: the annotation as written
+        (``int | None``), the default (``None`` where the builder decides, the comment says how)
+        and the field's comment.
+
+    Raises:
+        ConfigError: unknown name (the message names the nearest one).
+    """
+    _check_name(name)
+    return knob_rows(KNOBS[family_of(name)])
 
 
 def _check_name(name: str) -> None:
@@ -73,7 +92,7 @@ def build_model(name: str, num_classes: int, weights: str = "none", **knobs) -> 
         weights: ``none`` | ``imagenet`` (pretrained backbone) | ``coco``
             (whole detector; class head re-initialised when ``C`` differs) |
             a path to a detlab checkpoint or a state dict.
-        **knobs: the builder's size and post-processing options (e.g.
+        **knobs: the fields of the family's knobs dataclass (:func:`knobs` lists them; e.g.
             ``min_size``, ``max_size`` or ``size`` for SSD, ``score_thresh``).
 
     Returns:
@@ -90,29 +109,17 @@ def build_model(name: str, num_classes: int, weights: str = "none", **knobs) -> 
         raise ConfigError(
             f"num_classes={num_classes!r}: must be a positive integer (the dataset's class count)"
         )
-    try:
-        return MODELS[name](name, num_classes, weights=weights, **knobs)
-    except TypeError as e:
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise ConfigError(
-            f"{name}: {str(e).split(': ', 1)[-1]}; see the builder's knobs in detlab.models"
-        ) from None
+    return MODELS[name](name, num_classes, weights=weights, **knobs)
 
 
 # --- `detlab models` ----------------------------------------------------------------
 
 
-def _family_and_backbone(name: str) -> tuple[str, str]:
-    for module, family in (
-        (faster_rcnn, "faster_rcnn"),
-        (fcos, "fcos"),
-        (ssd, "ssd"),
-        (retinanet, "retinanet"),
-    ):
-        if name in module.BACKBONES:
-            return family, module.BACKBONES[name]
-    return "detr", name.split("_", 1)[1]
+_BACKBONES = {**faster_rcnn.BACKBONES, **fcos.BACKBONES, **ssd.BACKBONES, **retinanet.BACKBONES}
+
+
+def _backbone(name: str) -> str:
+    return _BACKBONES.get(name) or name.split("_", 1)[1]  # detr_<backbone>
 
 
 def _pretrained(name: str, backbone: str) -> tuple[str, str]:
@@ -132,7 +139,7 @@ def _pretrained(name: str, backbone: str) -> tuple[str, str]:
         **fcos.COCO_WEIGHTS,
         **ssd.COCO_WEIGHTS,
         **retinanet.COCO_WEIGHTS,
-        **_DETR_COCO,
+        **DETR_COCO_URLS,
     }
     coco = cell(is_available_offline(urls[name])) if name in urls else "-"
     return imagenet, coco
@@ -173,7 +180,7 @@ def _flops_cache() -> tuple[Path | None, dict[str, float]]:
 
 
 def _row(name: str, num_classes: int, flops: bool, known: dict[str, float]) -> list[str]:
-    family, backbone = _family_and_backbone(name)
+    family, backbone = family_of(name), _backbone(name)
     imagenet, coco = _pretrained(name, backbone)
     quiet = {} if family == "detr" else {"log": None}
     with torch.device("meta"):  # shapes are enough for params and input: no weight init, no memory

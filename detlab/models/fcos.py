@@ -11,16 +11,20 @@ Legend for shape comments: ``B`` batch, ``N`` boxes, ``K`` detections, ``C`` cla
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from torch import Tensor
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOS_ResNet50_FPN_Weights
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from detlab.errors import ConfigError
-from detlab.models.backbones import effl0_fpn_backbone, resnet_fpn_backbone
-from detlab.models.contract import ValLossesByFlag, loss_targets
-from detlab.models.weights import load_detector_weights, parse_weights_spec
+from detlab.models.contract import (
+    TorchvisionDetector,
+    backbone_defaults,
+    detector_kwargs,
+    finish_build,
+    fpn_backbone,
+    start_build,
+)
 
 # name -> backbone: "r<depth>" is a torchvision ResNet, "effl0" timm's EfficientNet-Lite0.
 BACKBONES = {
@@ -34,7 +38,28 @@ COCO_WEIGHTS = {"fcos_r50_fpn": FCOS_ResNet50_FPN_Weights.COCO_V1.url}
 HEAD_PREFIXES = ("head.classification_head.cls_logits.",)
 
 
-class FCOSDetector(ValLossesByFlag, FCOS):
+@dataclass
+class FCOSKnobs:
+    """Build options of an FCOS; defaults are torchvision's ``fcos_resnet50_fpn``."""
+
+    min_size: int = 800  # shorter side after torchvision's resize, in pixels
+    max_size: int = 1333  # cap on the longer side after the resize
+    center_sampling_radius: float = 1.5  # positives lie within this many strides of a box centre
+    score_thresh: float = 0.05  # detections scoring below are dropped before NMS
+    nms_thresh: float = 0.6  # IoU of the per-class NMS
+    detections_per_img: int = 100  # detections kept after NMS
+    topk_candidates: int = 1000  # best-scoring locations kept per pyramid level before NMS
+    # channels of the FPN and of the head's conv towers: 256 as published (and as `coco` weights
+    # need); smaller is several times cheaper on CPU
+    fpn_channels: int = 256
+    trainable_layers: int | None = None  # ResNet stages trained, 0..5; None: 3 when pretrained, else 5
+    frozen_bn: bool | None = None  # frozen backbone BatchNorm; None: when pretrained
+
+
+_BUILD_ONLY = ("fpn_channels", "trainable_layers", "frozen_bn")  # knobs the builder uses itself
+
+
+class FCOSDetector(TorchvisionDetector, FCOS):
     """torchvision ``FCOS`` speaking detlab's model contract (see CONTRIBUTING.md).
 
     Train mode: ``model(images, targets) -> {"loss_classification",
@@ -43,27 +68,10 @@ class FCOSDetector(ValLossesByFlag, FCOS):
     "scores": [K], "labels": int64 [K] in 0..C-1}``.
     """
 
-    family = "fcos"
     transform_recipe = "fcos"
     backbone_prefixes = ("backbone.body.",)
     # what autocast covers in mixed-precision inference (detlab.models.precision); decoding stays float32
     network_modules = ("backbone", "head")
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        """Losses (train mode) or detections (eval mode); see the class docstring.
-
-        Args:
-            images: ``[3, H, W]`` float images in 0..1, any sizes.
-            targets: per image ``boxes`` float32 ``[N, 4]`` xyxy absolute pixels and
-                ``labels`` int64 ``[N]`` in ``0..C-1``; ``iscrowd`` boxes, when
-                flagged, are left out of the loss.
-        """
-        if targets is not None:
-            targets = loss_targets(targets, self.label_offset)
-        out = super().forward(images, targets)
-        if self.training:
-            return {f"loss_{k}": v for k, v in out.items()}
-        return out
 
 
 def build_fcos(
@@ -71,17 +79,8 @@ def build_fcos(
     num_classes: int,
     weights: str = "none",
     *,
-    min_size: int = 800,
-    max_size: int = 1333,
-    center_sampling_radius: float = 1.5,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.6,
-    detections_per_img: int = 100,
-    topk_candidates: int = 1000,
-    fpn_channels: int = 256,
-    trainable_layers: int | None = None,
-    frozen_bn: bool | None = None,
     log: Callable[[str], None] | None = print,
+    **knobs,
 ) -> FCOSDetector:
     """Build an FCOS of the catalogue.
 
@@ -91,55 +90,15 @@ def build_fcos(
         weights: ``none`` | ``imagenet`` (backbone) | ``coco`` (``fcos_r50_fpn``
             only; the class head is re-initialised for ``C != 91``) | a path to a
             detlab checkpoint or torchvision state dict.
-        min_size, max_size: the resize of torchvision's transform (shorter side,
-            longer-side cap), in pixels.
-        center_sampling_radius: positives lie within this many strides of a box centre.
-        score_thresh: detections scoring below are dropped before NMS.
-        nms_thresh: IoU of the per-class NMS.
-        detections_per_img: kept after NMS.
-        topk_candidates: best-scoring locations kept per pyramid level before NMS.
-        fpn_channels: channels of the FPN and of the head's conv towers; 256 as published
-            (and as ``coco`` weights need), smaller is several times cheaper on CPU.
-        trainable_layers: ResNet stages trained (0..5; default 3 when pretrained, else 5).
-        frozen_bn: frozen backbone BatchNorm (default: when pretrained).
         log: where weight-loading summaries go.
+        **knobs: fields of :class:`FCOSKnobs`.
 
     Returns:
         :class:`FCOSDetector` with the catalogue attributes set.
     """
-    if name not in BACKBONES:
-        raise ConfigError(f"{name} is not an FCOS model: use one of {', '.join(BACKBONES)}")
-    spec = parse_weights_spec(weights)
-    pretrained = spec != "none"
-    frozen_bn = pretrained if frozen_bn is None else bool(frozen_bn)
-    trainable_layers = (3 if pretrained else 5) if trainable_layers is None else int(trainable_layers)
-    backbone_id = BACKBONES[name]
-    extra = LastLevelP6P7(fpn_channels, fpn_channels)  # P6/P7 from P5, as torchvision's fcos_resnet50_fpn
-    if backbone_id == "effl0":
-        backbone = effl0_fpn_backbone(spec == "imagenet", (2, 3, 4), extra, frozen_bn, fpn_channels)
-    else:
-        depth = int(backbone_id[1:])
-        backbone = resnet_fpn_backbone(
-            depth, spec == "imagenet", trainable_layers, frozen_bn, (2, 3, 4), extra, fpn_channels
-        )
-    model = FCOSDetector(
-        backbone,
-        num_classes,
-        min_size=min_size,
-        max_size=max_size,
-        center_sampling_radius=center_sampling_radius,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates,
-    )
-    model.name = name
-    model.num_classes = num_classes
-    model.build_kwargs = dict(
-        min_size=min_size, max_size=max_size, center_sampling_radius=center_sampling_radius,
-        score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates, fpn_channels=fpn_channels, trainable_layers=trainable_layers,
-        frozen_bn=frozen_bn,
-    )  # fmt: skip
-    load_detector_weights(model, spec, COCO_WEIGHTS.get(name), HEAD_PREFIXES, log)
-    return model
+    spec, k = start_build(name, BACKBONES, FCOSKnobs, weights, knobs, "an FCOS model")
+    backbone_defaults(k, pretrained=spec != "none")
+    extra = LastLevelP6P7(k.fpn_channels, k.fpn_channels)  # P6/P7 from P5, as torchvision's fcos_resnet50_fpn
+    backbone = fpn_backbone(BACKBONES[name], spec == "imagenet", k, (2, 3, 4), extra, k.fpn_channels)
+    model = FCOSDetector(backbone, num_classes, **detector_kwargs(k, _BUILD_ONLY))
+    return finish_build(model, name, num_classes, k, spec, COCO_WEIGHTS.get(name), HEAD_PREFIXES, log)

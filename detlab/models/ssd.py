@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from torch import Tensor, nn
@@ -32,14 +33,14 @@ from torchvision.models.vgg import VGG16_Weights
 
 from detlab.errors import ConfigError
 from detlab.models.backbones import efficientnet_lite0_features
-from detlab.models.contract import ValLossesByFlag, loss_targets
-from detlab.models.weights import (
-    filename_from_url,
-    load_detector_weights,
-    parse_weights_spec,
-    read_pretrained_file,
-    resolve_weights_file,
+from detlab.models.contract import (
+    TorchvisionDetector,
+    backbone_defaults,
+    detector_kwargs,
+    finish_build,
+    start_build,
 )
+from detlab.models.weights import filename_from_url, read_pretrained_file, resolve_weights_file
 
 BACKBONES = {"ssd300_vgg16": "vgg16", "ssdlite_effl0": "effl0"}
 COCO_WEIGHTS = {"ssd300_vgg16": SSD300_VGG16_Weights.COCO_V1.url}
@@ -48,7 +49,25 @@ HEAD_PREFIXES = ("head.classification_head.",)
 DEFAULT_SIZE = {"ssd300_vgg16": 300, "ssdlite_effl0": 320}
 
 
-class SSDDetector(ValLossesByFlag, SSD):
+@dataclass
+class SSDKnobs:
+    """Build options of an SSD; defaults are torchvision's ``ssd300_vgg16`` / ``ssdlite320`` ones."""
+
+    size: int | None = (
+        None  # fixed square input side in pixels; None: 300 (ssd300_vgg16), 320 (ssdlite_effl0)
+    )
+    score_thresh: float = 0.01  # detections scoring below are dropped before NMS
+    nms_thresh: float = 0.45  # IoU of the per-class NMS
+    detections_per_img: int = 200  # detections kept after NMS
+    topk_candidates: int = 400  # best-scoring boxes kept per class before NMS
+    trainable_layers: int | None = None  # VGG stages trained, 0..5; None: 4 when pretrained, else 5
+    frozen_bn: bool | None = None  # frozen EfficientNet BatchNorm (ssdlite_effl0); None: when pretrained
+
+
+_BUILD_ONLY = ("size", "trainable_layers", "frozen_bn")  # knobs the builder uses itself
+
+
+class SSDDetector(TorchvisionDetector, SSD):
     """torchvision ``SSD`` speaking detlab's model contract (see CONTRIBUTING.md).
 
     Train mode: ``model(images, targets) -> {"loss_bbox_regression",
@@ -57,7 +76,6 @@ class SSDDetector(ValLossesByFlag, SSD):
     "labels": int64 [K] in 0..C-1}``.
     """
 
-    family = "ssd"
     transform_recipe = "ssd"
     label_offset = 1  # torchvision's SSD keeps class 0 for background
     # what autocast covers in mixed-precision inference (detlab.models.precision); decoding stays float32
@@ -67,27 +85,14 @@ class SSDDetector(ValLossesByFlag, SSD):
     min_train_batch = 1
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        """Losses (train mode) or detections (eval mode); see the class docstring.
-
-        Args:
-            images: ``[3, H, W]`` float images in 0..1, any sizes (resized to ``size``).
-            targets: per image ``boxes`` float32 ``[N, 4]`` xyxy absolute pixels and
-                ``labels`` int64 ``[N]`` in ``0..C-1``; ``iscrowd`` boxes, when
-                flagged, are left out of the loss.
-        """
+        """:meth:`TorchvisionDetector.forward`, images resized to ``size``; refuses a train batch
+        smaller than ``min_train_batch`` with a config error instead of BatchNorm's."""
         if self.training and self.head.training and len(images) < self.min_train_batch:
             raise ConfigError(
                 f"{self.name}: training needs at least {self.min_train_batch} images per batch "
                 "(its BatchNorm layers see 1x1 maps); set batch_size >= 2"
             )
-        if targets is not None:
-            targets = loss_targets(targets, self.label_offset)
-        out = super().forward(images, targets)
-        if self.training:
-            return {f"loss_{k}": v for k, v in out.items()}
-        for det in out:
-            det["labels"] = det["labels"] - self.label_offset  # [K], background 0 never comes out
-        return out
+        return super().forward(images, targets)
 
 
 class EffL0SSDLiteExtractor(nn.Module):
@@ -176,14 +181,8 @@ def build_ssd(
     num_classes: int,
     weights: str = "none",
     *,
-    size: int | None = None,
-    score_thresh: float = 0.01,
-    nms_thresh: float = 0.45,
-    detections_per_img: int = 200,
-    topk_candidates: int = 400,
-    trainable_layers: int | None = None,
-    frozen_bn: bool | None = None,
     log: Callable[[str], None] | None = print,
+    **knobs,
 ) -> SSDDetector:
     """Build an SSD of the catalogue.
 
@@ -193,44 +192,27 @@ def build_ssd(
         weights: ``none`` | ``imagenet`` (backbone) | ``coco`` (``ssd300_vgg16``
             only; class head re-initialised for ``C != 90``) | a path to a detlab
             checkpoint or torchvision state dict.
-        size: the fixed square input side in pixels (default 300 for
-            ``ssd300_vgg16``, 320 for ``ssdlite_effl0``).
-        score_thresh: detections scoring below are dropped before NMS.
-        nms_thresh: IoU of the per-class NMS.
-        detections_per_img: kept after NMS.
-        topk_candidates: best-scoring boxes kept per class before NMS.
-        trainable_layers: VGG stages trained (0..5; default 4 when pretrained, else 5).
-        frozen_bn: frozen EfficientNet BatchNorm (``ssdlite_effl0``; default: when pretrained).
         log: where weight-loading summaries go.
+        **knobs: fields of :class:`SSDKnobs`.
 
     Returns:
         :class:`SSDDetector` with the catalogue attributes set.
     """
-    if name not in BACKBONES:
-        raise ConfigError(f"{name} is not an SSD model: use one of {', '.join(BACKBONES)}")
-    spec = parse_weights_spec(weights)
-    pretrained = spec != "none"
-    size = DEFAULT_SIZE[name] if size is None else int(size)
-    frozen_bn = pretrained if frozen_bn is None else bool(frozen_bn)
+    spec, k = start_build(name, BACKBONES, SSDKnobs, weights, knobs, "an SSD model")
+    k.size = DEFAULT_SIZE[name] if k.size is None else int(k.size)
     if name == "ssd300_vgg16":
-        trainable_layers = (4 if pretrained else 5) if trainable_layers is None else int(trainable_layers)
-        backbone, anchors, head, norm = _vgg16_parts(spec == "imagenet", trainable_layers, num_classes, size)
+        backbone_defaults(k, pretrained=spec != "none", trainable_when_pretrained=4)
+        backbone, anchors, head, norm = _vgg16_parts(
+            spec == "imagenet", k.trainable_layers, num_classes, k.size
+        )
         prefixes = ("backbone.features.",)
     else:
-        trainable_layers = None  # a ResNet/VGG knob; EfficientNet trains whole or with frozen BN
-        backbone, anchors, head, norm = _effl0_parts(spec == "imagenet", frozen_bn, num_classes, size)
+        backbone_defaults(k, pretrained=spec != "none")
+        k.trainable_layers = None  # a ResNet/VGG knob; EfficientNet trains whole or with frozen BN
+        backbone, anchors, head, norm = _effl0_parts(spec == "imagenet", k.frozen_bn, num_classes, k.size)
         prefixes = ("backbone.body.",)
-    model = SSDDetector(
-        backbone, anchors, (size, size), num_classes + 1, head=head, score_thresh=score_thresh,
-        nms_thresh=nms_thresh, detections_per_img=detections_per_img, topk_candidates=topk_candidates, **norm,
-    )  # fmt: skip
-    model.name = name
-    model.num_classes = num_classes
+    kwargs = detector_kwargs(k, _BUILD_ONLY)
+    model = SSDDetector(backbone, anchors, (k.size, k.size), num_classes + 1, head=head, **kwargs, **norm)
     model.backbone_prefixes = prefixes
     model.min_train_batch = 2 if name == "ssdlite_effl0" else 1
-    model.build_kwargs = dict(
-        size=size, score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates, trainable_layers=trainable_layers, frozen_bn=frozen_bn,
-    )  # fmt: skip
-    load_detector_weights(model, spec, COCO_WEIGHTS.get(name), HEAD_PREFIXES, log)
-    return model
+    return finish_build(model, name, num_classes, k, spec, COCO_WEIGHTS.get(name), HEAD_PREFIXES, log)

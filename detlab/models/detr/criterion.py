@@ -10,7 +10,7 @@ logits have ``C + 1`` columns, the last being no-object), ``N`` boxes of one
 image, ``M`` boxes of the whole batch.
 
 Box frame here: ``cxcywh`` normalised to the (unpadded) image, in ``[0, 1]``.
-This is the only frame DETR works in; ``detr.py`` converts at its edges.
+This is the only frame DETR works in; ``model.py`` converts at its edges.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from detlab.models.detr_layers import MLP, sine_encoding
+from detlab.models.detr.layers import MLP, sine_encoding
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:

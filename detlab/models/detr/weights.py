@@ -1,12 +1,16 @@
 """DETR weights: the official COCO checkpoint, detlab checkpoints and plain state dicts,
-with the class head and the queries fitted to the model being loaded."""
+with the class head and the queries fitted to the model being loaded.
+
+``model`` below is a :class:`detlab.models.detr.model.DETR`; this module reads only its
+``name``, ``num_classes``, ``knobs``, ``query_embed`` and state dict, so it does not import
+the model module (which imports this one).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from detlab.errors import WeightsError
 from detlab.models.weights import (
@@ -15,9 +19,6 @@ from detlab.models.weights import (
     read_weights_file,
     resolve_weights_file,
 )
-
-if TYPE_CHECKING:
-    from detlab.models.detr import DETR
 
 #: Official DETR checkpoints (``{"model": state_dict}``, 91 COCO classes, 100 queries).
 DETR_COCO_URLS = {"detr_r50": "https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth"}
@@ -41,7 +42,10 @@ def _adapt_head(key: str, src: Tensor, dst: Tensor) -> Tensor | None:
 
 
 def load_detr_state_dict(
-    model: DETR, state: dict[str, Tensor], reset_class_head: bool | None = None, source: str = "state dict"
+    model: nn.Module,
+    state: dict[str, Tensor],
+    reset_class_head: bool | None = None,
+    source: str = "state dict",
 ) -> list[str]:
     """Load a DETR state dict (published key names), adapting the class head and the queries.
 
@@ -90,7 +94,7 @@ def _fit_in_place(state: dict[str, Tensor], own: dict[str, Tensor], keys: tuple[
             state[key] = fitted
 
 
-def load_detr_weights(model: DETR, weights: str, reset_class_head: bool | None = None) -> list[str]:
+def load_detr_weights(model: nn.Module, weights: str, reset_class_head: bool | None = None) -> list[str]:
     """Fill ``model`` from ``coco`` (official checkpoint) or a file path; see :func:`build_detr`."""
     if weights == "coco":
         if model.name not in DETR_COCO_URLS:
