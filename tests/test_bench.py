@@ -3,49 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
 import pytest
 import torch
-from torch import nn
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import MultiScaleRoIAlign
+from conftest import tiny_faster_rcnn
 
 from detlab.bench import StageClock, format_report, run_bench, spread, stage_probes
 from detlab.errors import ConfigError
-
-
-class TinyBackbone(nn.Module):
-    out_channels = 32
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 32, 3, stride=4, padding=1)
-        self.c2 = nn.Conv2d(32, 32, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        a = torch.relu(self.c1(x))
-        return OrderedDict([("0", a), ("1", torch.relu(self.c2(a)))])
-
-
-def tiny_faster_rcnn() -> nn.Module:
-    torch.manual_seed(0)
-    anchors = AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2)
-    pool = MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)
-    return FasterRCNN(
-        TinyBackbone(),
-        4,
-        min_size=96,
-        max_size=128,
-        rpn_anchor_generator=anchors,
-        box_roi_pool=pool,
-        representation_size=32,
-        rpn_pre_nms_top_n_test=200,
-        rpn_post_nms_top_n_test=50,
-        box_score_thresh=0.05,
-        box_detections_per_img=50,
-    )
 
 
 def _check_backend(r: dict, batch: int) -> None:

@@ -9,14 +9,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_engine_standins import ShapesDataset, TinyFCOS, install_evaluator_standin, state_equal
+from conftest import ShapesDataset, TinyFCOS, state_equal
 
 from detlab.config import resolve
 from detlab.engine import checkpoint as ckpt_io
 from detlab.engine.schedule import WarmupSchedule, build_optimizer, param_groups
 from detlab.engine.train import NonFiniteLossError, Trainer, fit
-
-install_evaluator_standin()
 
 TINY = dict(
     batch_size=2,

@@ -8,7 +8,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_engine_standins import ShapesDataset, TinyFCOS, install_evaluator_standin, state_equal
+from conftest import ShapesDataset, TinyFCOS, state_equal
 
 from detlab.config import resolve
 from detlab.engine import checkpoint as ckpt_io
@@ -57,7 +57,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    install_evaluator_standin()
     from detlab.engine.train import Trainer, fit
 
     finish = Trainer._finish
@@ -99,7 +98,6 @@ def _flat_close(a: dict, b: dict) -> None:
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):
-    install_evaluator_standin()
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     got = torch.load(tmp_path / "rank0.pt", weights_only=False)
     one = ddp.evaluate_sharded(_fixed_model(), ShapesDataset(6, seed=1), PROTOCOLS, 1, ddp.DistContext())

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import torch
-from test_engine_standins import ShapesDataset, TinyFCOS
+from conftest import ShapesDataset, TinyFCOS
 
 from detlab.config import resolve
 from detlab.data.records import empty_boxes

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ShapesDataset, TinyFCOS
 from PIL import Image
-from test_engine_standins import ShapesDataset, TinyFCOS, install_evaluator_standin
 from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 
 from detlab.cli import main
@@ -37,8 +37,6 @@ from detlab.engine import checkpoint as ckpt_io
 from detlab.engine.runlog import LOCK_NAME, run_lock
 from detlab.engine.train import fit
 from detlab.errors import OutputError, WeightsError
-
-install_evaluator_standin()
 
 CHECKPOINT_FIX = "use a checkpoint written by `detlab train` (RUN/checkpoints/last.pt or best.pt)"
 EMPTY = "the file is empty (0 bytes; a copy or save that was cut off)"
