@@ -111,6 +111,39 @@ def _run_models(args) -> int:
     return models_command(flops=args.flops)
 
 
+# --- split / config -------------------------------------------------------------
+
+
+def _add_split(sub) -> None:
+    p = sub.add_parser(
+        "split", help="seeded, class-stratified train/val(/test) split written in the source's own layout"
+    )
+    p.add_argument("data", help="dataset (DATA, or DATA:split to divide one split)")
+    p.add_argument("--val", type=float, required=True, help="share of images for val, e.g. 0.2")
+    p.add_argument("--test", type=float, default=0.0, help="share of images for test (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (the same seed gives the same split)")
+    p.add_argument("--force", action="store_true", help="replace split files that already exist")
+
+
+def _run_split(args) -> int:
+    from detlab.data.split import split_command
+
+    return split_command(args.data, val=args.val, test=args.test, seed=args.seed, force=args.force)
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="every config key with its default and comment; a model's knobs")
+    p.add_argument(
+        "--model", default=None, help="also that model's recipe defaults and its model_kwargs knobs"
+    )
+
+
+def _run_config(args) -> int:
+    from detlab.config_list import config_command
+
+    return config_command(args.model)
+
+
 # --- train --------------------------------------------------------------------
 
 
@@ -303,6 +336,8 @@ COMMANDS = {
     "convert": (_add_convert, _run_convert),
     "show": (_add_show, _run_show),
     "models": (_add_models, _run_models),
+    "split": (_add_split, _run_split),
+    "config": (_add_config, _run_config),
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
     "predict": (_add_predict, _run_predict),

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from test_engine_standins import ShapesDataset, TinyFCOS, install_evaluator_standin
+from conftest import ShapesDataset, TinyFCOS
 
 from detlab.config import duration_seconds, effective_lr, resolve
 from detlab.engine import checkpoint as ckpt_io
@@ -20,8 +20,6 @@ from detlab.engine.distributed import DistContext
 from detlab.engine.schedule import WarmupSchedule, build_scheduler, stretch_schedule
 from detlab.engine.train import Trainer, fit
 from detlab.errors import ConfigError
-
-install_evaluator_standin()
 
 TINY = dict(
     batch_size=2,

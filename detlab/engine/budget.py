@@ -29,7 +29,10 @@ from detlab.engine import distributed as ddp
 from detlab.errors import writing
 
 MEASURE_STEPS = 4  # timed steps; the first, which starts the loader's workers, is also the epoch-start cost
-EVAL_SAMPLE = 16  # validation images timed when there was no evaluation before the first step
+EVAL_SAMPLE_BATCHES = 2  # validation batches timed when there was no evaluation before the first step
+EVAL_BEFORE_SHARE = (
+    0.25  # the evaluation before training is skipped when two evaluations take more of the budget
+)
 # The end of a run: best.pt loaded back, then the report (which loads the model and the validation
 # data again and predicts NUM_SAMPLES images) — on BCCD on 2 CPU cores about 6 s beyond that
 # prediction; two checkpoint writes stand in for the loads.
@@ -222,9 +225,10 @@ def _eval_seconds(trainer) -> float:
     from detlab.data.dataset import DetectionDataset
 
     val, n = trainer.val_ds, len(trainer.val_ds)
-    if isinstance(val, DetectionDataset) and n > EVAL_SAMPLE:
+    sample = EVAL_SAMPLE_BATCHES * trainer.cfg.eval_batch_size
+    if isinstance(val, DetectionDataset) and n > sample:
         val = DetectionDataset(
-            dataclasses.replace(val.records, images=val.records.images[:EVAL_SAMPLE]), val.transforms
+            dataclasses.replace(val.records, images=val.records.images[:sample]), val.transforms
         )
     model = trainer.eval_model
     was_training = model.training
@@ -241,6 +245,24 @@ def _eval_seconds(trainer) -> float:
     )
     model.train(was_training)
     return (time.perf_counter() - t0) * n / len(val)
+
+
+def skip_eval_before(trainer) -> bool:
+    """Whether a budgeted run with ``eval_before=auto`` should skip the evaluation before training:
+    when that one and the final one would take more than ``EVAL_BEFORE_SHARE`` of the budget (a few
+    validation batches are timed to know, on every rank; rank 0 decides)."""
+    if trainer.cfg.time_budget is None or trainer.val_ds is None:
+        return False
+    trainer.eval_seconds = _eval_seconds(trainer)
+    budget_s = duration_seconds(trainer.cfg.time_budget)
+    skip = ddp.broadcast_object(2 * trainer.eval_seconds > EVAL_BEFORE_SHARE * budget_s)
+    if skip:
+        trainer.log.note(
+            f"time budget {hms(budget_s)}: one evaluation takes about {trainer.eval_seconds:.0f} s here, so the "
+            "evaluation before training is skipped to leave the budget to training (--set eval_before=true "
+            "keeps it)"
+        )
+    return skip
 
 
 def make_plan(trainer, measure_fn, resumed: bool) -> TimePlan:

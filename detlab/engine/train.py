@@ -395,7 +395,7 @@ class Trainer:
 
     def _eval_before(self) -> bool:
         if self.cfg.eval_before == "auto":
-            return self.cfg.weights not in (None, "none")
+            return self.cfg.weights not in (None, "none") and not budget.skip_eval_before(self)
         return self.cfg.eval_before == "true"
 
     def _eval_due(self) -> bool:
@@ -787,10 +787,13 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
         val_ds = load_dataset(cfg.val, classes=list(train_ds.class_names))
     else:
         cfg.val, val_ds = _auto_val(cfg.data, train_ds)
-        if val_ds is None and verbose:
+        if val_ds is None and cfg.val_fraction > 0:
+            train_ds, val_ds = _hold_out(cfg, train_ds, verbose)
+        elif val_ds is None and verbose:
             print(
                 f"warning: no val, valid or test split found for {cfg.data}; training without evaluation "
-                "(pass --val DATA to evaluate)",
+                "(pass --val DATA to evaluate, hold some images out with --set val_fraction=0.2, or write a split "
+                f"with `detlab split {cfg.data} --val 0.2`)",
                 file=sys.stderr,
             )
         elif verbose:
@@ -812,6 +815,23 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
                 file=sys.stderr,
             )
     return train_ds, val_ds
+
+
+def _hold_out(cfg: TrainConfig, train_ds, verbose: bool):
+    """``val_fraction`` of the training images, seeded and class-stratified (:mod:`detlab.data.split`), as
+    the validation data when the source has no validation split."""
+    from detlab.data.dataset import DetectionDataset
+    from detlab.data.split import holdout
+
+    train, val = holdout(train_ds.records, cfg.val_fraction, cfg.seed)
+    if verbose:
+        print(
+            f"validation data: {len(val.images)} of {len(train_ds)} images of {cfg.data} held out (val_fraction "
+            f"{cfg.val_fraction}, class-stratified, seed {cfg.seed}); training on the other {len(train.images)} — "
+            f"`detlab split {cfg.data} --val {cfg.val_fraction}` writes such a split as files",
+            file=sys.stderr,
+        )
+    return DetectionDataset(train, train_ds.transforms), DetectionDataset(val, train_ds.transforms)
 
 
 def _names_test(spec: str) -> bool:

@@ -84,11 +84,13 @@ def read_source(
     if fmt == "yolo":
         return [read_yolo(path, split, classes)]
     if fmt == "folder":
-        if split:
+        if split and not (path / f"{split}.txt").is_file():
             raise DataError(
-                f"{path}: an image folder has no splits — drop --split/':{split}' or use a VOC/COCO/YOLO layout"
+                f"{path}: an image folder has no split {split!r} ({path / f'{split}.txt'} is missing) — write "
+                f"one with `detlab split {path} --val 0.2`, or drop --split/':{split}'"
             )
-        return [read_folder(path, classes)]
+        records = read_folder(path, classes)
+        return [select_listed(records, path / f"{split}.txt", split)] if split else [records]
     if path.is_file():
         json_path = path
         split = split or (path.stem[len("instances_") :] if path.stem.startswith("instances_") else None)
@@ -100,6 +102,21 @@ def read_source(
             )
         json_path, split = found
     return [read_coco(json_path, split, images, classes)]
+
+
+def select_listed(records: Records, listing: Path, split: str) -> Records:
+    """The images of ``records`` named in ``listing`` (one path per line, relative to its folder), as
+    ``detlab split`` writes for a folder of images with XML."""
+    base = listing.parent.resolve()
+    wanted = {
+        (base / line.strip()).resolve()
+        for line in listing.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+        if line.strip()
+    }
+    images = [r for r in records.images if Path(r.file).resolve() in wanted]
+    return Records(
+        images, records.class_names, records.source_ids, records.format, records.root, split, records.problems
+    )
 
 
 def read_records(
