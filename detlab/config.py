@@ -2,7 +2,7 @@
 
 Resolution order (later wins)::
 
-    TrainConfig defaults  <  family recipe (RECIPES / DETR_SMALL_DATA_RECIPE)  <  model recipe
+    TrainConfig defaults  <  family recipe (RECIPES)  <  model recipe (MODEL_RECIPES)
     <  YAML file (--config)  <  --set key=value  <  explicit CLI flags (--data, --model, …)
 
 The config is flat on purpose (STYLE.md: "flat YAML configs"); the only nested

@@ -3,9 +3,10 @@
 :class:`FasterRCNNDetector` subclasses torchvision's model, so torchvision's COCO
 state dict loads by key name and inference runs torchvision's code unchanged.
 
-Label mapping (this file only): torchvision's box predictor reserves index 0
-for background, so the model is built with ``C + 1`` classes; targets go in as
-``labels + 1`` and detections come out as ``labels - 1`` (detlab's ``0..C-1``).
+Label mapping: torchvision's box predictor reserves index 0 for background, so
+the model is built with ``C + 1`` classes and ``label_offset = 1``: the shared
+forward (``contract.py``) passes targets as ``labels + 1`` and returns detections
+as ``labels - 1`` (detlab's ``0..C-1``).
 
 Legend for shape comments: ``N`` boxes, ``K`` detections, ``C`` classes.
 """
@@ -47,9 +48,8 @@ class FasterRCNNKnobs:
     score_thresh: float = 0.05  # box-head detections scoring below are dropped
     nms_thresh: float = 0.5  # IoU of the box head's per-class NMS
     detections_per_img: int = 100  # detections kept after NMS
-    rpn_post_nms_top_n_train: int = (
-        2000  # RPN proposals per image in training; the box head's cost grows with them
-    )
+    # RPN proposals kept per image in training; the box head's cost grows with them
+    rpn_post_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_test: int = 1000  # RPN proposals per image in evaluation
     box_batch_size_per_image: int = 512  # proposals sampled per image for the box-head loss
     trainable_layers: int | None = None  # ResNet stages trained, 0..5; None: 3 when pretrained, else 5

@@ -10,10 +10,12 @@ It imports neither torch nor a builder, so the config checks use it at start-up.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import inspect
 import io
+import textwrap
 import tokenize
 from functools import cache
 from typing import Any, NamedTuple, TypeVar
@@ -67,32 +69,26 @@ def knob_rows(cls: type) -> list[Knob]:
 
 @cache
 def _field_comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` from the class source: the ``#`` comment on the field's line, or the
-    comment lines right above it when the line has none."""
+    """``{field: comment}`` from the class source: the ``#`` comments inside the field's statement
+    (its line, or the lines of a wrapped default), else the comment lines right above it."""
     try:
-        source = inspect.getsource(cls)
+        source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):  # no source (a frozen build): the listing shows no comments
         return {}
-    names = {f.name for f in dataclasses.fields(cls)}
+    comment_at = {
+        tok.start[0]: tok.string.lstrip("#").strip()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.COMMENT
+    }
+    lines = source.splitlines()
     comments: dict[str, str] = {}
-    above: list[str] = []
-    field_on_line: dict[int, str] = {}
-    line_start = True
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            text = tok.string.lstrip("#").strip()
-            row = tok.start[0]
-            if row in field_on_line:
-                comments[field_on_line[row]] = text
-            else:
-                above.append(text)
-        elif tok.type == tokenize.NAME and line_start and tok.string in names and tok.start[1] == 4:
-            field_on_line[tok.start[0]] = tok.string
-            if above:
-                comments[tok.string] = " ".join(above)
-            above = []
-        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
-            if line_start:
-                above = []
-        line_start = tok.type in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        inside = [comment_at[r] for r in range(node.lineno, node.end_lineno + 1) if r in comment_at]
+        above, row = [], node.lineno - 1
+        while row in comment_at and lines[row - 1].lstrip().startswith("#"):
+            above.insert(0, comment_at[row])
+            row -= 1
+        comments[node.target.id] = " ".join(inside or above)
     return comments

@@ -6,9 +6,9 @@ name); ``ssdlite_effl0`` puts torchvision's SSDLite extra blocks and
 ``SSDLiteHead`` on timm's EfficientNet-Lite0 (strides 16 and 32, then four
 extra levels), like torchvision's SSDLite320-MobileNetV3.
 
-Label mapping (this file only): torchvision's SSD reserves class 0 for
-background, so the model is built with ``C + 1`` classes; targets go in as
-``labels + 1`` and detections come out as ``labels - 1``.
+Label mapping: torchvision's SSD reserves class 0 for background, so the model is
+built with ``C + 1`` classes and ``label_offset = 1``: the shared forward
+(``contract.py``) passes targets as ``labels + 1`` and returns ``labels - 1``.
 
 Both models resize every image to a fixed square (``size``) and map the boxes
 back to each image's own pixels.
@@ -53,9 +53,7 @@ DEFAULT_SIZE = {"ssd300_vgg16": 300, "ssdlite_effl0": 320}
 class SSDKnobs:
     """Build options of an SSD; defaults are torchvision's ``ssd300_vgg16`` / ``ssdlite320`` ones."""
 
-    size: int | None = (
-        None  # fixed square input side in pixels; None: 300 (ssd300_vgg16), 320 (ssdlite_effl0)
-    )
+    size: int | None = None  # fixed square input side in px; None: 300 (ssd300_vgg16), 320 (ssdlite_effl0)
     score_thresh: float = 0.01  # detections scoring below are dropped before NMS
     nms_thresh: float = 0.45  # IoU of the per-class NMS
     detections_per_img: int = 200  # detections kept after NMS
