@@ -24,9 +24,11 @@ import torch
 
 from detlab.data.formats.images import IMAGE_EXTS, list_images
 from detlab.data.records import Problem
+from detlab.data.results import THRESHOLDED_SCORE, coco_category_ids
+from detlab.device import pick_device
 from detlab.errors import ConfigError, DataError, writing
-from detlab.evaluation.evaluator import THRESHOLDED_SCORE
 from detlab.models.precision import amp_dtype, autocast_network
+from detlab.runfolder import find_checkpoint, load_model_checkpoint
 
 DRAW_SCORE = 0.5  # default --score: what is drawn, and written when no --data asks for results to score
 
@@ -85,60 +87,6 @@ def read_image(path: Path) -> torch.Tensor:
     return decode(path)[0]
 
 
-# --- checkpoints --------------------------------------------------------------
-
-
-def find_checkpoint(run_or_checkpoint: str | Path, checkpoint: str = "best") -> Path:
-    """The checkpoint file a run folder (or a direct path) points at.
-
-    ``checkpoint`` is ``best``, ``last`` or a path. A run without ``best.pt``
-    (no evaluation yet) falls back to ``last.pt`` with a note on stderr.
-    """
-    src = Path(run_or_checkpoint)
-    if src.is_file():
-        return src
-    if checkpoint not in ("best", "last"):
-        path = Path(checkpoint)
-        if not path.is_file():
-            path = src / "checkpoints" / checkpoint
-        if not path.is_file():
-            raise DataError(f"{checkpoint}: checkpoint not found — use best, last or a .pt path")
-        return path
-    if not src.is_dir():
-        raise DataError(
-            f"{src}: no such run folder or checkpoint file — give a run folder made by `detlab train`"
-        )
-    path = src / "checkpoints" / f"{checkpoint}.pt"
-    if path.is_file():
-        return path
-    last = src / "checkpoints" / "last.pt"
-    if checkpoint == "best" and last.is_file():
-        print(f"note: {path} not found (no evaluation picked a best yet); using {last}", file=sys.stderr)
-        return last
-    raise DataError(f"{path}: checkpoint not found — train the run first (`detlab train --out {src}`)")
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely (``weights_only=True``) and check the fields a rebuild needs."""
-    from detlab.engine.checkpoint import load_checkpoint as load
-
-    ckpt = load(path)
-    missing = [k for k in ("model_name", "num_classes") if k not in ckpt]
-    if missing:
-        raise DataError(
-            f"{path}: holds weights but not the model they belong to (checkpoint field "
-            f"{', '.join(missing)} missing) — use a checkpoint written by `detlab train`, or start a run "
-            f"from these weights with `detlab train --weights {path}`"
-        )
-    return ckpt
-
-
-def _pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 # --- the API ------------------------------------------------------------------
 
 
@@ -153,7 +101,7 @@ class Detector:
         source_ids: ``C`` ids the training data used for each class (COCO
             category id, YOLO index or VOC name).
         category_ids: ``C`` integer COCO ``category_id`` written for each class
-            (see :func:`default_category_ids`; ``detlab predict --data`` sets
+            (see :func:`~detlab.data.results.coco_category_ids`; ``detlab predict --data`` sets
             them from that dataset).
         config: the run's resolved config (plain dict).
         model_name: catalogue name.
@@ -175,7 +123,7 @@ class Detector:
         source_format: str | None = None,
         precision: str = "fp32",
     ):
-        self.device = _pick_device(device)
+        self.device = pick_device(device)
         self.precision = precision
         self.amp_dtype = amp_dtype(precision, self.device)
         if self.amp_dtype is not None and not isinstance(model, torch.nn.Module):
@@ -187,7 +135,7 @@ class Detector:
         self.model = model
         self.class_names = list(class_names)
         self.source_ids = list(source_ids) if source_ids is not None else list(self.class_names)
-        self.category_ids = default_category_ids(self.source_ids, source_format)
+        self.category_ids = coco_category_ids(self.source_ids, source_format)
         self.config = dict(config or {})
         self.model_name = model_name
         self.skipped: list[Problem] = []
@@ -215,7 +163,7 @@ class Detector:
         from detlab.models.catalogue import build_model
 
         path = find_checkpoint(run_or_checkpoint, checkpoint)
-        ckpt = load_checkpoint(path)
+        ckpt = load_model_checkpoint(path)
         kwargs = dict(ckpt.get("build_kwargs") or {})
         kwargs.pop("weights", None)  # the state dict replaces any pretrained weights: never download
         model = build_model(ckpt["model_name"], int(ckpt["num_classes"]), **kwargs)
@@ -317,26 +265,9 @@ class Detector:
         return [det for det, _ in self.iter_predict(expand_sources(sources), score, batch_size, progress)]
 
     def category_id(self, label: int) -> int | None:
-        """The COCO ``category_id`` written for class index ``label`` (see :func:`default_category_ids`);
+        """The COCO ``category_id`` written for class index ``label`` (see :func:`~detlab.data.results.coco_category_ids`);
         ``None`` for a class that the ``--data`` dataset does not have (see :func:`align_to_dataset`)."""
         return self.category_ids[label]
-
-
-def default_category_ids(source_ids: Sequence, source_format: str | None = None) -> list[int]:
-    """COCO category ids for ``C`` classes, by the evaluator's rule (``evaluation.coco.category_ids``).
-
-    A COCO source's integer ids are kept (they are what its ground truth uses);
-    any other source gets ``1..C``. Checkpoints that do not record their source
-    format count as COCO when the ids are unique integers other than ``0..C-1``
-    (which are YOLO indices).
-    """
-    ints = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in source_ids)
-    unique = ints and len({int(i) for i in source_ids}) == len(source_ids)
-    if source_format is None:
-        coco = unique and [int(i) for i in source_ids] != list(range(len(source_ids)))
-    else:
-        coco = source_format == "coco" and unique
-    return [int(i) for i in source_ids] if coco else list(range(1, len(source_ids) + 1))
 
 
 def onnx_detector(run: str | Path, checkpoint: str = "best") -> Detector:
@@ -355,7 +286,7 @@ def onnx_detector(run: str | Path, checkpoint: str = "best") -> Detector:
         raise DataError(
             f"{onnx_path}: the ONNX backend is unavailable ({e}) — pip install 'detlab[onnx]'"
         ) from e
-    ckpt = load_checkpoint(find_checkpoint(run, checkpoint))
+    ckpt = load_model_checkpoint(find_checkpoint(run, checkpoint))
     names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
     return Detector(
         OnnxModel(onnx_path),
@@ -518,10 +449,9 @@ def align_to_dataset(
         DataError: no model class is in the dataset (not the data the run was trained for).
     """
     from detlab.data.dataset import load_dataset
-    from detlab.evaluation.coco import category_ids
 
     records = load_dataset(data).records
-    by_name = dict(zip(records.class_names, category_ids(records)))
+    by_name = dict(zip(records.class_names, coco_category_ids(records.source_ids, records.format)))
     missing = [n for n in detector.class_names if n not in by_name]
     if len(missing) == len(detector.class_names):
         raise DataError(

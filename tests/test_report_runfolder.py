@@ -111,7 +111,7 @@ def make_run(
 
 
 def test_load_run_reads_final_before_and_meta(tmp_path):
-    from detlab.report.html import load_run
+    from detlab.runfolder import load_run
 
     run = make_run(tmp_path, ap=0.42, before_ap=0.05)
     info = load_run(run)
@@ -124,7 +124,7 @@ def test_load_run_reads_final_before_and_meta(tmp_path):
 
 
 def test_final_eval_falls_back_to_metrics_lines(tmp_path):
-    from detlab.report.html import load_run
+    from detlab.runfolder import load_run
 
     run = make_run(tmp_path, ap=0.3)
     (run / "eval" / "final.json").unlink()
@@ -138,7 +138,7 @@ def test_final_eval_falls_back_to_metrics_lines(tmp_path):
 
 def test_train_time_from_sec_per_iter(tmp_path):
     from detlab.report.compare import train_seconds
-    from detlab.report.html import load_run
+    from detlab.runfolder import load_run
 
     info = load_run(make_run(tmp_path, sec_per_iter=0.5))
     assert train_seconds(info) == pytest.approx(40 * 0.5)  # 4 lines × 10 iterations × 0.5 s
@@ -154,7 +154,7 @@ def test_not_a_run_folder_is_one_line_error(tmp_path):
 
 
 def test_best_json_is_the_final_evaluation(tmp_path):
-    from detlab.report.html import load_run
+    from detlab.runfolder import load_run
 
     run = make_run(tmp_path, ap=0.3)
     (run / "eval" / "best.json").write_text(json.dumps({"epoch": 1, "iteration": 20, **coco_result(0.25)}))

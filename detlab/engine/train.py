@@ -32,12 +32,14 @@ from torch.utils.data import DataLoader
 
 from detlab.config import TrainConfig, effective_lr, save_yaml, validate_metric
 from detlab.data.dataset import collate, targets_to
+from detlab.device import pick_device
 from detlab.engine import budget
 from detlab.engine import checkpoint as ckpt_io
 from detlab.engine import distributed as ddp
 from detlab.engine.runlog import RunLog, run_lock
 from detlab.engine.schedule import build_optimizer, build_scheduler, stretch_schedule
 from detlab.errors import ConfigError, DetlabError, OutputError
+from detlab.runfolder import dataset_spec, default_train_split, find_val_split, names_test
 
 
 class NonFiniteLossError(DetlabError):
@@ -95,6 +97,10 @@ def train(
     if epochs is not None:
         user["epochs"] = epochs
     user.update(out=str(out), model=getattr(model, "name", None))
+    # What was really used, as the CLI records it: `eval RUN`, `report RUN` and `--resume` read it back.
+    user.setdefault("data", dataset_spec(train_ds))
+    user.setdefault("val", dataset_spec(val_ds))
+    user.setdefault("weights", getattr(model, "weights", None) or "none")
     cfg = resolve(user, family=getattr(model, "family", None), model_name=getattr(model, "name", None))
     ctx = ddp.setup(cfg.device)
     return fit(model, train_ds, val_ds, cfg, ctx=ctx, started=started)
@@ -148,7 +154,7 @@ def fit(
     Returns:
         The :class:`Run`.
     """
-    ctx = ctx or ddp.DistContext(device=ddp.pick_device(cfg.device))
+    ctx = ctx or ddp.DistContext(device=pick_device(cfg.device))
     with locked_run(cfg.out, ctx):
         trainer = Trainer(model, train_ds, val_ds, cfg, ctx, clock=clock, started=started)
         trainer.measure = measure or budget.measure
@@ -744,6 +750,11 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
     merged["out"] = str(run)
     cfg = TrainConfig(**merged)
     validate(cfg)
+    if not cfg.data:  # a run trained through the API on data held in memory
+        raise ConfigError(
+            f"--resume {run}: the run's config names no training data (it was trained on an in-memory "
+            "dataset); pass --data DATA with the data it was trained on"
+        )
     if changes:
         print(f"resume: changed {', '.join(sorted(changes))} from the saved config", file=sys.stderr)
     return cfg, ckpt
@@ -776,7 +787,7 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
     """
     from detlab.data.dataset import load_dataset
 
-    data = _default_train_split(cfg.data)
+    data = default_train_split(cfg.data)
     if data != cfg.data and verbose:
         print(
             f"training data: {data} (the source's train split; name another with PATH:split)", file=sys.stderr
@@ -786,7 +797,7 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
     if cfg.val:
         val_ds = load_dataset(cfg.val, classes=list(train_ds.class_names))
     else:
-        cfg.val, val_ds = _auto_val(cfg.data, train_ds)
+        cfg.val, val_ds = find_val_split(cfg.data, train_ds)
         if val_ds is None and cfg.val_fraction > 0:
             train_ds, val_ds = _hold_out(cfg, train_ds, verbose)
         elif val_ds is None and verbose:
@@ -798,7 +809,7 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
             )
         elif verbose:
             print(f"validation data: {cfg.val} ({len(val_ds)} images)", file=sys.stderr)
-    if val_ds is not None and verbose and _names_test(cfg.val):
+    if val_ds is not None and verbose and names_test(cfg.val):
         print(
             f"warning: checkpoints/best.pt is picked on {cfg.val}, a split named test: its metrics are then "
             "tuned to the test set and overstate accuracy — give a validation split with --val PATH:val "
@@ -832,56 +843,3 @@ def _hold_out(cfg: TrainConfig, train_ds, verbose: bool):
             file=sys.stderr,
         )
     return DetectionDataset(train, train_ds.transforms), DetectionDataset(val, train_ds.transforms)
-
-
-def _names_test(spec: str) -> bool:
-    """Whether a data spec selects a split (``:test``) or a split folder (``…/test``) named test."""
-    from detlab.data.formats import split_spec
-
-    return any(
-        (split or Path(path).name).lower() in ("test", "testing")
-        for path, split in (split_spec(part) for part in str(spec).split("+"))
-    )
-
-
-def _default_train_split(data: str) -> str:
-    """``data`` with ``:train`` added to each VOC part that names no split but has ``ImageSets/Main/train.txt``.
-
-    A VOC folder read without a split holds every annotated image (validation and
-    test too); training on it would leak the evaluation images into training.
-    """
-    from detlab.data.formats import detect_format, split_spec
-
-    parts = []
-    for part in data.split("+"):
-        path, split = split_spec(part)
-        try:
-            fmt = detect_format(path) if split is None else None
-        except DetlabError:
-            fmt = None  # load_dataset reports it
-        years = [path] if fmt == "voc" else sorted(path.iterdir()) if fmt == "vocdevkit" else []
-        has_train = any((y / "ImageSets" / "Main" / "train.txt").is_file() for y in years)
-        parts.append(f"{part}:train" if has_train else part)
-    return "+".join(parts)
-
-
-def _auto_val(data: str, train_ds):
-    """``(spec, dataset)`` of the first val / valid / test split beside ``data``, or ``(None, None)``."""
-    import re
-
-    from detlab.data.dataset import load_dataset
-
-    bases = [re.sub(r":[A-Za-z0-9_\-]+$", "", part) for part in data.split("+")]
-    candidates = ["+".join(f"{b}:{split}" for b in bases) for split in ("val", "valid", "test")]
-    if len(bases) == 1 and Path(bases[0]).name in ("train", "training"):  # Roboflow-style split folders
-        candidates += [str(Path(bases[0]).parent / name) for name in ("val", "valid", "test")]
-    train_files = {str(r.file) for r in train_ds.records.images}
-    for spec in candidates:
-        try:
-            ds = load_dataset(spec, classes=list(train_ds.class_names))
-        except DetlabError:
-            continue
-        # A source without splits may ignore the split name and hand back the training images.
-        if len(ds) and {str(r.file) for r in ds.records.images} != train_files:
-            return spec, ds
-    return None, None

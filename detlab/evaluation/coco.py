@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from detlab.data.records import Problem, Records
+from detlab.data.results import coco_category_ids
 from detlab.errors import DataError
 
 DEFAULT_AREA_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e5**2)}
@@ -46,15 +47,10 @@ _AREA_SHORT = {"small": "s", "medium": "m", "large": "l"}
 
 
 def category_ids(records: Records) -> list[int]:
-    """The COCO ``category_id`` of each class index ``0..C-1`` (see module docstring)."""
-    ids = records.source_ids
-    usable = (
-        records.format == "coco"
-        and len(ids) == records.num_classes
-        and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
-        and len({int(i) for i in ids}) == len(ids)
-    )
-    return [int(i) for i in ids] if usable else list(range(1, records.num_classes + 1))
+    """The COCO ``category_id`` of each class index ``0..C-1`` (:func:`detlab.data.results.coco_category_ids`)."""
+    if len(records.source_ids) != records.num_classes:
+        return list(range(1, records.num_classes + 1))
+    return coco_category_ids(records.source_ids, records.format)
 
 
 def coco_ground_truth(records: Records) -> dict:

@@ -29,14 +29,12 @@ import numpy as np
 import torch
 
 from detlab.data.records import Problem, Records
+from detlab.data.results import THRESHOLDED_SCORE
 from detlab.errors import ConfigError
 from detlab.evaluation import coco as coco_protocol
 from detlab.evaluation import voc as voc_protocol
 
 PROTOCOLS = ("coco", "voc07", "voc12")
-# A results file whose lowest score is above this was thresholded: every PR curve stops early and
-# AP/AR are a lower bound (models keep detections down to 0.05, SSD to 0.01, and evaluation scores them all).
-THRESHOLDED_SCORE = 0.05
 PROTOCOL_DESCRIPTIONS = {
     "coco": "COCO box AP/AR, IoU 0.50:0.95, 101 recall points (faster-coco-eval; difficult boxes as crowd/ignore)",
     "voc07": "PASCAL VOC2007 AP, 11-point interpolation, difficult/crowd boxes ignored",
@@ -633,13 +631,12 @@ def _run_model_eval(args, protocols, opts):
     from detlab.data.dataset import load_dataset, load_ground_truth
     from detlab.errors import DataError
     from detlab.predict import Detector
+    from detlab.runfolder import validation_spec
 
     det = Detector.from_run(
         args.run, checkpoint=args.checkpoint, device=args.device, precision=getattr(args, "precision", "fp32")
     )
-    spec = args.data or det.config.get("val")
-    if not spec:
-        raise ConfigError(f"{args.run}: the run's config names no validation data — pass --data DATA")
+    spec = validation_spec(det.config or {}, args.data)
     dataset = load_dataset(spec, split=args.split, images=args.images, classes=list(det.class_names))
     if list(dataset.class_names) != list(det.class_names):
         raise DataError(

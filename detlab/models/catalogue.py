@@ -109,7 +109,9 @@ def build_model(name: str, num_classes: int, weights: str = "none", **knobs) -> 
         raise ConfigError(
             f"num_classes={num_classes!r}: must be a positive integer (the dataset's class count)"
         )
-    return MODELS[name](name, num_classes, weights=weights, **knobs)
+    model = MODELS[name](name, num_classes, weights=weights, **knobs)
+    model.weights = str(weights)  # what it started from: a run trained through the API records it
+    return model
 
 
 # --- `detlab models` ----------------------------------------------------------------

@@ -31,20 +31,18 @@ import torch
 
 from detlab.errors import DataError, DetlabError
 from detlab.report.html import (
-    RunInfo,
     defined,
     draw_png,
     esc,
     figure,
-    load_run,
     note,
     page,
     pct,
     sample_indices,
     section,
     table,
-    validation_dataset,
 )
+from detlab.runfolder import RunInfo, load_run, validation_dataset
 
 COLUMNS = [
     "method",

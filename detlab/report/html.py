@@ -10,8 +10,8 @@ config, training curves, metrics (12 COCO numbers + VOC mAP), per-class AP,
 PR curves, confusion matrix, before/after fine-tuning, sample predictions
 beside ground truth.
 
-The run-reading helpers here (``load_run``, ``RunInfo``, ``validation_dataset``,
-``page``) are shared with ``report/compare.py``.
+The run folder is read by :mod:`detlab.runfolder`; the page pieces here
+(``page``, ``section``, ``table``, …) are shared with ``report/compare.py``.
 """
 
 from __future__ import annotations
@@ -19,20 +19,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from detlab.engine.checkpoint import read_torch_file
-from detlab.errors import DataError, DetlabError, WeightsError
+from detlab.errors import DetlabError
+from detlab.runfolder import RunInfo, load_run, validation_dataset
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 VOC_PROTOCOLS = ("voc07", "voc12")
@@ -56,179 +54,6 @@ figcaption{font-size:12px;color:#5a6375;margin-top:3px;word-break:break-all}
 .note{color:#7a5b00;background:#fff8e1;border:1px solid #f3e2a9;border-radius:6px;padding:6px 10px;font-size:13px}
 .pos{color:#137333} .neg{color:#b3261e}
 """
-
-
-# --- reading a run ---------------------------------------------------------------
-
-
-@dataclass
-class RunInfo:
-    """What a run folder holds, read once.
-
-    Attributes:
-        path: the run folder.
-        name: its folder name.
-        config: resolved config (``config.yaml``, else the checkpoint's).
-        lines: every ``metrics.jsonl`` record, in order.
-        final: the last evaluation as a nested result (``{"coco": {...}, "voc07": {...}}``) or ``{}``.
-        final_source: where ``final`` came from (for the report).
-        before: the evaluation before the first fine-tuning step (``eval/before.json``) or ``{}``.
-        checkpoint: ``best.pt`` or ``last.pt`` when present.
-        meta: checkpoint fields other than weights (model_name, class_names, source_ids, …).
-    """
-
-    path: Path
-    name: str
-    config: dict = field(default_factory=dict)
-    lines: list[dict] = field(default_factory=list)
-    final: dict = field(default_factory=dict)
-    final_source: str = ""
-    before: dict = field(default_factory=dict)
-    checkpoint: Path | None = None
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def model_name(self) -> str:
-        return str(self.meta.get("model_name") or self.config.get("model") or "?")
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta.get("class_names") or [])
-
-
-def unflatten(flat: dict) -> dict:
-    """``{"coco/AP": .1, "coco/per_class/cat": .2}`` → ``{"coco": {"AP": .1, "per_class": {"cat": .2}}}``."""
-    out: dict = {}
-    for key, value in flat.items():
-        parts = str(key).split("/")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[parts[-1]] = value
-    return out
-
-
-def as_result(obj) -> dict:
-    """Normalise an evaluation JSON (nested, wrapped under ``metrics``/``results``, or flattened) to nested."""
-    if not isinstance(obj, dict):
-        return {}
-    if any(p in obj for p in ("coco",) + VOC_PROTOCOLS):
-        return obj
-    for key in ("metrics", "results", "result"):
-        if isinstance(obj.get(key), dict):
-            return as_result(obj[key])
-    if any("/" in str(k) for k in obj):
-        nested = unflatten({k: v for k, v in obj.items() if "/" in str(k)})
-        return nested if any(p in nested for p in ("coco",) + VOC_PROTOCOLS) else {}
-    return {}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every JSON line of ``path``; a broken line (a run killed mid-write) is reported and skipped."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"skipped: {path}: line {n}: not valid JSON — left out of the report", file=sys.stderr)
-    return rows
-
-
-def _final_eval(run: Path, lines: list[dict], meta: dict) -> tuple[dict, str]:
-    """The run's final evaluation: ``eval/best.json`` (the checkpoint predict deploys), else
-    ``eval/last.json``, else the newest other ``eval/*.json`` (not before.json), else the last eval line."""
-    others = (
-        sorted(
-            (p for p in (run / "eval").glob("*.json") if p.name != "before.json"),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        if (run / "eval").is_dir()
-        else []
-    )
-    candidates = sorted(others, key=lambda p: {"best.json": 0, "last.json": 1}.get(p.name, 2))
-    for path in candidates:
-        try:
-            result = as_result(json.loads(path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            print(f"skipped: {path}: not valid JSON — left out of the report", file=sys.stderr)
-            continue
-        if result:
-            return result, str(path.relative_to(run))
-    evals = [r for r in lines if r.get("type") == "eval" and as_result(r)]
-    if evals:
-        return as_result(evals[-1]), f"metrics.jsonl (epoch {evals[-1].get('epoch', '?')})"
-    if as_result(meta.get("metrics") or {}):
-        return as_result(meta["metrics"]), "checkpoint metrics"
-    return {}, ""
-
-
-def load_run(run_dir: str | Path) -> RunInfo:
-    """Read a run folder's config, metrics, evaluations and checkpoint metadata (not its weights)."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise DataError(f"{run}: no such run folder — give a folder made by `detlab train`")
-    info = RunInfo(path=run, name=run.resolve().name)
-    for name in ("best.pt", "last.pt"):
-        if (run / "checkpoints" / name).is_file():
-            info.checkpoint = run / "checkpoints" / name
-            break
-    if info.checkpoint is not None:
-        try:
-            ckpt = read_torch_file(
-                info.checkpoint, "cannot load checkpoint", "the report is written without it"
-            )
-        except WeightsError as e:  # an unreadable checkpoint still leaves the metrics to report
-            print(f"skipped: {e}", file=sys.stderr)
-            ckpt = {}
-        if isinstance(ckpt, dict):
-            info.meta = {
-                k: v
-                for k, v in ckpt.items()
-                if k not in ("model", "optimizer", "scheduler", "scaler", "ema", "rng")
-            }
-    if (run / "config.yaml").is_file():
-        info.config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    info.config = info.config or dict(info.meta.get("config") or {})
-    info.lines = read_jsonl(run / "metrics.jsonl")
-    info.final, info.final_source = _final_eval(run, info.lines, info.meta)
-    if (run / "eval" / "before.json").is_file():
-        info.before = as_result(json.loads((run / "eval" / "before.json").read_text()))
-    if not (info.config or info.lines or info.final or info.meta):
-        raise DataError(
-            f"{run}: no config.yaml, metrics.jsonl, eval/*.json or checkpoint — not a detlab run folder"
-        )
-    return info
-
-
-def validation_dataset(config: dict, data: str | None = None):
-    """The dataset a run was validated on (``val``, else the ``data`` source's val/valid/test split).
-
-    Returns:
-        A ``DetectionDataset``, or raises :class:`DataError` saying what is missing.
-    """
-    from detlab.data.dataset import load_dataset
-
-    source = data or config.get("val")
-    if source:
-        return load_dataset(str(source))
-    train = config.get("data")
-    if not train:
-        raise DataError("config.yaml: neither `val` nor `data` is set — pass --data DATA")
-    base = re.sub(r":[A-Za-z0-9_\-]+$", "", str(train))
-    for split in ("val", "valid", "test"):
-        try:
-            return load_dataset(base, split=split)
-        except DetlabError:
-            continue
-    raise DataError(f"config.yaml: data {train!r} has no val, valid or test split — pass --data DATA")
 
 
 # --- HTML pieces ---------------------------------------------------------------------
