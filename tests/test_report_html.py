@@ -11,7 +11,18 @@ import pytest
 from PIL import Image
 from test_report_runfolder import make_run, one_thread  # noqa: F401  (autouse fixture)
 
-SECTIONS = ("config", "curves", "metrics", "per-class", "pr-curves", "confusion", "before-after", "samples")
+SECTIONS = (
+    "config",
+    "curves",
+    "metrics",
+    "per-class",
+    "pr-curves",
+    "confusion",
+    "errors",
+    "before-after",
+    "samples",
+    "browser",
+)
 
 
 class _Collect(HTMLParser):
@@ -43,11 +54,13 @@ def parse(path) -> _Collect:
 
 
 def assert_self_contained(path, parsed: _Collect) -> None:
-    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", path.read_text(encoding="utf-8"))
+    """No URL, no link, no script but inline ones, every picture a data: URI that decodes."""
+    text = re.sub(r"data:image/(png|webp|jpeg);base64,[A-Za-z0-9+/=]+", "", path.read_text(encoding="utf-8"))
+    text = text.replace('"http://www.w3.org/2000/svg"', "")  # the SVG namespace name, never fetched
     assert not re.search(r"(https?:)?//[a-z0-9]|url\(", text, re.I)
-    assert "<script" not in text and "<link" not in text
+    assert "<link" not in text and not re.search(r"<script[^>]*\bsrc=", text) and "fetch(" not in text
     for src in parsed.images:
-        assert src.startswith("data:image/png;base64,")
+        assert re.match(r"data:image/(png|webp|jpeg);base64,", src)
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
             im.load()
             assert im.size[0] > 10 and im.size[1] > 10
@@ -59,10 +72,11 @@ def _add_plot(path):
 
 
 def test_report_has_every_section(tmp_path, bccd, monkeypatch):
-    from detlab.report import html
+    from detlab.report import browser, html
     from detlab.report.html import write_report
 
     monkeypatch.setattr(html, "NUM_SAMPLES", 2)
+    monkeypatch.setattr(browser, "MAX_IMAGES", 3)  # no predictions.json: the checkpoint runs on 3 images
     run = make_run(tmp_path, ap=0.42, before_ap=0.1, val=f"{bccd}:val")
     _add_plot(run / "plots" / "pr_curves.png")
     _add_plot(run / "eval" / "confusion_matrix.png")
@@ -86,6 +100,7 @@ def test_report_has_every_section(tmp_path, bccd, monkeypatch):
         pytest.skip("data layer or report.draw not there yet: sample predictions not checked")
     assert s["samples"]["images"] == 2 * 2
     assert "ground truth" in s["samples"]["text"]
+    assert "3 validation images (an even sample)" in s["browser"]["text"]
 
 
 def test_report_without_checkpoint_or_before_says_so(tmp_path):

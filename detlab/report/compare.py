@@ -30,14 +30,15 @@ import numpy as np
 import torch
 
 from detlab.errors import DataError, DetlabError
+from detlab.report.draw import draw_boxes
 from detlab.report.html import (
     defined,
-    draw_png,
     esc,
-    figure,
     note,
     page,
     pct,
+    photo_figure,
+    plot_figure,
     sample_indices,
     section,
     table,
@@ -206,17 +207,17 @@ def gallery(entries: list[Entry], dataset) -> str:
         image, target = dataset[i]
         name = Path(dataset.records.images[i].file).name
         figs = [
-            figure(
-                draw_png(
+            photo_figure(
+                draw_boxes(
                     image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True
                 ),
-                f"{name}: ground truth",
+                f"{name}: ground truth, dashed",
             )
         ]
         figs += [
-            figure(
-                draw_png(image, d["boxes"], d["labels"], e.detector.class_names, d["scores"]),
-                f"{e.label}: {len(d['labels'])} boxes",
+            photo_figure(
+                draw_boxes(image, d["boxes"], d["labels"], e.detector.class_names, scores=d["scores"]),
+                f"{e.label}: {len(d['labels'])} boxes with score ≥ {GALLERY_SCORE}",
             )
             for e, d in zip(loaded, dets)
         ]
@@ -419,17 +420,40 @@ def _html(entries: list[Entry], rows, pc_header, pc_rows, dataset) -> str:
         section(
             "curves",
             "Training curves",
-            figure(curves, "training curves") if curves else note("no metrics.jsonl lines in these runs."),
+            plot_figure(
+                curves,
+                "Left: training loss of every run against the iteration; right: validation COCO AP (%) against the epoch.",
+            )
+            if curves
+            else note("no metrics.jsonl lines in these runs."),
         ),
         section(
             "per-class",
             "Per-class AP",
-            (figure(pc_png, "per-class AP") if pc_png else "")
+            (plot_figure(pc_png, "COCO AP of each class, one bar per run.") if pc_png else "")
             + (table(pc_header, pc_rows) if pc_rows else note("no per-class AP in the evaluations.")),
         ),
         section("gallery", "Where the runs disagree most", gallery(entries, dataset)),
+        _browser(entries, dataset),
     ]
     return page("detlab compare", " vs ".join(e.label for e in entries), sections)
+
+
+def _browser(entries: list[Entry], dataset) -> str:
+    """Every validation image with each run's detections side by side, sortable by disagreement."""
+    if dataset is None:
+        return section("browser", "Prediction browser", note("no validation data; browser skipped."))
+    from detlab.report.browser import browser_section, run_predictions
+
+    runs = []
+    for e in entries:
+        try:
+            runs.append((e.label, run_predictions(e.info.path, dataset)))
+        except (DetlabError, OSError, RuntimeError) as err:
+            print(f"note: {e.label} left out of the browser ({err})", file=sys.stderr)
+    if not runs:
+        return section("browser", "Prediction browser", note("no run's model loads; browser skipped."))
+    return browser_section(dataset.records, runs)
 
 
 def compare_command(runs: list[str], out: str, data: str | None = None) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import re
 import sys
@@ -81,6 +82,29 @@ def png_bytes(image) -> bytes:
 
 def figure(data: bytes, caption: str) -> str:
     return f'<figure><img src="{png_uri(data)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def photo_figure(image, caption: str, max_side: int = 960) -> str:
+    """A drawn photo (``uint8 [3, H, W]``) as a WebP figure: a tenth of the PNG's bytes, text still sharp."""
+    from detlab.report.browser import photo_uri
+
+    uri, _ = photo_uri(image, max_side=max_side, quality=85)
+    return f'<figure><img src="{uri}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def plot_figure(data: bytes, caption: str) -> str:
+    """A plot's PNG bytes as a figure (:func:`plot_uri`) with a caption that says what it shows."""
+    return f'<figure><img src="{plot_uri(data)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def plot_uri(data: bytes) -> str:
+    """A matplotlib PNG re-encoded as lossless WebP (flat colours: about half the bytes, same pixels)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, format="WEBP", lossless=True, method=4)
+    smaller = buf.getvalue() if len(buf.getvalue()) < len(data) else None
+    return "data:image/webp;base64," + base64.b64encode(smaller).decode("ascii") if smaller else png_uri(data)
 
 
 def note(text: str) -> str:
@@ -157,8 +181,51 @@ def _kind(path: Path) -> str:
 # --- sections --------------------------------------------------------------------------
 
 
-def _figures(paths: list[Path]) -> str:
-    return '<div class="grid">' + "".join(figure(png_bytes(p), p.name) for p in paths) + "</div>"
+def read_analysis(run: Path) -> dict:
+    """``eval/analysis.json`` (``detlab eval`` or the end of training), ``{}`` when absent or broken."""
+    path = run / "eval" / "analysis.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        print(f"skipped: {path}: not valid JSON — captions without thresholds", file=sys.stderr)
+        return {}
+
+
+def caption_for(path: Path, found: dict) -> str:
+    """What a plot shows, in words, with the thresholds of ``analysis.json`` (``found``) when known."""
+    conf = found.get("confusion") or {}
+    t, iou = conf.get("score_threshold"), conf.get("iou", 0.5)
+    at = f"score ≥ {t:.2f}" if isinstance(t, (int, float)) else "the analysis' score threshold"
+    name = path.stem.lower()
+    texts = {
+        "loss": "Training loss and its parts, mean of each logging window, against the iteration (log scale).",
+        "lr": "Learning rate against the iteration (warm-up, then the schedule).",
+        "val_loss": "Validation loss against the epoch: rising while the training loss falls means over-fitting.",
+        "val_metrics": "Validation AP numbers against the epoch (0..1).",
+        "per_class_ap": "AP of each class for every protocol: the short bars are the classes to work on.",
+        "confusion_matrix": f"Rows: ground-truth class; columns: predicted class; detections with {at} matched "
+        f"one-to-one to GT boxes at IoU ≥ {iou:g}. The background column counts missed GT boxes, the background "
+        "row false detections; colour is the fraction of the row.",
+        "errors": f"Left: each kind of error among the detections with {at} (the operating point), and the GT boxes "
+        "they miss. Right: AP50 points the whole curve would gain if that kind of error were fixed "
+        "(all scores, TIDE-style; gains overlap, so they do not add up).",
+    }
+    if name.startswith("pr_curves"):
+        return (
+            f"Precision against recall of each class at IoU > {iou:g}: the thin line after every detection, "
+            f"the step line the interpolated precision AP integrates; the red dot is the operating point ({at})."
+        )
+    return texts.get(name, path.name)
+
+
+def _figures(paths: list[Path], found: dict | None = None) -> str:
+    items = []
+    for p in paths:
+        text = caption_for(p, found or {})
+        items.append(
+            f'<figure><img src="{plot_uri(png_bytes(p))}" alt="{esc(text)}"><figcaption>{esc(text)}</figcaption></figure>'
+        )
+    return '<div class="grid">' + "".join(items) + "</div>"
 
 
 def _config_section(info: RunInfo) -> str:
@@ -173,7 +240,38 @@ def _config_section(info: RunInfo) -> str:
         ["epochs", info.config.get("epochs", "?")],
     ]
     text = yaml.safe_dump(info.config, sort_keys=False, allow_unicode=True)
-    return section("config", "Config", table(["key", "value"], facts) + f"<pre>{esc(text)}</pre>")
+    changed = changed_keys(info.config)
+    body = table(["key", "value"], facts)
+    if changed:
+        body += "<h3>Settings that differ from detlab's defaults</h3>" + table(
+            ["key", "this run", "default", "what it is"], changed
+        )
+    body += f"<details><summary>Full config.yaml ({len(info.config)} keys)</summary><pre>{esc(text)}</pre></details>"
+    return section("config", "Config", body)
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def changed_keys(config: dict) -> list[list[str]]:
+    """``[[key, value, default, comment]]`` for every config key whose value is not ``TrainConfig``'s default
+    (paths and the output folder left out: the table above has them)."""
+    import dataclasses
+    import inspect
+
+    from detlab.config import TrainConfig
+
+    defaults = dataclasses.asdict(TrainConfig())
+    comments = dict(re.findall(r"^\s+(\w+):[^\n#]*#\s*(.+)$", inspect.getsource(TrainConfig), re.M))
+    rows = []
+    for key, value in config.items():
+        if key in ("data", "val", "out", "model", "weights", "epochs") or key not in defaults:
+            continue
+        if value != defaults[key]:
+            rows.append([key, _short(value), _short(defaults[key]), comments.get(key, "")])
+    return rows
 
 
 def _curves_section(info: RunInfo, plots: list[Path], tmp: Path) -> str:
@@ -245,13 +343,18 @@ def _per_class_section(info: RunInfo, plots: list[Path], tmp: Path) -> str:
     return section("per-class", "Per-class AP", body)
 
 
-def _plot_section(sid: str, title: str, plots: list[Path], kind: str, run: Path) -> str:
-    found = [p for p in plots if _kind(p) == kind]
-    if not found:
+def _plot_section(sid: str, title: str, plots: list[Path], kind: str, run: Path, found: dict) -> str:
+    paths = [p for p in plots if _kind(p) == kind]
+    if not paths:
         return section(
-            sid, title, note(f"no {title.lower()} plot in plots/ or eval/ — run `detlab eval {run}` first.")
+            sid,
+            title,
+            note(
+                f"no {title.lower()} plot in plots/ or eval/: the run has no final evaluation "
+                f"(training without validation data, or stopped early) — `detlab eval {run}` writes it."
+            ),
         )
-    return section(sid, title, _figures(found))
+    return section(sid, title, _figures(paths, found))
 
 
 def before_after_rows(before: dict, after: dict) -> list[list[str]]:
@@ -310,7 +413,7 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         return section("samples", title, note("no checkpoint in checkpoints/: section skipped."))
     try:
         from detlab.predict import Detector
-        from detlab.report.draw import draw_boxes  # noqa: F401  (fail here, before any model runs)
+        from detlab.report.draw import draw_boxes  # fail here, before any model runs
 
         detector = Detector.from_run(info.path, device="cpu")
         dataset = validation_dataset(info.config)
@@ -323,16 +426,51 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         image, target = dataset[i]
         det = detector.detect([image], score=score)[0]
         name = Path(dataset.records.images[i].file).name
-        gt = draw_png(image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True)
-        pred = draw_png(image, det["boxes"], det["labels"], detector.class_names, det["scores"])
+        gt = draw_boxes(
+            image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True
+        )
+        pred = draw_boxes(image, det["boxes"], det["labels"], detector.class_names, scores=det["scores"])
         n_gt, n_pred = len(target["boxes"]), len(det["boxes"])
         rows.append(
-            f'<div class="grid">{figure(gt, f"{name}: ground truth ({n_gt} boxes)")}'
-            f"{figure(pred, f'{name}: predicted, score ≥ {score} ({n_pred} boxes)')}</div>"
+            f'<div class="grid">{photo_figure(gt, f"{name}: ground truth, dashed ({n_gt} boxes)")}'
+            f"{photo_figure(pred, f'{name}: detections with score ≥ {score} ({n_pred} boxes)')}</div>"
         )
     if not rows:
         return section("samples", title, note("the validation data holds no images."))
     return section("samples", title, "".join(rows))
+
+
+def operating_point_note(found: dict) -> str:
+    """One line on the score threshold the error counts and the confusion matrix use (``analysis.json``)."""
+    point = found.get("operating_point") or {}
+    if "chosen" not in point:
+        return ""
+    how = {
+        "F1-max": "the score that maximises F1 over all classes",
+        "given": "given with --score",
+        "default": "the default: F1 has no maximum (no true positive)",
+    }.get(point.get("chosen_by"), "")
+    text = f"Operating point: score ≥ {point['chosen']:.2f}, {how}"
+    if defined(point.get("f1")) and point.get("chosen_by") == "F1-max":
+        text += (
+            f" — precision {100 * point['precision']:.1f} %, recall {100 * point['recall']:.1f} %, "
+            f"F1 {100 * point['f1']:.1f} % at IoU {found.get('confusion', {}).get('iou', 0.5):g}"
+        )
+    return f'<p class="note">{esc(text)}. The error breakdown and the confusion matrix count detections above it.</p>'
+
+
+def _browser_section(info: RunInfo) -> str:
+    title = "Prediction browser"
+    try:
+        from detlab.report.browser import browser_section, run_predictions
+
+        dataset = validation_dataset(info.config)
+        detections = run_predictions(info.path, dataset)
+    except (DetlabError, ImportError, OSError, RuntimeError) as e:
+        return section(
+            "browser", title, note(f"model or validation data unavailable ({e}); section skipped.")
+        )
+    return browser_section(dataset.records, [(info.name, detections)])
 
 
 # --- entry points ---------------------------------------------------------------------------
@@ -351,19 +489,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     info = load_run(run_dir)
     out = Path(out) if out else info.path / "report.html"
     plots = plot_files(info.path)
+    found = read_analysis(info.path)
     with tempfile.TemporaryDirectory() as tmp:
         sections = [
             _config_section(info),
             _curves_section(info, plots, Path(tmp) / "curves"),
-            _metrics_section(info),
+            _metrics_section(info) + operating_point_note(found),
             _per_class_section(info, plots, Path(tmp) / "per_class"),
-            _plot_section("pr-curves", "PR curves", plots, "pr", info.path),
-            _plot_section("confusion", "Confusion matrix", plots, "confusion", info.path),
+            _plot_section("pr-curves", "PR curves", plots, "pr", info.path, found),
+            _plot_section("confusion", "Confusion matrix", plots, "confusion", info.path, found),
+            _plot_section("errors", "Error breakdown", plots, "errors", info.path, found),
             _before_after_section(info),
             _samples_section(info),
+            _browser_section(info),
         ]
-        if any(_kind(p) == "errors" for p in plots):
-            sections.append(_plot_section("errors", "Error breakdown", plots, "errors", info.path))
         other = [p for p in plots if _kind(p) == "other"]
         if other:
             sections.append(section("other-plots", "Other plots", _figures(other)))
