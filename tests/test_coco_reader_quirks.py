@@ -121,3 +121,33 @@ def test_two_categories_with_one_name_are_warned_and_read_as_one_class(tmp_path:
     assert records.images[0].labels.tolist() == [0, 0, 1]
     given = read_records(path, classes=["dog", "cat"])
     assert given.source_ids == [5, 3] and given.images[0].labels.tolist() == [1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("layout", "asked", "message"),
+    [
+        ("roboflow", "val", "this folder holds test, train, valid; did you mean {root}:valid?"),
+        ("roboflow", "trian", "this folder holds test, train, valid; did you mean {root}:train?"),
+        ("coco2017", "val", "this folder holds train2017, val2017; did you mean {root}:val2017?"),
+        ("coco2017", "minival", "this folder holds train2017, val2017; use {root}:train2017"),
+    ],
+)
+def test_a_split_the_coco_folder_does_not_hold_is_named_with_the_ones_it_does(
+    tmp_path: Path, capsys, layout, asked, message
+):
+    """Roboflow's train/valid/test folders and COCO's annotations/instances_<split>.json: a wrong split
+    name is that, not an "unknown dataset layout"."""
+    root = tmp_path / layout
+    if layout == "roboflow":
+        for split in ("train", "valid", "test"):
+            (root / split).mkdir(parents=True)
+            (root / split / "_annotations.coco.json").write_text(json.dumps(coco()))
+    else:
+        (root / "annotations").mkdir(parents=True)
+        for split in ("train2017", "val2017"):
+            (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco()))
+    with pytest.raises(DataError) as info:
+        read_records(f"{root}:{asked}")
+    assert str(info.value) == f"{root}: no COCO split {asked!r} — " + message.format(root=root)
+    assert main(["check", f"{root}:{asked}"]) == 1  # unusable data
+    assert capsys.readouterr().err == f"detlab: {info.value}\n"

@@ -8,12 +8,13 @@ inside), ``VOCdevkit/`` root, then images with XML beside them or in a sibling f
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import numpy as np
 
 from detlab.data.formats.classes import parse_class_list, resolve_names
-from detlab.data.formats.coco import find_coco_json, read_coco
+from detlab.data.formats.coco import coco_splits, find_coco_json, read_coco
 from detlab.data.formats.folder import is_folder, read_folder
 from detlab.data.formats.voc import is_voc_year, is_vocdevkit, read_voc_year, read_vocdevkit
 from detlab.data.formats.yolo import is_yolo, read_yolo
@@ -65,6 +66,11 @@ def detect_format(path: Path, split: str | None = None) -> str:
         return "vocdevkit"
     if is_folder(path):
         return "folder"
+    splits = coco_splits(path) if split else []
+    if splits:  # a COCO folder, asked for a split it does not hold
+        close = difflib.get_close_matches(split, splits, n=1, cutoff=0.5)
+        hint = f"did you mean {path}:{close[0]}?" if close else f"use {path}:{splits[0]}"
+        raise DataError(f"{path}: no COCO split {split!r} — this folder holds {', '.join(splits)}; {hint}")
     raise DataError(
         f"{path}: unknown dataset layout — expected a VOC year folder (Annotations/, JPEGImages/), a VOCdevkit/ root, "
         "a COCO JSON (or a folder holding annotations/instances_<split>.json), a YOLO folder (data.yaml, images/, labels/), "

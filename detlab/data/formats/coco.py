@@ -69,6 +69,16 @@ def find_coco_json(folder: Path, split: str | None) -> tuple[Path, str | None] |
     return None
 
 
+def coco_splits(folder: Path) -> list[str]:
+    """The split names a COCO folder holds (``annotations/instances_<split>.json``, ``<split>/<one>.json``)."""
+    ann = folder / "annotations"
+    names = [p.stem.removeprefix("instances_") for p in sorted(ann.glob("*.json"))] if ann.is_dir() else []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "annotations"):
+        if (sub / "_annotations.coco.json").is_file() or len(list(sub.glob("*.json"))) == 1:
+            names.append(sub.name)
+    return list(dict.fromkeys(names))
+
+
 def _load_json(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
