@@ -145,3 +145,23 @@ def test_converted_split_files_are_read_back(small_voc, tmp_path, fmt):
         assert got.class_names == src.class_names
         boxes = {Path(r.file).name: r.boxes for r in src.images}
         assert all(np.array_equal(boxes[Path(r.file).name], r.boxes) for r in got.images)
+
+
+def test_val_fraction_holds_out_a_stratified_val_when_no_split_exists(small_voc, tmp_path, capsys):
+    from detlab.config import resolve
+    from detlab.engine.train import load_train_val
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in (*(small_voc / "Annotations").iterdir(), *(small_voc / "JPEGImages").iterdir()):
+        shutil.copy(f, flat)
+    cfg = resolve(
+        {"data": str(flat), "model": "fcos_effl0_fpn", "out": str(tmp_path / "run"), "val_fraction": 0.25}
+    )
+    train_ds, val_ds = load_train_val(cfg)
+    want = expected(str(flat), 0.25, 0.0, cfg.seed)
+    assert {Path(r.file).name for r in val_ds.records.images} == want["val"]
+    assert {Path(r.file).name for r in train_ds.records.images} == want["train"]
+    assert "6 of 24 images" in capsys.readouterr().err
+    cfg0 = resolve({"data": str(flat), "model": "fcos_effl0_fpn", "out": str(tmp_path / "run0")})
+    assert load_train_val(cfg0)[1] is None and "val_fraction=0.2" in capsys.readouterr().err

@@ -98,3 +98,35 @@ def test_selecting_checkpoints_on_a_split_named_test_is_warned_about(chess, caps
     cfg = resolve({"model": "fcos_effl0_fpn", "data": f"{chess}/train", "val": f"{chess}/valid", "out": "y"})
     load_train_val(cfg)
     assert "a split named test" not in capsys.readouterr().err
+
+
+# --- batch and workers from the machine ------------------------------------------------
+
+
+def test_cpu_batch_fits_half_the_memory_and_workers_follow_the_cores():
+    from detlab.engine.plan import TRAIN_BYTES_PER_PIXEL, plan_machine
+
+    pixels = 320 * 448
+    per_image = pixels * TRAIN_BYTES_PER_PIXEL["fcos"]
+    roomy = plan_machine(4, "fcos", pixels, cores=2, memory=int(100 * per_image), user_keys=set())
+    assert (roomy.batch_size, roomy.num_workers) == (4, 1)
+    tight = plan_machine(4, "fcos", pixels, cores=16, memory=int(5 * per_image), user_keys=set())
+    assert (tight.batch_size, tight.num_workers) == (2, 4)  # half of 5 images' memory holds 2
+    starved = plan_machine(4, "fcos", pixels, cores=1, memory=int(per_image), user_keys=set())
+    assert (starved.batch_size, starved.num_workers) == (1, 0)
+    assert "batch 2" in tight.why[0] and "4 DataLoader workers: 16 CPU cores" in tight.why[1]
+    kept = plan_machine(4, "fcos", pixels, cores=16, memory=int(5 * per_image), user_keys={"batch_size"})
+    assert len(kept.why) == 1 and kept.num_workers == 4
+    assert plan_machine(4, "fcos", pixels, 2, None, {"batch_size", "num_workers"}) is None
+
+
+def test_train_sets_batch_and_workers_on_cpu_unless_given():
+    from detlab.engine.plan import apply_machine_plan
+
+    cfg = resolve({"model": "fcos_effl0_fpn", "data": "d", "out": "o", "model_kwargs": {"min_size": 320}})
+    lines = apply_machine_plan(cfg, set(), "fcos", "cpu")
+    assert lines and lines[0].startswith(f"batch {cfg.batch_size}, {cfg.num_workers} loader workers")
+    given = resolve({"model": "fcos_effl0_fpn", "data": "d", "out": "o", "batch_size": 7, "num_workers": 3})
+    assert apply_machine_plan(given, {"batch_size", "num_workers"}, "fcos", "cpu") == []
+    assert (given.batch_size, given.num_workers) == (7, 3)
+    assert apply_machine_plan(given, set(), "fcos", "cuda") == [] and given.batch_size == 7

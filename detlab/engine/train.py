@@ -693,6 +693,7 @@ def train_command(args) -> int:
         train_ds, val_ds = load_train_val(cfg, verbose=ctx.is_main)
         if resume is None:
             _plan_size(cfg, train_ds.records, ctx, verbose=ctx.is_main)
+            _plan_machine(cfg, _user_keys(args), ctx)
         model = _build_for(cfg, train_ds.num_classes, resume)
         fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx, started=started)
     finally:
@@ -713,6 +714,26 @@ def _plan_size(cfg: TrainConfig, records, ctx, verbose: bool) -> None:
     if verbose:
         for line in lines:
             print(f"detlab: {line}", file=sys.stderr)
+
+
+def _plan_machine(cfg: TrainConfig, user_keys: set[str], ctx) -> None:
+    """On a CPU, the batch size and loader workers from the machine unless the user set them
+    (:func:`detlab.engine.plan.apply_machine_plan`); rank 0 decides, so every rank batches alike."""
+    from detlab.config import family_of
+    from detlab.engine.plan import apply_machine_plan
+
+    lines = apply_machine_plan(cfg, user_keys, family_of(cfg.model), ctx.device.type) if ctx.is_main else []
+    cfg.batch_size, cfg.num_workers = ddp.broadcast_object((cfg.batch_size, cfg.num_workers))
+    for line in lines:
+        print(f"detlab: {line}", file=sys.stderr)
+
+
+def _user_keys(args) -> set[str]:
+    """The config keys the user set (``--config`` YAML, ``--set``), dotted ones by their head."""
+    from detlab.config import load_yaml, parse_set
+
+    keys = {**(load_yaml(args.config) if args.config else {}), **parse_set(args.set)}
+    return {k.partition(".")[0] for k in keys}
 
 
 def _config_from_args(args) -> TrainConfig:
