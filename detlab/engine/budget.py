@@ -61,6 +61,7 @@ class TimePlan:
     evals: int  # evaluations still to come
     expected_s: float  # spent_s + the planned rest
     steps_only: bool = False  # not one more whole epoch fits: a number of steps instead
+    from_iter: int = 0  # the step the plan starts from
     fits: bool = True  # False: even the smallest plan (one step and its evaluation) overruns
 
     def to_dict(self) -> dict:
@@ -130,6 +131,7 @@ def plan_time(
             last * steps_per_epoch,
             evals_in(epoch, last, eval_every, has_val),
             spent_s + cost + timing.s_finish,
+            from_iter=iteration,
         )
     fixed = timing.s_epoch + (timing.s_eval if has_val else 0.0)
     room = steps_per_epoch - step_in_epoch
@@ -147,14 +149,17 @@ def plan_time(
         spent_s + cost,
         steps_only=steps < room,
         fits=fits,
+        from_iter=iteration,
     )
 
 
 def plan_lines(plan: TimePlan, steps_per_epoch: int, resumed: bool) -> list[str]:
     """What the plan says on screen: measured costs, the length chosen, the expected end."""
     t = plan.timing
+    more = plan.total_iters - plan.from_iter
     length = (
-        f"{plan.total_iters} steps of epoch {plan.epochs} ({steps_per_epoch} would be a whole epoch)"
+        f"{more} more step{'s' if more != 1 else ''} of epoch {plan.epochs}, to step {plan.total_iters} "
+        f"({steps_per_epoch} make a whole epoch)"
         if plan.steps_only
         else f"{plan.epochs} epochs ({plan.total_iters} steps)"
     )
