@@ -10,11 +10,12 @@ is a smoke version of the same path for tests.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from detlab.log import logger
 
 # The model, data size and schedule of the demo. Chosen by measuring the *_effl0 models
 # on this data on 2 CPU cores (the report of issue #4 has the figures).
@@ -61,10 +62,9 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False) -> int:
     data = write_shapes_dataset(out / "data", seed=0, **recipe["data"])
     train_ds = load_dataset(str(data), split="train")
     val_ds = load_dataset(str(data), split="val", classes=list(train_ds.class_names))
-    print(
+    logger.info(
         f"demo: {len(train_ds)} training and {len(val_ds)} validation images of "
-        f"{', '.join(train_ds.class_names)} in {data}",
-        file=sys.stderr,
+        f"{', '.join(train_ds.class_names)} in {data}"
     )
     model = build_model(recipe["model"], train_ds.num_classes, weights="imagenet", **recipe["knobs"])
     run = train(

@@ -27,6 +27,7 @@ from detlab.data.records import Problem
 from detlab.data.results import THRESHOLDED_SCORE, coco_category_ids
 from detlab.device import pick_device
 from detlab.errors import ConfigError, DataError, writing
+from detlab.log import logger
 from detlab.models.precision import amp_dtype, autocast_network
 from detlab.runfolder import find_checkpoint, load_model_checkpoint
 
@@ -56,7 +57,7 @@ def expand_sources(sources: Iterable[str | Path]) -> list[Path]:
         if path.is_dir():
             found, left_out = list_images(path)
             for problem in left_out:
-                print(problem.line(), file=sys.stderr)
+                logger.info(problem.line())
             if not found:
                 raise DataError(
                     f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)}) — point at a folder of images"
@@ -459,10 +460,9 @@ def align_to_dataset(
             f"({', '.join(records.class_names)}) — use the dataset the run was trained on"
         )
     if missing:
-        print(
+        logger.info(
             f"note: model classes {', '.join(missing)} are not in {data}'s classes; their detections are "
-            f"left out of detections.json (counted below)",
-            file=sys.stderr,
+            f"left out of detections.json (counted below)"
         )
     detector.category_ids = [by_name.get(n) for n in detector.class_names]
     files = list(files) or [Path(r.file) for r in records.images]
@@ -476,10 +476,7 @@ def align_to_dataset(
             known[key], next_id, outside = next_id, next_id + 1, outside + 1
         ids[str(f)] = known[key]
     if outside:
-        print(
-            f"note: {outside} of {len(files)} images are not in {data}; they get new image ids",
-            file=sys.stderr,
-        )
+        logger.info(f"note: {outside} of {len(files)} images are not in {data}; they get new image ids")
     return files, ids
 
 
@@ -505,10 +502,9 @@ def predict_command(args) -> int:
     # scores them): a thresholded file cuts the PR curves short and AP/AR become a lower bound.
     score = args.score if args.score is not None else (0.0 if data else DRAW_SCORE)
     if data and score > THRESHOLDED_SCORE:
-        print(
+        logger.info(
             f"note: --score {score:g} with --data: detections.json holds only detections >= {score:g}, so AP/AR "
-            "scored from it are a lower bound — omit --score to keep every detection",
-            file=sys.stderr,
+            "scored from it are a lower bound — omit --score to keep every detection"
         )
     out = Path(args.out)
     with writing(out, "predictions"):

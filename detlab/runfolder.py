@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import yaml
 
 from detlab.engine.checkpoint import load_checkpoint, read_torch_file
 from detlab.errors import DataError, DetlabError, WeightsError
+from detlab.log import logger
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -71,7 +71,7 @@ def find_checkpoint(run_or_checkpoint: str | Path, checkpoint: str = "best") -> 
         return path
     last = src / "checkpoints" / "last.pt"
     if checkpoint == "best" and last.is_file():
-        print(f"note: {path} not found (no evaluation picked a best yet); using {last}", file=sys.stderr)
+        logger.info(f"note: {path} not found (no evaluation picked a best yet); using {last}")
         return last
     raise DataError(f"{path}: checkpoint not found — train the run first (`detlab train --out {src}`)")
 
@@ -173,7 +173,7 @@ def read_jsonl(path: Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            print(f"skipped: {path}: line {n}: not valid JSON — left out", file=sys.stderr)
+            logger.warning(f"skipped: {path}: line {n}: not valid JSON — left out")
     return rows
 
 
@@ -200,7 +200,7 @@ def _final_eval(run: Path, lines: list[dict], meta: dict) -> tuple[dict, str]:
         try:
             result = as_result(json.loads(path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            print(f"skipped: {path}: not valid JSON — left out of the report", file=sys.stderr)
+            logger.warning(f"skipped: {path}: not valid JSON — left out of the report")
             continue
         if result:
             return result, str(path.relative_to(run))
@@ -216,7 +216,7 @@ def _checkpoint_meta(path: Path) -> dict:
     try:
         ckpt = read_torch_file(path, "cannot load checkpoint", "the report is written without it")
     except WeightsError as e:  # an unreadable checkpoint still leaves the metrics to report
-        print(f"skipped: {e}", file=sys.stderr)
+        logger.warning(f"skipped: {e}")
         return {}
     return {k: v for k, v in ckpt.items() if k not in _STATE_KEYS} if isinstance(ckpt, dict) else {}
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from detlab.data.records import ImageRecord, Problem, Records
+from detlab.log import logger
 
 EXIF_ORIENTATION = 0x0112
 SIZE_BINS = [0, 8, 16, 32, 64, 128, 256, 512, np.inf]  # sqrt(box area) in px, for the histogram
@@ -172,10 +173,9 @@ def probe_images(files: list[str], decode: bool, every: float = 5.0) -> list:
         now = time.monotonic()
         if now - last >= every and i + 1 < len(files):
             left = (now - start) / (i + 1) * (len(files) - i - 1)
-            print(
+            logger.info(
                 f"detlab: {'decoding images' if decode else 'reading image headers'}: {i + 1}/{len(files)}, "
-                f"about {left:.0f} s left ({cached} unchanged since an earlier run)",
-                file=sys.stderr,
+                f"about {left:.0f} s left ({cached} unchanged since an earlier run)"
             )
             last = now
     cache.save()

@@ -42,6 +42,7 @@ import yaml
 
 from detlab.data.records import ImageRecord, Problem, Records
 from detlab.errors import DataError, writing
+from detlab.log import logger
 
 TARGETS = ("coco", "voc", "yolo")
 
@@ -285,9 +286,8 @@ def convert(
     result = validate_records(records, decode=False)
     print_load_summary(records, result, str(src), file=sys.stderr)
     if turned := to_display_frame(records):
-        print(
-            f"detlab: {turned} EXIF-rotated images annotated in their raw frame: boxes written in the displayed frame",
-            file=sys.stderr,
+        logger.info(
+            f"detlab: {turned} EXIF-rotated images annotated in their raw frame: boxes written in the displayed frame"
         )
     if to == "yolo":
         flagged = int(sum(r.difficult.sum() + r.iscrowd.sum() for r in records.images))
@@ -301,7 +301,7 @@ def convert(
                     "warning",
                 )
             )
-            print(f"detlab: {records.problems[-1].line()}", file=sys.stderr)
+            logger.info(f"detlab: {records.problems[-1].line()}")
     return write_all_or_nothing(WRITERS[to], records, Path(dst), link), records
 
 
