@@ -23,32 +23,39 @@ family                exports  input
 ====================  =======  ================================================
 
 The batch is not a dynamic axis for any family: every model takes a Python list
-of images, which the tracer unrolls, and the anchor grids are computed from the
-traced shape. :class:`OnnxModel` therefore runs images one at a time, and an
-image of another size is letterboxed into the exported size (scaled to fit,
-aspect kept, padded bottom/right with the model's normalisation mean so the pad
-is zero after normalisation), and its boxes are mapped back. Images of exactly
-the exported size go through untouched: their detections match eager ones
-within the tolerances of :func:`compare_detections`.
+of images, which the tracer unrolls. The image height and width are, where the
+family allows it: torchvision's families (Faster R-CNN, FCOS, RetinaNet, SSD)
+compute their resize, padding and anchor grids from traced shapes, so one graph
+takes any ``[3, H, W]`` and gives the eager detections on it. DETR's resize rule
+is Python arithmetic on the image size, which the tracer freezes, so DETR exports
+a fixed ``H x W``; :class:`OnnxModel` refuses other sizes with one line rather
+than letterboxing them (a letterboxed image is resized twice and padded, and its
+detections differ from eager ones).
+
+``detlab export`` traces at the run's training size (the ``min_size`` /
+``max_size`` that ``detlab train`` chose and saved), writes to a temporary name,
+checks ONNX Runtime against eager on images of several sizes and orientations,
+and renames only a file that passed; a file that failed is kept as
+``model.onnx.failed`` and the command exits 1.
 
 Legend for shape comments: ``K`` detections of one image, ``H``/``W`` image size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detlab.errors import ConfigError, DataError, DetlabError, OutputError, writing
+from detlab.errors import ConfigError, DataError, DetlabError, writing
 
 #: Tolerances of the eager-vs-ONNX check: boxes in pixels (absolute, or relative
 #: to the box coordinate for large images), scores in probability.
@@ -73,21 +80,6 @@ class _OneImage(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         det = self.model([image])[0]
         return det["boxes"], det["scores"], det["labels"]
-
-
-def pad_value(model: nn.Module) -> list[float]:
-    """The per-channel value (0..1 RGB) that the model's normalisation maps to zero.
-
-    Letterbox padding with it reproduces the zero padding the model applies to a
-    batch after normalising. ``[0, 0, 0]`` when the model declares no mean.
-    """
-    for m in model.modules():
-        mean = getattr(m, "image_mean", None)  # torchvision GeneralizedRCNNTransform
-        if mean is None:
-            mean = getattr(m, "pixel_mean", None)  # detlab DETR buffer
-        if mean is not None:
-            return [float(v) for v in torch.as_tensor(mean).flatten()[:3]]
-    return [0.0, 0.0, 0.0]
 
 
 def _bilinear_antialias(g, image, output_size, align_corners, scale_factors):
@@ -136,7 +128,13 @@ def _bilinear_antialias(g, image, output_size, align_corners, scale_factors):
     )
 
 
-def _export_legacy(wrapper: nn.Module, example: Tensor, path: Path, opset: int) -> None:
+# Height and width of the image are free in a dynamic graph, and so is the detection count K.
+_DYNAMIC_AXES = {"image": {1: "H", 2: "W"}, "boxes": {0: "K"}, "scores": {0: "K"}, "labels": {0: "K"}}
+
+
+def _export_legacy(
+    wrapper: nn.Module, example: Tensor, path: Path, opset: int, dynamic: bool = False
+) -> None:
     op = "aten::_upsample_bilinear2d_aa"
     torch.onnx.register_custom_op_symbolic(op, _bilinear_antialias, 18)
     try:
@@ -150,6 +148,7 @@ def _export_legacy(wrapper: nn.Module, example: Tensor, path: Path, opset: int) 
                 opset_version=opset,
                 input_names=["image"],
                 output_names=["boxes", "scores", "labels"],
+                dynamic_axes=_DYNAMIC_AXES if dynamic else None,
             )
     finally:
         torch.onnx.unregister_custom_op_symbolic(op, 18)
@@ -182,20 +181,24 @@ def export_onnx(
     size: tuple[int, int],
     opset: int = 18,
     class_names: list[str] | None = None,
+    dynamic: bool = False,
 ) -> Path:
-    """Export a contract model to ONNX for one image of a fixed size.
+    """Export a contract model to ONNX for one image, of a fixed size or of any size.
 
     Args:
         model: a detlab model (or any module with the eval-mode contract: ``list[Tensor[3, H, W]]``
             → per-image ``boxes`` xyxy px, ``scores``, ``labels``). Put in eval mode on CPU.
         path: the ``.onnx`` file to write; its folder is created.
-        size: ``(H, W)`` of the exported input.
+        size: ``(H, W)`` of the traced example: the graph's only input size unless ``dynamic``.
         opset: ONNX opset.
         class_names: stored in the file's metadata (default: ``class_<i>``).
+        dynamic: make the image's height and width free axes (TorchScript exporter only). A
+            family whose code freezes the traced size (DETR) raises here, or traces a graph that
+            differs from eager at other sizes, which only a check at other sizes shows.
 
     Returns:
-        The path written. Raises :class:`ExportError` naming the family and both exporters'
-        reasons when neither can export it.
+        The path written. Raises :class:`ExportError` naming the family and the exporters'
+        reasons when none can export it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +207,10 @@ def export_onnx(
     wrapper = _OneImage(model).eval()
     example = torch.rand(3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(0))
     reasons = []
-    for exporter, fn in (("torchscript", _export_legacy), ("dynamo", _export_dynamo)):
+    exporters = [("torchscript", partial(_export_legacy, dynamic=dynamic))]
+    if not dynamic:
+        exporters.append(("dynamo", _export_dynamo))
+    for exporter, fn in exporters:
         try:
             with torch.no_grad():
                 fn(wrapper, example, path, opset)
@@ -215,7 +221,9 @@ def export_onnx(
             reasons.append(f"{exporter} exporter: {_first_line(e)}")
     else:
         raise ExportError(
-            f"family '{family}' ({getattr(model, 'name', '?')}) cannot be exported to ONNX: "
+            f"family '{family}' ({getattr(model, 'name', '?')}) cannot be exported to ONNX"
+            + (" with a dynamic input size" if dynamic else "")
+            + ": "
             + "; ".join(reasons)
         )
     num_classes = int(getattr(model, "num_classes", 0) or len(class_names or []))
@@ -225,7 +233,7 @@ def export_onnx(
         "num_classes": num_classes,
         "input_size": [int(size[0]), int(size[1])],
         "class_names": class_names or [f"class_{i}" for i in range(num_classes)],
-        "pad_value": pad_value(model),
+        "dynamic": bool(dynamic),
         "exporter": exporter,
     }
     _write_metadata(path, meta)
@@ -268,14 +276,15 @@ class OnnxModel:
     ``OnnxModel(path)(images)`` takes ``images``: ``list[Tensor[3, H_i, W_i]]`` float in 0..1 RGB,
     any sizes, and returns one dict per image: ``boxes`` float32 ``[K, 4]`` xyxy in that
     image's pixels, ``scores`` float32 ``[K]``, ``labels`` int64 ``[K]`` in ``0..C-1`` — the
-    model contract of CONTRIBUTING.md. Images of the exported size run untouched; others are
-    letterboxed into it, their boxes mapped back and clipped to the image, and detections lying
-    wholly in the pad dropped (see the module docstring).
+    model contract of CONTRIBUTING.md. A dynamic graph takes every size; a fixed one takes its
+    exported size only and raises :class:`~detlab.errors.DataError` (one line, with the fix) on
+    any other, since no resize outside the graph reproduces the eager detections.
 
     Attributes:
         path: the ``.onnx`` file.
         name, family, num_classes, class_names: from the file's metadata.
-        input_size: ``(H, W)`` the graph was exported for.
+        input_size: ``(H, W)`` the graph was traced at (its only size when not :attr:`dynamic`).
+        dynamic: whether the graph's height and width are free.
         session: the ``onnxruntime.InferenceSession``.
 
     Args:
@@ -302,11 +311,11 @@ class OnnxModel:
         self.num_classes = int(info.get("num_classes", 0))
         self.class_names = list(info.get("class_names", []))
         self.input_size = tuple(int(v) for v in info["input_size"])
-        self._pad = torch.tensor(info.get("pad_value", [0.0, 0.0, 0.0]), dtype=torch.float32).view(3, 1, 1)
+        self.dynamic = bool(info.get("dynamic", False))  # files from before dynamic exports are fixed
         self._input = self.session.get_inputs()[0].name
 
     def run_one(self, image: Tensor) -> dict[str, Tensor]:
-        """Detections for one image ``[3, H, W]`` of exactly :attr:`input_size` (no letterbox)."""
+        """Detections for one image ``[3, H, W]`` (any size for a dynamic graph, else :attr:`input_size`)."""
         boxes, scores, labels = self.session.run(
             None, {self._input: image.detach().float().cpu().contiguous().numpy()}
         )
@@ -315,22 +324,6 @@ class OnnxModel:
             "scores": torch.from_numpy(scores).float(),
             "labels": torch.from_numpy(labels).long(),
         }
-
-    def letterbox(self, image: Tensor) -> tuple[Tensor, float]:
-        """``image [3, h, w]`` → ``([3, H, W]`` at :attr:`input_size`, scale applied).
-
-        Scaled to fit with the aspect kept; the bottom/right pad is the model's mean colour.
-        """
-        H, W = self.input_size
-        h, w = image.shape[-2:]
-        scale = min(H / h, W / w)
-        nh, nw = min(H, round(h * scale)), min(W, round(w * scale))
-        resized = F.interpolate(
-            image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1
-        )[0]
-        canvas = self._pad.expand(3, H, W).clone()
-        canvas[:, :nh, :nw] = resized
-        return canvas, scale
 
     def __call__(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         if isinstance(images, Tensor) and images.dim() == 3:
@@ -342,22 +335,21 @@ class OnnxModel:
                     f"{self.path}: input image shape {tuple(image.shape)}; expected [3, H, W] RGB in 0..1"
                 )
             h, w = image.shape[-2:]
-            if (h, w) == self.input_size:
-                results.append(self.run_one(image))
-                continue
-            canvas, scale = self.letterbox(image)
-            det = self.run_one(canvas)
-            boxes = det["boxes"] / scale  # [K, 4] back to the input image's pixels
-            keep = (boxes[:, 0] < w) & (boxes[:, 1] < h)  # drop boxes lying wholly in the pad
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            results.append(
-                {"boxes": boxes[keep], "scores": det["scores"][keep], "labels": det["labels"][keep]}
-            )
+            if not self.dynamic and (h, w) != self.input_size:
+                H, W = self.input_size
+                raise DataError(
+                    f"{self.path}: takes images of {H}x{W} px only (family {self.family} exports a fixed "
+                    f"size), got {h}x{w} — re-export with `detlab export RUN --size {h},{w}` or use "
+                    "--backend torch"
+                )
+            results.append(self.run_one(image))
         return results
 
     def __repr__(self) -> str:
-        return f"OnnxModel({str(self.path)!r}, name={self.name!r}, family={self.family!r}, input_size={self.input_size})"
+        return (
+            f"OnnxModel({str(self.path)!r}, name={self.name!r}, family={self.family!r}, "
+            f"input_size={self.input_size}, dynamic={self.dynamic})"
+        )
 
 
 # --- the eager-parity check -------------------------------------------------------
@@ -418,8 +410,8 @@ def check_export(model: nn.Module, onnx_model: OnnxModel, images: list[Tensor]) 
     Args:
         model: the eager model (eval mode, CPU).
         onnx_model: the exported file, loaded.
-        images: ``float [3, H, W]`` 0..1 RGB; sizes equal to ``onnx_model.input_size`` are compared
-            exactly, others go through the letterbox (expect small differences there).
+        images: ``float [3, H, W]`` 0..1 RGB, of any size for a dynamic graph, else of
+            ``onnx_model.input_size``.
 
     Returns:
         ``{"images": n, "detections": total eager, "matched": total, "max_box_diff": px,
@@ -430,7 +422,9 @@ def check_export(model: nn.Module, onnx_model: OnnxModel, images: list[Tensor]) 
     for image in images:
         with torch.inference_mode():
             eager = model([image])[0]
-        per_image.append(compare_detections(eager, onnx_model([image])[0]))
+        per_image.append(
+            {**compare_detections(eager, onnx_model([image])[0]), "size": tuple(image.shape[-2:])}
+        )
     return {
         "images": len(per_image),
         "detections": sum(r["eager"] for r in per_image),
@@ -482,44 +476,138 @@ def check_images(data: str | None, count: int = 4) -> tuple[list[Tensor], str]:
     return [dataset[i][0] for i in picks], f"{len(picks)} images of {data}"
 
 
+def training_size(model: nn.Module) -> tuple[int, int]:
+    """``(H, W)`` = ``(min_size, max_size)`` of the model's own resize: the run's training size.
+
+    ``detlab train`` saves the size it chose (:mod:`detlab.engine.plan`) in ``model_kwargs``, which
+    reach the checkpoint's ``build_kwargs`` and so the rebuilt model. An image of this size is one
+    the model's resize leaves as it is (a landscape image at the training scale). Falls back to
+    :func:`default_size` for a model without ``min_size``/``max_size``.
+    """
+    for m in model.modules():
+        sizes = (getattr(m, "min_size", None), getattr(m, "max_size", None))  # torchvision transform
+        if sizes[0] is None:
+            knobs = getattr(m, "knobs", None)  # detlab DETR
+            sizes = (getattr(knobs, "min_size", None), getattr(knobs, "max_size", None))
+        if sizes[0] is not None and sizes[1] is not None:
+            short = int(sizes[0][-1] if isinstance(sizes[0], (tuple, list)) else sizes[0])
+            return (short, max(short, int(sizes[1])))
+    return default_size(model)
+
+
+def check_variants(images: list[Tensor], size: tuple[int, int], dynamic: bool) -> list[Tensor]:
+    """The images a check runs on: for a dynamic graph the given ones at their own sizes plus, from
+    the first, a portrait (transposed) and a small (a third of each side) copy and one at ``size``;
+    for a fixed graph every image resized to ``size``, the only size the graph takes."""
+    if not dynamic:
+        return [F.interpolate(im[None], size=size, mode="bilinear", antialias=True)[0] for im in images]
+    first = images[0]
+    h, w = first.shape[-2:]
+    small = F.interpolate(
+        first[None], size=(max(32, h // 3), max(32, w // 3)), mode="bilinear", antialias=True
+    )
+    at_size = F.interpolate(first[None], size=size, mode="bilinear", antialias=True)
+    return [*images, first.transpose(1, 2).contiguous(), small[0], at_size[0]]
+
+
+def _check_line(result: dict, what: str) -> str:
+    sizes = sorted({f"{r['size'][0]}x{r['size'][1]}" for r in result["per_image"]})
+    return (
+        f"{'match' if result['ok'] else 'MISMATCH'} on {result['images']} {what} ({', '.join(sizes)}): "
+        f"{result['matched']}/{result['detections']} eager detections matched, max box diff "
+        f"{result['max_box_diff']:.2e} px (tol {BOX_ATOL:g} + {BOX_RTOL:g}·|x|), max score diff "
+        f"{result['max_score_diff']:.2e} (tol {SCORE_ATOL:g})"
+    )
+
+
+def export_checked(
+    model: nn.Module,
+    out: Path,
+    size: tuple[int, int],
+    images: list[Tensor],
+    what: str,
+    class_names: list[str],
+) -> tuple[bool, list[str]]:
+    """Export to a temporary name beside ``out``, check it, and rename only a file that matched eager.
+
+    A dynamic-size graph is tried first; a family that cannot trace one, or whose dynamic graph
+    misses eager detections, gets a fixed graph at ``size``. When no graph matches, the last one
+    is kept as ``<out>.failed`` and ``out`` is not touched.
+
+    Returns:
+        ``(ok, lines to print)``.
+    """
+    tmp = out.with_name(f".{out.name}.partial")
+    lines: list[str] = []
+    for dynamic in (True, False):
+        try:
+            start = time.perf_counter()
+            export_onnx(model, tmp, size, class_names=class_names, dynamic=dynamic)
+        except ExportError as e:
+            if not dynamic:
+                raise
+            lines.append(
+                f"note: no dynamic-size graph ({str(e).split(': ', 1)[-1][:160]}); exporting a fixed size"
+            )
+            continue
+        seconds = time.perf_counter() - start
+        result = check_export(model, OnnxModel(tmp), check_variants(images, size, dynamic))
+        kind = "any H x W" if dynamic else f"[3, {size[0]}, {size[1]}] only"
+        lines.append(
+            f"{'dynamic' if dynamic else 'fixed'} graph ({kind}, {seconds:.1f} s): {_check_line(result, what)}"
+        )
+        if result["ok"]:
+            os.replace(tmp, out)
+            mib = out.stat().st_size / 2**20
+            lines.append(
+                f"wrote {out} ({mib:.1f} MiB, {getattr(model, 'family', '?')}, traced at {size[0]}x{size[1]})"
+            )
+            if not dynamic:
+                lines.append(
+                    f"note: predict --backend onnx takes {size[0]}x{size[1]} images only; for others "
+                    "re-export with --size H,W"
+                )
+            return True, lines
+    failed = out.with_name(out.name + ".failed")
+    os.replace(tmp, failed)
+    lines.append(
+        f"export failed: ONNX Runtime does not match eager ({result['matched']}/{result['detections']} "
+        f"detections); no {out.name} written"
+        + (" (the existing one is left as it was)" if out.exists() else "")
+        + f", the graph is kept as {failed} for inspection"
+    )
+    return False, lines
+
+
 def export_command(args) -> int:
-    """``detlab export RUN --format onnx [--out F] [--size H,W] [--check DATA]``: write, check, report."""
+    """``detlab export RUN --format onnx [--out F] [--size H,W] [--check DATA]``: write, check, report.
+
+    Exits 0 only when the written file matched eager on every check image (see
+    :func:`export_checked`).
+    """
     from detlab.predict import Detector
 
     detector = Detector.from_run(args.run, checkpoint=args.checkpoint, device="cpu")
     model = detector.model.eval()
     config = detector.config
     data = getattr(args, "check", None) or config.get("val") or config.get("data")
-    images, what = check_images(data) if data else ([], "no data")
-    size = parse_size(getattr(args, "size", None)) or (
-        tuple(images[0].shape[-2:]) if images else default_size(model)
-    )
-    run = Path(args.run)
-    out = Path(args.out) if args.out else (run.parent.parent if run.is_file() else run) / "model.onnx"
-    start = time.perf_counter()
-    try:
-        with writing(out, "ONNX model", "no model file was left there"):
-            export_onnx(model, out, size, class_names=detector.class_names)
-    except OutputError:
-        with contextlib.suppress(OSError):
-            out.unlink(missing_ok=True)  # a torn file would load as a broken model in predict --backend onnx
-        raise
-    print(
-        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {getattr(model, 'family', '?')}, "
-        f"input [3, {size[0]}, {size[1]}], {time.perf_counter() - start:.1f} s)"
-    )
+    images = check_images(data)[0] if data else []
+    what = f"images of {data}"
+    size = parse_size(getattr(args, "size", None)) or training_size(model)
     if not images:
         print("note: no dataset to check against (give --check DATA); checking on 2 random images")
         gen = torch.Generator().manual_seed(0)
-        images, what = [torch.rand(3, *size, generator=gen) for _ in range(2)], "2 random images"
-    result = check_export(model, OnnxModel(out), images)
-    verdict = "match" if result["ok"] else "MISMATCH"
-    print(
-        f"check on {what}: {verdict} — {result['matched']}/{result['detections']} eager detections matched, "
-        f"max box diff {result['max_box_diff']:.2e} px (tol {BOX_ATOL:g} + {BOX_RTOL:g}·|x|), "
-        f"max score diff {result['max_score_diff']:.2e} (tol {SCORE_ATOL:g})"
-    )
-    return 0 if result["ok"] else 1
+        images, what = [torch.rand(3, *size, generator=gen) for _ in range(2)], "random images"
+    run = Path(args.run)
+    out = Path(args.out) if args.out else (run.parent.parent if run.is_file() else run) / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with writing(out, "ONNX model", "no model file was left there"):
+            ok, lines = export_checked(model, out, size, images, what, detector.class_names)
+    finally:
+        out.with_name(f".{out.name}.partial").unlink(missing_ok=True)  # a torn or unchecked file never stays
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def temporary_onnx(model: nn.Module, size: tuple[int, int]) -> tuple[Path, float]:

@@ -25,6 +25,7 @@ from detlab.export import (  # noqa: E402
     OnnxModel,
     check_export,
     compare_detections,
+    export_checked,
     export_onnx,
     parse_size,
 )
@@ -143,23 +144,40 @@ def test_onnx_matches_eager_on_real_images(build, bccd_images, tmp_path):
     assert result["max_score_diff"] <= SCORE_ATOL
 
 
-def test_onnx_model_letterboxes_other_sizes(bccd_images, tmp_path):
-    model = tiny_fcos()
-    onnx_model = OnnxModel(export_onnx(model, tmp_path / "f.onnx", size=(480, 640)))
-    half = torch.nn.functional.interpolate(bccd_images[0][None], size=(240, 320), mode="bilinear")[0]
-    tall = bccd_images[1][:, :, :300]  # [3, 480, 300]: letterboxed with a right pad
-    for image in (half, tall):
-        det = onnx_model([image])[0]
-        h, w = image.shape[-2:]
-        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) > 0
-        assert float(det["boxes"][:, 0::2].max()) <= w and float(det["boxes"][:, 1::2].max()) <= h
-        assert (det["boxes"][:, 2:] >= det["boxes"][:, :2]).all()
-        assert det["labels"].dtype == torch.int64
-    # an exact 2× downscale runs the same graph on the 2× upscaled image: boxes halve
-    up = torch.nn.functional.interpolate(half[None], size=(480, 640), mode="bilinear", align_corners=False)[0]
-    direct = onnx_model.run_one(up)
-    via_letterbox = onnx_model([half])[0]
-    torch.testing.assert_close(via_letterbox["boxes"], direct["boxes"] / 2, atol=1e-3, rtol=0)
+def test_dynamic_graph_matches_eager_at_other_sizes(bccd_images, tmp_path):
+    model = tiny_faster_rcnn()
+    onnx_model = OnnxModel(export_onnx(model, tmp_path / "d.onnx", size=(96, 128), dynamic=True))
+    assert onnx_model.dynamic and onnx_model.input_size == (96, 128)
+    landscape = bccd_images[0]  # [3, 480, 640]
+    portrait = bccd_images[1].transpose(1, 2).contiguous()  # [3, 640, 480]
+    small = torch.nn.functional.interpolate(
+        landscape[None], size=(150, 200), mode="bilinear", antialias=True
+    )[0]
+    result = check_export(model, onnx_model, [landscape, portrait, small, landscape[:, 17:350, 5:522]])
+    assert [r["size"] for r in result["per_image"]] == [(480, 640), (640, 480), (150, 200), (333, 517)]
+    assert result["detections"] >= 20 and result["ok"], result["per_image"]
+
+
+def test_detr_falls_back_to_a_fixed_graph_that_refuses_other_sizes(bccd_images, tmp_path):
+    model = tiny_detr()
+    out = tmp_path / "model.onnx"
+    ok, lines = export_checked(model, out, (480, 640), bccd_images, "BCCD images", ["a", "b", "c"])
+    # DETR's resize rule is Python arithmetic: the tracer either fails on it or freezes the traced
+    # size, which the check at a portrait and a small size catches; the fixed graph then matches
+    assert ok, lines
+    assert (
+        lines[0].startswith("note: no dynamic-size graph")
+        or "dynamic graph" in lines[0]
+        and "MISMATCH" in lines[0]
+    )
+    assert "fixed graph" in lines[1] and "match on" in lines[1] and "MISMATCH" not in lines[1]
+    onnx_model = OnnxModel(out)
+    assert not onnx_model.dynamic and onnx_model.input_size == (480, 640)
+    with pytest.raises(DataError) as info:
+        onnx_model([bccd_images[0][:, :, :300]])
+    message = str(info.value)
+    assert "480x640 px only" in message and "got 480x300" in message and "--size 480,300" in message
+    assert "\n" not in message
 
 
 def test_metadata_round_trip(tmp_path):
