@@ -148,6 +148,7 @@
     const keys = new Map(order.map((im) => [im, key(im)]));
     order.sort((a, b) => keys.get(a) - keys.get(b) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     const grid = $(".tiles");
+    grid.classList.toggle("multi", data.runs.length > 1);
     grid.replaceChildren(...order.map(tile).filter(Boolean));
     $(".shown").textContent = `${grid.children.length} of ${data.images.length} images`;
     $(".score-value").textContent = state.t.toFixed(2);

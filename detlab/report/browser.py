@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -150,7 +151,7 @@ def browser_data(records, runs: Sequence[tuple[str, Mapping[int, Mapping]]], iou
         "types": list(TYPES),
         "type_names": list(TYPE_NAMES),
         "runs": [name for name, _ in runs],
-        "score": round(points[0]["score"], 2) if points else 0.5,
+        "score": math.floor(100 * points[0]["score"]) / 100 if points else 0.5,  # the slider's 0.01 steps
         "operating_points": points,
         "iou": iou,
         "images": images,

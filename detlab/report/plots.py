@@ -241,9 +241,10 @@ def plot_confusion_matrix(
     im = ax.imshow(shade, cmap="Blues", vmin=0)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of GT row" if normalize else "count")
     ticks = np.arange(len(labels))
-    ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, labels, fontsize=8)
     ax.set(xlabel="predicted", ylabel="ground truth", title=title)
+    ax.title.set_fontsize(9)
     if len(labels) <= 30:
         top = shade.max() or 1
         for i, j in zip(*np.nonzero(m)):
@@ -253,7 +254,7 @@ def plot_confusion_matrix(
                 int(m[i, j]),
                 ha="center",
                 va="center",
-                fontsize=6,
+                fontsize=8 if len(labels) <= 12 else 6,
                 color="white" if shade[i, j] > 0.6 * top else "black",
             )
     return _save(fig, Path(out_path))
