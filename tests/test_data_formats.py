@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,15 +153,11 @@ def test_dataset_contract_and_collate(bccd: Path):
     )
 
 
-def test_index_10k_coco_fast(tmp_path: Path):
+def test_index_10k_coco_reads_every_image_and_box(tmp_path: Path):
+    """The benchmark's synthetic 10k-image file reads whole; its speed is measured in benchmarks/index_speed.py."""
     from index_speed import write_synthetic_coco
 
     path = tmp_path / "instances_train.json"
     n = write_synthetic_coco(path, 10_000)
-    start = time.perf_counter()
     records = read_coco(path, split="train", images=tmp_path)
-    elapsed = time.perf_counter() - start
     assert len(records.images) == 10_000 and records.num_boxes == n
-    assert elapsed < 4.0, (
-        f"indexing 10,000 images took {elapsed:.2f} s (target < 2 s; loose bound for shared CI)"
-    )
