@@ -8,6 +8,7 @@ and the measurement is injected, so every figure below follows from those costs 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,3 +283,47 @@ def test_real_measurement_trains_the_timed_steps(tmp_path, monkeypatch):
     assert (ckpt["iteration"], ckpt["epoch"], plan["total_iters"], plan["fits"]) == (3, 1, 3, False)
     assert plan["timing"]["s_iter"] > 0 and plan["timing"]["s_eval"] > 0 and plan["took_s"] > 0
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(final_lr(cfg))
+
+
+# --- under torchrun: rank 0's plan for every rank ------------------------------------------
+
+
+def _budget_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    from detlab.engine import distributed as ddp
+
+    ctx = ddp.setup("cpu")
+    try:
+        cfg = resolve({**TINY, "quiet": True, "time_budget": 9, "out": f"{out}/run"}, family="fcos")
+        # Rank 1 alone would plan one step (5 s each); rank 0 measures 1 s/step and plans 4 epochs of 2 steps.
+        timing = Timing(s_iter=1.0 if rank == 0 else 5.0, s_epoch=0.0, s_eval=0.0)
+        torch.manual_seed(0)
+        fit(TinyFCOS(), ShapesDataset(8), None, cfg, ctx=ctx, clock=lambda: 0.0, measure=lambda t: timing)
+        ckpt = ckpt_io.load_checkpoint(f"{out}/run")
+        (Path(out) / f"rank{rank}.json").write_text(
+            json.dumps([cfg.epochs, ckpt["iteration"], ckpt["epoch"]])
+        )
+    finally:
+        ddp.cleanup()
+
+
+def test_under_torchrun_every_rank_follows_rank_0s_plan(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_budget_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert got == [[4, 8, 4], [4, 8, 4]]  # 8 images / (2 ranks · 2 per batch) = 2 steps per epoch
