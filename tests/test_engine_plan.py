@@ -85,7 +85,8 @@ def test_train_writes_the_choice_into_the_config_and_prints_why(capsys):
 
 
 def test_selecting_checkpoints_on_a_split_named_test_is_warned_about(chess, capsys):
-    from detlab.engine.train import _names_test, load_train_val
+    from detlab.engine.train import load_train_val
+    from detlab.runfolder import names_test as _names_test
 
     assert (
         _names_test("data/VOC2007:test")
