@@ -187,7 +187,8 @@ def write_yolo(root: Path, records: Records, parts: dict[str, list[int]], force:
         )
         _write_text(yml.parent / f"{s}.txt", "".join(f"{x}\n" for x in rel))
         data[s] = f"{s}.txt"
-    data.pop("valid", None) if "val" in parts else None
+    if "val" in parts:  # Roboflow's alias would otherwise stand beside the new key
+        data.pop("valid", None)
     _write_text(yml, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return [*files, yml]
 
@@ -196,7 +197,7 @@ def write_coco(json_path: Path, records: Records, parts: dict[str, list[int]], f
     """One COCO JSON per split in ``annotations/`` beside (or above) the source JSON, every other key kept."""
     ann_dir = json_path.parent if json_path.parent.name == "annotations" else json_path.parent / "annotations"
     files = [ann_dir / f"instances_{s}.json" for s in parts]
-    _check_free([f for f in files if f.resolve() != json_path.resolve()], force)
+    _check_free(files, force)
     source = json.loads(json_path.read_text(encoding="utf-8-sig"))
     for s, idx in parts.items():
         ids = {records.images[i].image_id for i in idx}
