@@ -156,7 +156,11 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", default=None, help="none | imagenet | coco | PATH")
     p.add_argument("--config", default=None, help="YAML config file")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable); `detlab config [--model NAME]` lists every key and knob",
     )
     p.add_argument("--resume", default=None, metavar="RUN", help="continue a run exactly where it stopped")
     p.add_argument(
