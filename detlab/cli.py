@@ -212,7 +212,7 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from detlab.evaluation.evaluator import eval_command
+    from detlab.evaluation.command import eval_command
 
     return eval_command(args)
 

@@ -11,7 +11,7 @@ from test_eval_coco import chess_records
 from test_eval_voc import CASE_DETS, CASE_GT, make_records
 
 from detlab.cli import main
-from detlab.evaluation import evaluator
+from detlab.evaluation import command
 from detlab.evaluation.evaluator import evaluate, flatten_metrics
 from detlab.report import plots
 
@@ -28,7 +28,7 @@ def _results(records, rows):
 
 def test_gt_dets_mode_prints_tables_and_writes_stamped_files(tmp_path, monkeypatch, capsys):
     records = make_records(CASE_GT, ["cat", "dog", "bird"])
-    monkeypatch.setattr(evaluator, "_load_records", lambda spec, args, classes=None: records)
+    monkeypatch.setattr(command, "_load_records", lambda spec, args, classes=None: records)
     dets_path = tmp_path / "dets.json"
     dets_path.write_text(
         json.dumps(
@@ -105,7 +105,7 @@ def test_usage_errors_are_one_line(argv, code, text, capsys):
 
 def test_malformed_results_exit_1_with_index_and_field(tmp_path, monkeypatch, capsys):
     records = make_records(CASE_GT, ["cat", "dog", "bird"])
-    monkeypatch.setattr(evaluator, "_load_records", lambda spec, args, classes=None: records)
+    monkeypatch.setattr(command, "_load_records", lambda spec, args, classes=None: records)
     path = tmp_path / "bad.json"
     path.write_text(
         json.dumps(
@@ -279,7 +279,7 @@ def test_pr_curve_pages(tmp_path):
 
 def test_thresholded_results_file_is_said_to_give_a_lower_bound(tmp_path, monkeypatch, capsys):
     records = make_records(CASE_GT, ["cat", "dog", "bird"])
-    monkeypatch.setattr(evaluator, "_load_records", lambda spec, args, classes=None: records)
+    monkeypatch.setattr(command, "_load_records", lambda spec, args, classes=None: records)
     cut = [row for row in _results(records, CASE_DETS) if row["score"] > 0.05]
     path = tmp_path / "cut.json"
     path.write_text(json.dumps(cut))

@@ -18,7 +18,6 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -60,6 +59,7 @@ def final_evaluation(out: str | Path, model, dataset, cfg, device) -> None:
     if dataset is None:
         return
     from detlab.evaluation import evaluator
+    from detlab.evaluation.command import write_evaluation
 
     try:
         ev = evaluator.DetectionEvaluator(dataset.records, list(cfg.protocols))
@@ -75,8 +75,10 @@ def final_evaluation(out: str | Path, model, dataset, cfg, device) -> None:
         dets, result = ev.arrays(), ev.evaluate()
         folder = Path(out) / "eval"
         stamp = {"checkpoint": f"{out} (best)", "model": getattr(model, "name", None), "detections": None}
-        args = SimpleNamespace(iou=0.5, score=None, no_analysis=False)  # score None: the F1 operating point
-        evaluator._report(dataset.records, dets, result, ev.problems, ev.protocols, stamp, folder, args)
+        # score None: errors and confusion at the F1-maximising operating point
+        write_evaluation(
+            dataset.records, dets, result, ev.problems, ev.protocols, stamp, folder, iou=0.5, score=None
+        )
         (folder / PREDICTIONS).write_text(json.dumps(predictions_json(dataset.records, detections)))
     except Exception as e:  # noqa: BLE001  (same rule as the report: the checkpoints are already safe)
         print(
