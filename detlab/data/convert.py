@@ -13,6 +13,10 @@ What is kept, per target:
 - **YOLO** (``DST/images/<split>``, ``DST/labels/<split>``, ``DST/data.yaml``): names and
   boxes (normalised with 10 decimals: < 1e-6 px error). YOLO has no ``difficult`` /
   ``iscrowd``: such boxes are written as normal boxes and counted in a warning.
+  ``data.yaml`` is what Ultralytics loads: an absolute ``path``, splits under ``train`` /
+  ``val`` / ``test`` whatever the source calls them (:func:`yolo_split_key`), and class
+  indices in the source's category order — a COCO source's categories without boxes stay
+  class names, so a COCO-80 file keeps its 80 indices (:func:`yolo_class_order`).
 
 Every target gets boxes and sizes in the frame of the image as displayed (EXIF
 orientation applied), the frame its readers use: an EXIF-rotated image annotated in
@@ -221,8 +225,42 @@ def yolo_lines(rec: ImageRecord) -> str:
     )
 
 
-def write_yolo(records: Records, dst: Path, split: str | None = None, link: str = "hardlink") -> Path:
+# Ultralytics reads the keys train, val and test (check_det_dataset requires train and val); a
+# source's own split names map onto them, and any other split keeps its name as its key.
+YOLO_SPLIT_KEYS = {
+    "train": "train",
+    "trainval": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "minival": "val",
+    "test": "test",
+    "testdev": "test",
+}
+
+
+def yolo_split_key(split: str) -> str:
+    """The ``data.yaml`` key of a split: ``train2017``/``trainval`` → ``train``, ``val2017``/``valid`` →
+    ``val``, ``test`` → ``test`` (a year suffix and ``-``/``_`` ignored); other names are their own key."""
+    bare = split.lower().rstrip("0123456789").replace("-", "").replace("_", "")
+    return YOLO_SPLIT_KEYS.get(bare, split)
+
+
+def write_yolo(
+    records: Records, dst: Path, split: str | None = None, link: str = "hardlink", root: Path | None = None
+) -> Path:
     """Write Records as a YOLO dataset; adds the split to an existing ``data.yaml`` with the same names.
+
+    ``data.yaml`` follows Ultralytics' conventions: ``path`` is the dataset's absolute folder
+    (Ultralytics resolves a relative ``path`` against the working directory, or its datasets
+    folder, not against the YAML), each split is listed under :func:`yolo_split_key` relative to
+    it, ``names`` in class-index order, and for a COCO source ``category_ids`` maps each index
+    back to its category id.
+
+    Args:
+        records, dst, split, link: as for the other writers.
+        root: where ``dst`` will live once written (:func:`write_all_or_nothing` writes a new
+            dataset into a hidden sibling and renames it); default ``dst``.
 
     Returns:
         The ``data.yaml`` path.
@@ -246,9 +284,16 @@ def write_yolo(records: Records, dst: Path, split: str | None = None, link: str 
         label = dst / "labels" / split / f"{Path(name).stem}.txt"
         label.parent.mkdir(parents=True, exist_ok=True)
         label.write_text(yolo_lines(rec))
-    data.update(
-        {"path": ".", split: f"images/{split}", "nc": records.num_classes, "names": list(records.class_names)}
-    )
+    key, folder = yolo_split_key(split), f"images/{split}"
+    listed = data.get(key)
+    if listed and listed != folder:  # a second source split under one key (train + trainval): both
+        folder = sorted({*(listed if isinstance(listed, list) else [listed]), folder})
+    data.update({"path": str(Path(root or dst).resolve()), key: folder, "nc": records.num_classes})
+    data["names"] = list(records.class_names)
+    if records.format == "coco" and all(isinstance(i, int) for i in records.source_ids):
+        data["category_ids"] = dict(enumerate(records.source_ids))
+    first = [k for k in ("path", "train", "val", "test") if k in data]  # the order Ultralytics' own files use
+    data = {**{k: data[k] for k in first}, **{k: v for k, v in data.items() if k not in first}}
     yml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return yml
 
@@ -290,6 +335,9 @@ def convert(
             f"detlab: {turned} EXIF-rotated images annotated in their raw frame: boxes written in the displayed frame"
         )
     if to == "yolo":
+        for problem in yolo_class_order(records, src, split, kept_classes=classes is not None):
+            records.problems.append(problem)
+            logger.info(f"detlab: {problem.line()}")
         flagged = int(sum(r.difficult.sum() + r.iscrowd.sum() for r in records.images))
         if flagged:
             records.problems.append(
@@ -302,7 +350,107 @@ def convert(
                 )
             )
             logger.info(f"detlab: {records.problems[-1].line()}")
-    return write_all_or_nothing(WRITERS[to], records, Path(dst), link), records
+    out = write_all_or_nothing(WRITERS[to], records, Path(dst), link)
+    if to == "yolo":
+        for line in yolo_split_notes(out):
+            logger.info(f"detlab: {line}")
+    return out, records
+
+
+def _coco_categories(
+    records: Records, src: str | Path, split: str | None, kept_classes: bool
+) -> tuple[list[str], list[int]] | None:
+    """Every category of a one-file COCO source, names in category-id order (a repeated name once, at its
+    first id) with their ids; ``None`` for other sources, and when the reader made every category a
+    class and no class list was given (nothing to restore or compare: the file is not parsed again)."""
+    from detlab.data.formats import split_spec
+    from detlab.data.formats.coco import _load_json, find_coco_json
+
+    dropped = any(
+        p.field.startswith("categories[id=") and p.message.endswith("has no boxes") for p in records.problems
+    )
+    if records.format != "coco" or "+" in str(src) or not (dropped or kept_classes):
+        return None
+    path, own = split_spec(src)
+    found = (path, None) if path.is_file() else find_coco_json(path, own or split)
+    if found is None:
+        return None
+    names, ids = [], []
+    for cat in sorted(_load_json(Path(found[0]))["categories"], key=lambda c: int(c["id"])):
+        if str(cat["name"]) not in names:
+            names.append(str(cat["name"]))
+            ids.append(int(cat["id"]))
+    return names, ids
+
+
+def yolo_class_order(
+    records: Records, src: str | Path, split: str | None = None, kept_classes: bool = False
+) -> list[Problem]:
+    """Give YOLO class indices the source's category order, in place; return what to tell the user.
+
+    Ultralytics' labels for a COCO source index its categories in id order (COCO-80: ids 1..90 →
+    0..79). The reader makes classes of categories with boxes only, which shifts every later index,
+    so here a COCO source gets its categories without boxes back as class names (labels renumbered
+    by name). With a user's class list (``kept_classes``) the list decides the order; where that
+    moves a category to another index, the problem returned says which (``data.yaml`` keeps the
+    index → category id map, see :func:`write_yolo`).
+    """
+    full = _coco_categories(records, src, split, kept_classes)
+    if full is None:
+        return []
+    names, ids = full
+    if not kept_classes:
+        index = {n: i for i, n in enumerate(names)}
+        lut = np.asarray([index[n] for n in records.class_names], np.int64)
+        for rec in records.images:
+            rec.labels = lut[np.asarray(rec.labels, np.int64)] if len(rec.labels) else rec.labels
+        empty = [n for n in names if n not in records.class_names]
+        records.class_names, records.source_ids = names, ids
+        return [
+            Problem(
+                str(records.root),
+                "categories",
+                f"{len(empty)} categories without boxes kept as YOLO class names ({', '.join(empty[:8])}"
+                + (" …)" if len(empty) > 8 else ")"),
+                "indices follow the source's category order",
+                "info",
+            )
+        ]
+    moved = [
+        f"{n!r} {names.index(n)}→{i}"
+        for i, n in enumerate(records.class_names)
+        if n in names and names.index(n) != i
+    ]
+    if not moved:
+        return []
+    return [
+        Problem(
+            str(records.root),
+            "classes",
+            f"the class list gives {len(moved)} categories another index than the source's order: {', '.join(moved[:8])}"
+            + (" …" if len(moved) > 8 else ""),
+            "data.yaml category_ids maps each index to its category id",
+            "warning",
+        )
+    ]
+
+
+def yolo_split_notes(yml: Path) -> list[str]:
+    """What Ultralytics will miss in a written ``data.yaml``: a ``val`` split, and splits under other keys."""
+    data = yaml.safe_load(yml.read_text()) or {}
+    other = [k for k in data if k not in ("path", "train", "val", "test", "nc", "names", "category_ids")]
+    notes = []
+    if "val" not in data or "train" not in data:
+        missing = " and ".join(k for k in ("train", "val") if k not in data)
+        notes.append(
+            f"info: {yml}: no {missing} split yet — Ultralytics needs train and val: convert that split into "
+            f"the same folder (detlab convert SRC:SPLIT {yml.parent} --to yolo)"
+        )
+    if other:
+        notes.append(
+            f"info: {yml}: splits {', '.join(other)} kept under their own keys (Ultralytics reads train/val/test)"
+        )
+    return notes
 
 
 def to_display_frame(records: Records) -> int:
@@ -354,7 +502,9 @@ def write_all_or_nothing(writer, records: Records, dst: Path, link: str = "hardl
             tmp.mkdir()  # not mkdtemp: its 0700 mode would become the dataset's
         try:
             with writing(dst, "dataset", "nothing was left there"):
-                out = writer(records, tmp, records.split, link)
+                # a YOLO data.yaml names its final, absolute folder, not the hidden one it is written in
+                extra = {"root": dst} if writer is write_yolo else {}
+                out = writer(records, tmp, records.split, link, **extra)
                 os.replace(tmp, dst)  # an empty dst folder is replaced too
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
