@@ -196,6 +196,7 @@ def evaluate_sharded(
     with_loss: bool = True,
     num_workers: int = 0,
     progress: bool = False,
+    keep_detections: bool = False,
 ) -> dict:
     """Evaluate on every rank's shard, gather detections, score once; same result on every rank.
 
@@ -210,6 +211,9 @@ def evaluate_sharded(
         with_loss: also compute the validation losses.
         num_workers: DataLoader workers for evaluation.
         progress: show this rank's progress (rank 0's, under torchrun).
+        keep_detections: on the main rank, also return the gathered detections under
+            ``detections`` (``image_id -> {"boxes", "scores", "labels"}``; TensorBoard's PR curves
+            and drawn images); they are not broadcast.
 
     Returns:
         ``evaluate_detections``'s result dict plus ``val_loss: {"loss": sum of parts, "loss_<part>": …}``
@@ -240,4 +244,7 @@ def evaluate_sharded(
         result = evaluate_detections(dataset.records, all_dets, protocols=tuple(protocols))
         if all_sums and total:
             result["val_loss"] = mean_losses(all_sums, total)
-    return broadcast_object(result)
+    result = broadcast_object(result)
+    if keep_detections and ctx.is_main:
+        result = {**result, "detections": all_dets}
+    return result

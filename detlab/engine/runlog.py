@@ -192,16 +192,30 @@ class RunLog:
     # --- evaluations -------------------------------------------------------------
 
     def evaluation(
-        self, epoch: int, iteration: int, flat: dict, result: dict, tag: str, seconds: float
+        self,
+        epoch: int,
+        iteration: int,
+        flat: dict,
+        result: dict,
+        tag: str,
+        seconds: float,
+        records=None,
+        detections: dict | None = None,
     ) -> None:
-        """Write the eval line, ``eval/<tag>.json``, TensorBoard scalars and refreshed curves."""
+        """Write the eval line, ``eval/<tag>.json``, TensorBoard and refreshed curves.
+
+        With the validation ``records`` and their ``detections`` (``image_id -> boxes, scores,
+        labels``), TensorBoard also gets per-class PR curves and drawn images
+        (:mod:`detlab.engine.tensorboard`).
+        """
         self._append({"type": "eval", "epoch": epoch, "iter": iteration, **flat})
         if not self.enabled:
             return
         self.write_json(f"eval/{tag}.json", {"epoch": epoch, "iteration": iteration, **result})
         if self.tb is not None:
-            for k, v in flat.items():
-                self.tb.add_scalar(k, v, iteration)
+            from detlab.engine.tensorboard import log_evaluation
+
+            log_evaluation(self.tb, flat, iteration, records, detections)
         shown = " ".join(f"{k} {flat[k]:.4f}" for k in HEADLINE if k in flat)
         self.note(
             f"eval {'before training' if tag == 'before' else f'epoch {epoch}'}: {shown} ({seconds:.1f}s)"

@@ -529,13 +529,24 @@ class Trainer:
             with_loss=True,
             num_workers=min(self.cfg.num_workers, 2),
             progress=not self.cfg.quiet,
+            keep_detections=self.log.tb is not None,
         )
         model.train(was_training)
+        detections = result.pop("detections", None)  # for TensorBoard only, not eval/<tag>.json
         val_loss = result.get("val_loss", {})
         flat = flatten_metrics({k: v for k, v in result.items() if k != "val_loss"})
         flat.update({f"val/{k}": v for k, v in val_loss.items()})
         flat = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float, np.number))}
-        self.log.evaluation(self.epoch, self.iteration, flat, result, tag, time.perf_counter() - t0)
+        self.log.evaluation(
+            self.epoch,
+            self.iteration,
+            flat,
+            result,
+            tag,
+            time.perf_counter() - t0,
+            self.val_ds.records,
+            detections,
+        )
         self.eval_seconds = time.perf_counter() - t0
         return flat
 
