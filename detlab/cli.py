@@ -318,7 +318,7 @@ def _add_export(sub) -> None:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", default=None, help="output file (default: RUN/model.onnx)")
     p.add_argument("--checkpoint", default="best")
-    p.add_argument("--size", default=None, help="exported input H,W or S (default: the check images' size)")
+    p.add_argument("--size", default=None, help="traced input H,W or S (default: the run's training size)")
     p.add_argument(
         "--check",
         default=None,
