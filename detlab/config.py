@@ -80,7 +80,7 @@ class TrainConfig:
 
     # --- numerics ------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    amp: str = "auto"  # auto (bf16, else fp16, on CUDA; off on CPU) | off | bf16 | fp16
+    amp: str = "auto"  # auto (bf16, else fp16, on CUDA; off on CPU) | off | bf16 (CPU: if native) | fp16
     ema: bool = False  # keep an exponential moving average of the weights; evaluate and save it
     ema_decay: float = 0.9998  # EMA decay per optimizer step
     seed: int = 0  # seeds python, numpy, torch, the sampler and the per-sample augmentation
@@ -584,6 +584,8 @@ def _validate_device(device: str, amp: str) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise ConfigError(f"config key 'device': {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if device in ("auto", "cpu"):
+        if amp == "bf16":
+            _validate_cpu_bf16(device)
         return
     import torch
 
@@ -609,6 +611,22 @@ def _validate_device(device: str, amp: str) -> None:
         raise ConfigError(
             f"config key 'amp': 'bf16' is not supported by {torch.cuda.get_device_name(index)}; "
             "use amp=fp16 or auto"
+        )
+
+
+def _validate_cpu_bf16(device: str) -> None:
+    """amp=bf16 on a CPU: only where oneDNN runs bf16 natively. Emulated it runs, but slower than
+    float32 (benchmarks/bf16_train.py --emulated measures it), so it is refused, not run."""
+    import torch
+
+    from detlab.models.precision import cpu_has_native_bf16
+
+    if device == "auto" and torch.cuda.is_available():
+        return  # auto is the GPU there
+    if not cpu_has_native_bf16():
+        raise ConfigError(
+            "config key 'amp': this CPU has no native bf16 (no AVX512-BF16 / AMX), so bf16 training "
+            "would run emulated and slower than float32; use amp=off (or auto) here"
         )
 
 
