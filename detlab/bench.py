@@ -267,7 +267,8 @@ def bench_eager(
 
 def bench_onnx(model: nn.Module, images: list[Tensor], iters: int, warmup: int, threads: int | None) -> dict:
     """Export ``model`` to a temporary ONNX file at the images' size and time ONNX Runtime on CPU."""
-    from detlab.export import OnnxModel, temporary_onnx
+    from detlab.export import temporary_onnx
+    from detlab.onnx_runtime import OnnxModel
 
     images = [im.cpu() for im in images]
     path, export_s = temporary_onnx(model.cpu().eval(), tuple(images[0].shape[-2:]))

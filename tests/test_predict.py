@@ -212,8 +212,8 @@ def test_results_score_with_detlab_eval(tmp_path, chess):
 
 
 def test_onnx_backend_uses_run_model_onnx(run, tmp_path, monkeypatch):
-    """--backend onnx runs RUN/model.onnx through detlab.export.OnnxModel with the checkpoint's class map."""
-    import detlab.export
+    """--backend onnx runs RUN/model.onnx through detlab.onnx_runtime.OnnxModel with the checkpoint's class map."""
+    import detlab.onnx_runtime
     from detlab.cli import main
 
     seen = {}
@@ -232,7 +232,7 @@ def test_onnx_backend_uses_run_model_onnx(run, tmp_path, monkeypatch):
                 for _ in images
             ]
 
-    monkeypatch.setattr(detlab.export, "OnnxModel", FakeOnnx)
+    monkeypatch.setattr(detlab.onnx_runtime, "OnnxModel", FakeOnnx)
     (run / "model.onnx").write_bytes(b"stand-in")
     try:
         _noise_image(tmp_path / "x.png", 40, 30, seed=0)

@@ -212,10 +212,8 @@ def measure(trainer) -> Timing:
 
 
 def _num_samples() -> int:
-    try:
-        from detlab.report.html import NUM_SAMPLES
-    except ImportError:
-        return 0
+    from detlab.report.html import NUM_SAMPLES
+
     return int(NUM_SAMPLES)
 
 
