@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from test_eval_voc import dets, make_records
 
-from detlab.evaluation import analysis, voc
+from detlab.evaluation import analysis, matching
 from detlab.evaluation.evaluator import evaluate_detections
 
 
 def flat(records, rows):
     """Records + ``[(image_id, label, score, x1, y1, x2, y2)]`` → (gt, image index, boxes, scores, labels)."""
-    gt = voc.GroundTruth.from_records(records)
+    gt = matching.GroundTruth.from_records(records)
     a = np.asarray(rows, np.float64).reshape(-1, 7)
-    return gt, voc.image_index(gt, a[:, 0].astype(np.int64)), a[:, 3:], a[:, 2], a[:, 1].astype(np.int64)
+    return gt, matching.image_index(gt, a[:, 0].astype(np.int64)), a[:, 3:], a[:, 2], a[:, 1].astype(np.int64)
 
 
 # cat A, dog B, cat C (nobody looks at it: missed), cat D.

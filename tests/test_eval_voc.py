@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from detlab.data.records import ImageRecord, Records
-from detlab.evaluation import voc
+from detlab.evaluation import matching, voc
 from detlab.evaluation.evaluator import evaluate_detections
 
 
@@ -86,9 +86,9 @@ def test_match_flags_and_no_fallback_to_second_box():
     # Two cat boxes; d2's best box (IoU .905 with A) is already taken by d1, so it is a
     # duplicate FP even though box B (IoU .739) is free: the devkit never falls back.
     records = make_records([{"id": 1, "boxes": [[0, 0, 10, 10], [2, 0, 12, 10]], "labels": [0, 0]}], ["cat"])
-    gt = voc.GroundTruth.from_records(records)
+    gt = matching.GroundTruth.from_records(records)
     boxes = np.array([[0, 0, 10, 10], [0.5, 0, 10.5, 10]], np.float64)
-    m = voc.match_detections(gt, np.array([0, 0]), boxes, np.array([0.9, 0.8]), np.array([0, 0]))
+    m = matching.match_detections(gt, np.array([0, 0]), boxes, np.array([0.9, 0.8]), np.array([0, 0]))
     assert m["tp"].tolist() == [True, False] and m["fp"].tolist() == [False, True]
     assert m["iou"][1] == pytest.approx(95 / 105)
     assert m["gt"].tolist() == [0, 0]
@@ -145,7 +145,7 @@ def devkit_reference(records: Records, detections: dict, iou: float, eleven: boo
         for _, k, b in rows:
             g, diff = gts[k]
             ov = (
-                voc.box_iou_pairs(np.repeat(np.asarray(b, np.float64)[None], len(g), 0), g)
+                matching.box_iou_pairs(np.repeat(np.asarray(b, np.float64)[None], len(g), 0), g)
                 if len(g)
                 else np.zeros(0)
             )

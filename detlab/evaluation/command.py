@@ -19,7 +19,7 @@ from detlab.data.records import Problem, Records
 from detlab.data.results import THRESHOLDED_SCORE
 from detlab.errors import ConfigError
 from detlab.evaluation import coco as coco_protocol
-from detlab.evaluation import voc as voc_protocol
+from detlab.evaluation import matching
 from detlab.evaluation.evaluator import (
     PROTOCOL_DESCRIPTIONS,
     DetectionEvaluator,
@@ -262,9 +262,9 @@ def _write_analysis(records, dets, result, meta, out: Path, iou: float, score: f
     from detlab.evaluation.analysis import analyse
     from detlab.report import plots
 
-    gt = voc_protocol.GroundTruth.from_records(records)
+    gt = matching.GroundTruth.from_records(records)
     index = dets.get("image_index")
-    index = index if index is not None else voc_protocol.image_index(gt, dets["image_ids"])
+    index = index if index is not None else matching.image_index(gt, dets["image_ids"])
     boxes = dets.get("boxes")
     if boxes is None:
         xywh = dets["boxes_xywh"]

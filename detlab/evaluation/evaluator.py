@@ -31,6 +31,7 @@ import torch
 from detlab.data.records import Problem, Records
 from detlab.errors import ConfigError
 from detlab.evaluation import coco as coco_protocol
+from detlab.evaluation import matching
 from detlab.evaluation import voc as voc_protocol
 
 PROTOCOLS = ("coco", "voc07", "voc12")
@@ -90,7 +91,7 @@ class DetectionEvaluator:
         self.iou = float(iou)
         self.max_dets = _max_dets(max_dets)
         self.area_ranges = area_ranges
-        self.gt = voc_protocol.GroundTruth.from_records(records)
+        self.gt = matching.GroundTruth.from_records(records)
         self.reset()
 
     def reset(self) -> None:
@@ -125,7 +126,7 @@ class DetectionEvaluator:
         boxes = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 4))  # [M, 4]
         scores = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
         labels = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
-        index = voc_protocol.image_index(self.gt, image_ids)
+        index = matching.image_index(self.gt, image_ids)
         checks = (
             (index >= 0, "image_id", "detections for images that are not in the dataset"),
             (
@@ -174,7 +175,7 @@ def evaluate_arrays(
     records: Records,
     dets: Mapping[str, np.ndarray],
     protocols: Sequence[str],
-    gt: voc_protocol.GroundTruth | None = None,
+    gt: matching.GroundTruth | None = None,
     iou: float = 0.5,
     max_dets: Sequence[int] = (1, 10, 100),
     area_ranges: dict | None = None,
@@ -185,10 +186,10 @@ def evaluate_arrays(
         records: the ground truth split.
         dets: ``image_ids int64 [M]``, ``boxes float64 [M, 4]`` xyxy (or ``boxes_xywh``, or both:
             COCO then uses ``boxes_xywh`` exactly as given), ``scores [M]``, ``labels int64 [M]``,
-            optionally ``image_index`` (see :func:`voc.image_index`) and ``rows`` (the results-file
+            optionally ``image_index`` (see :func:`matching.image_index`) and ``rows`` (the results-file
             dicts of the same detections, which COCO then completes in place instead of rebuilding).
         protocols: checked protocol names.
-        gt: a prebuilt :class:`voc.GroundTruth` of ``records``, to reuse.
+        gt: a prebuilt :class:`matching.GroundTruth` of ``records``, to reuse.
         iou, max_dets, area_ranges: as :class:`DetectionEvaluator`.
     """
     result: dict = {}
@@ -208,11 +209,11 @@ def evaluate_arrays(
         )
     voc = [p for p in protocols if p.startswith("voc")]
     if voc:
-        gt = gt if gt is not None else voc_protocol.GroundTruth.from_records(records)
+        gt = gt if gt is not None else matching.GroundTruth.from_records(records)
         if xyxy is None:
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)  # [M, 4]
         index = dets.get("image_index")
-        index = index if index is not None else voc_protocol.image_index(gt, dets["image_ids"])
+        index = index if index is not None else matching.image_index(gt, dets["image_ids"])
         result.update(
             voc_protocol.evaluate_voc(
                 gt, records.class_names, index, xyxy, dets["scores"], dets["labels"], tuple(voc), iou
