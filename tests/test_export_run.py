@@ -68,10 +68,26 @@ def train_tiny_run(data: Path, out: Path, *sets: str) -> Path:
     return out
 
 
+def tiny_bccd_run(tmp_path_factory) -> Path:
+    """The session's one tiny FCOS run on BCCD images (TensorBoard on, COCO and VOC07), trained by
+    the first test module that asks and shared with the others (export, TensorBoard)."""
+    from conftest import BCCD
+
+    if not BCCD.is_dir():
+        pytest.skip(f"real dataset not found at {BCCD} (../shared/datasets/bccd)")
+    root = tmp_path_factory.getbasetemp() / "tiny_bccd_run"
+    if not (root / "trained").is_file():
+        shutil.rmtree(root, ignore_errors=True)  # a run an earlier module failed to finish
+        root.mkdir()
+        train_tiny_run(bccd_subset(BCCD, root), root / "run", "tensorboard=true", "protocols=[coco,voc07]")
+        (root / "trained").touch()
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
-def exported(bccd_module, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export_run")
-    run = train_tiny_run(bccd_subset(bccd_module, root), root / "run")
+def exported(tmp_path_factory) -> Path:
+    run = tiny_bccd_run(tmp_path_factory)
+    (run / "model.onnx").unlink(missing_ok=True)
     assert main(["export", str(run)]) == 0
     return run
 
@@ -213,8 +229,7 @@ def test_failed_check_leaves_no_valid_looking_file(bccd_module, tmp_path):
     model = FrozenBranch(tiny_fcos()).eval()
     files = sorted((bccd_module / "JPEGImages").glob("*.jpg"))[:2]
     images = [
-        torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255
-        for f in files
+        torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255 for f in files
     ]
     assert all(float(im.mean()) >= 0.6 for im in images)  # the eager model takes the other branch
     out = tmp_path / "model.onnx"

@@ -21,13 +21,9 @@ from detlab.engine.tensorboard import DRAWN_IMAGES, PR_THRESHOLDS, pr_counts, sp
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from conftest import BCCD
-    from test_export_run import bccd_subset, train_tiny_run
+    from test_export_run import tiny_bccd_run
 
-    if not BCCD.is_dir():
-        pytest.skip(f"real dataset not found at {BCCD} (../shared/datasets/bccd)")
-    root = tmp_path_factory.mktemp("tb_run")
-    return train_tiny_run(bccd_subset(BCCD, root), root / "run", "tensorboard=true", "protocols=[coco,voc07]")
+    return tiny_bccd_run(tmp_path_factory)  # trained once per session, shared with the export tests
 
 
 def events(run) -> EventAccumulator:
