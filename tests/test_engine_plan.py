@@ -126,7 +126,7 @@ def test_train_sets_batch_and_workers_on_cpu_unless_given():
 
     cfg = resolve({"model": "fcos_effl0_fpn", "data": "d", "out": "o", "model_kwargs": {"min_size": 320}})
     lines = apply_machine_plan(cfg, set(), "fcos", "cpu")
-    assert lines and lines[0].startswith(f"batch {cfg.batch_size}, {cfg.num_workers} loader workers")
+    assert lines and lines[0].startswith(f"batch {cfg.batch_size}, {cfg.num_workers} loader worker")
     given = resolve({"model": "fcos_effl0_fpn", "data": "d", "out": "o", "batch_size": 7, "num_workers": 3})
     assert apply_machine_plan(given, {"batch_size", "num_workers"}, "fcos", "cpu") == []
     assert (given.batch_size, given.num_workers) == (7, 3)

@@ -218,7 +218,8 @@ def apply_machine_plan(cfg, user_keys: set[str], family: str, device_type: str) 
     if "num_workers" not in user_keys:
         cfg.num_workers = plan.num_workers
     return [
-        f"batch {cfg.batch_size}, {cfg.num_workers} loader workers, chosen for this machine:",
+        f"batch {cfg.batch_size}, {cfg.num_workers} loader worker{'s' if cfg.num_workers != 1 else ''}, "
+        "chosen for this machine:",
         *(f"  {line}" for line in plan.why),
         "  override with --set batch_size=N --set num_workers=N",
     ]
