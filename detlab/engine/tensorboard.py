@@ -1,7 +1,7 @@
 """What a training run shows in TensorBoard at each evaluation, beside its scalars.
 
 * **PR curves per class** (``pr/<class>``) from the evaluation's own VOC matching at IoU 0.5
-  (:func:`detlab.evaluation.voc.match_detections`): at each of :data:`PR_THRESHOLDS` score
+  (:func:`detlab.evaluation.matching.match_detections`): at each of :data:`PR_THRESHOLDS` score
   thresholds the true and false positives kept and the ground-truth boxes missed, so recall is
   over every ground-truth box of the class (TensorBoard's ``add_pr_curve`` would only see the
   detections and count a box no detection found as nothing). A class without ground truth has
@@ -43,9 +43,9 @@ def flat_detections(records, detections: Mapping[int, Mapping]):
         ``(gt, det_image int64 [M], boxes float64 [M, 4] xyxy px, scores float64 [M], labels int64 [M])``
         for detections of images in ``records``.
     """
-    from detlab.evaluation import voc
+    from detlab.evaluation import matching
 
-    gt = voc.GroundTruth.from_records(records)
+    gt = matching.GroundTruth.from_records(records)
     ids, boxes, scores, labels = [], [], [], []
     for image_id, det in detections.items():
         n = len(det["scores"])
@@ -55,7 +55,7 @@ def flat_detections(records, detections: Mapping[int, Mapping]):
         labels.append(np.asarray(det["labels"], np.int64).reshape(-1))
     if not ids:
         return gt, np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)
-    det_image = voc.image_index(gt, np.concatenate(ids))
+    det_image = matching.image_index(gt, np.concatenate(ids))
     keep = det_image >= 0  # detections of images outside the split score nothing
     return (
         gt,
@@ -91,10 +91,10 @@ def pr_counts(
 
 def log_pr_curves(tb, records, detections: Mapping[int, Mapping], step: int) -> list[str]:
     """Write ``pr/<class>`` for every class with ground truth; return the names of those without."""
-    from detlab.evaluation import voc
+    from detlab.evaluation import matching
 
     gt, det_image, boxes, scores, labels = flat_detections(records, detections)
-    match = voc.match_detections(gt, det_image, boxes, scores, labels, 0.5)
+    match = matching.match_detections(gt, det_image, boxes, scores, labels, 0.5)
     num_gt = gt.num_positives()  # [C]
     thresholds = np.linspace(0.0, 1.0, PR_THRESHOLDS)
     skipped = []
