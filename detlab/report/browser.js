@@ -66,7 +66,7 @@
   }
 
   function label(svg, box, text, colour, scale) {
-    const size = 13 * scale, g = document.createElementNS(SVG, "g");
+    const size = 15 * scale, g = document.createElementNS(SVG, "g");
     const bg = document.createElementNS(SVG, "rect"), tx = document.createElementNS(SVG, "text");
     tx.textContent = text; tx.setAttribute("x", box[0] + 3 * scale); tx.setAttribute("y", Math.max(box[1], size) - 3 * scale);
     tx.setAttribute("font-size", size); tx.setAttribute("fill", data.ink[colour] || "#fff");
@@ -84,7 +84,7 @@
     img.src = data.images_src[im.src]; img.alt = im.name;
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("viewBox", `0 0 ${im.w} ${im.h}`); svg.setAttribute("preserveAspectRatio", "none");
-    const scale = big ? Math.max(im.w / 900, 0.6) : 1;
+    const scale = big ? Math.max(im.w / 640, 0.5) : 1; // captions ~15 px on a picture shown near its size
     for (const g of im.gt) if (gtShown(g, run)) {
       const missed = isMissed(g, run);
       rect(svg, g, data.colours[g[4]], missed ? "gt missed" : "gt", (missed ? 3 : 1.5) * (big ? 1 : 0.8));

@@ -195,15 +195,20 @@ def browser_section(records, runs: Sequence[tuple[str, Mapping[int, Mapping]]], 
     """The browser's ``<section>``: controls, data, inlined script and style (module docstring)."""
     data = browser_data(records, runs, iou)
     blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    points = ", ".join(
-        f"{name}: {p['score']:.2f} ({p['rule']})" for name, p in zip(data["runs"], data["operating_points"])
+    how = {
+        "F1-max": "the F1-maximising score",
+        "default": "the default: no true positive to maximise F1 with",
+    }
+    points = "; ".join(
+        f"{name}: {p['score']:.2f}, {how[p['rule']]}"
+        for name, p in zip(data["runs"], data["operating_points"])
     )
     shown = len(data["images"])
     intro = (
         f"<p>{shown} validation images{' (an even sample)' if data['sampled'] else ''}; click one to see it "
         f"full size. Ground truth dashed, detections solid, in class colours; a thick dotted box is a GT box "
         f"no detection at or above the slider's score finds (missed). Error types as in the error breakdown "
-        f"(IoU {iou:g}). The slider starts at the operating point (F1-max score; {points}).</p>"
+        f"(IoU {iou:g}). The slider starts at the operating point ({points}).</p>"
     )
     if data["skipped"]:
         intro += (

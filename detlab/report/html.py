@@ -51,7 +51,8 @@ th{background:#f0f2f6} td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f7f9;padding:10px;border-radius:6px;font-size:12px;max-height:360px;overflow:auto}
 img{max-width:100%;height:auto;border:1px solid #eef0f4;border-radius:4px}
 .grid{display:flex;flex-wrap:wrap;gap:12px} .grid figure{margin:0;flex:1 1 300px;max-width:480px}
-figcaption{font-size:12px;color:#5a6375;margin-top:3px;word-break:break-all}
+.grid figure:only-child{max-width:min(100%,1100px);flex-basis:100%}
+figcaption{font-size:13px;color:#5a6375;margin-top:3px;overflow-wrap:anywhere}
 .note{color:#7a5b00;background:#fff8e1;border:1px solid #f3e2a9;border-radius:6px;padding:6px 10px;font-size:13px}
 .pos{color:#137333} .neg{color:#b3261e}
 """
