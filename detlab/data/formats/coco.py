@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detlab.data.formats.voc import safe_join
+from detlab.data.formats.images import safe_join
 from detlab.data.records import ImageRecord, Problem, Records
 from detlab.errors import DataError
 

@@ -190,3 +190,12 @@ class ImageIndex:
             return exact, False
         folded = self._by_fold.get(nfc(stem).casefold(), [])
         return (folded, True) if len({nfc(p.stem) for p in folded}) == 1 else ([], False)
+
+
+def safe_join(folder: Path, name: str) -> Path | None:
+    """``folder / name`` when it stays inside ``folder``; ``None`` when ``name`` escapes it (``../``)."""
+    if os.path.isabs(name):
+        return None
+    joined = os.path.normpath(os.path.join(folder, name))
+    base = os.path.normpath(folder)
+    return Path(joined) if joined == base or joined.startswith(base + os.sep) else None

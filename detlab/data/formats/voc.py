@@ -35,7 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from detlab.data.formats.classes import case_clashes, label_lookup, resolve_names
-from detlab.data.formats.images import ImageIndex, has_ext, is_image_name, link_problem, list_files, nfc
+from detlab.data.formats.images import (
+    ImageIndex,
+    has_ext,
+    is_image_name,
+    link_problem,
+    list_files,
+    nfc,
+    safe_join,
+)
 from detlab.data.records import ImageRecord, Problem, Records
 from detlab.errors import DataError
 
@@ -255,15 +263,6 @@ def read_xml_or_problem(path: Path) -> tuple[VocAnnotation | None, Problem | Non
             "check permissions — image skipped",
             "skipped",
         )
-
-
-def safe_join(folder: Path, name: str) -> Path | None:
-    """``folder / name`` when it stays inside ``folder``; ``None`` when ``name`` escapes it (``../``)."""
-    if os.path.isabs(name):
-        return None
-    joined = os.path.normpath(os.path.join(folder, name))
-    base = os.path.normpath(folder)
-    return Path(joined) if joined == base or joined.startswith(base + os.sep) else None
 
 
 def _is_absolute(name: str) -> bool:
