@@ -308,7 +308,11 @@ def curves_png(entries: list[Entry], metric: str = "coco/AP") -> bytes | None:
         ]
         if train:
             ax_loss.plot(
-                [r.get("iter", i) for i, r in enumerate(train)], [r["loss"] for r in train], label=e.label
+                [r.get("iter", i) for i, r in enumerate(train)],
+                [r["loss"] for r in train],
+                marker="o" if len(train) < 30 else None,  # a short run's few points must show
+                ms=3,
+                label=e.label,
             )
         if evals:
             ax_ap.plot(
