@@ -11,16 +11,16 @@ from test_report_runfolder import build_tiny, one_thread  # noqa: F401  (autouse
 
 
 def _flat(records):
-    from detlab.evaluation import voc
+    from detlab.evaluation import matching
     from detlab.report.browser import _flat
 
     flat = _flat(records, synthetic_predictions(records, seed=3))
-    return voc.GroundTruth.from_records(records), flat
+    return matching.GroundTruth.from_records(records), flat
 
 
 def test_operating_point_is_the_best_f1_of_every_threshold(bccd):
     """Re-derived by brute force: match the detections kept at each candidate threshold afresh."""
-    from detlab.evaluation import analysis, voc
+    from detlab.evaluation import analysis, matching
 
     gt, f = _flat(bccd_val(bccd))
     point = analysis.operating_point(gt, f["image"], f["boxes"], f["scores"], f["labels"])
@@ -28,7 +28,9 @@ def test_operating_point_is_the_best_f1_of_every_threshold(bccd):
     best = (-1.0, None)
     for t in np.unique(f["scores"])[::-1]:
         keep = f["scores"] >= t
-        m = voc.match_detections(gt, f["image"][keep], f["boxes"][keep], f["scores"][keep], f["labels"][keep])
+        m = matching.match_detections(
+            gt, f["image"][keep], f["boxes"][keep], f["scores"][keep], f["labels"][keep]
+        )
         tp, fp = int(m["tp"].sum()), int(m["fp"].sum())
         f1 = 2 * tp / (tp + fp + num_gt)
         if f1 > best[0] + 1e-12:

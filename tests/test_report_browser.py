@@ -120,12 +120,12 @@ def errors_of(data, im, run, t) -> int:
 def test_embedded_types_match_the_analysis_at_any_threshold(bccd):
     """The page decides types once and missed boxes by ``found_at``; re-running classify_errors on the
     detections above a threshold must give the same types and the same missed boxes."""
-    from detlab.evaluation import analysis, voc
+    from detlab.evaluation import analysis, matching
     from detlab.report.browser import TYPES, _flat
 
     records = bccd_val(bccd)
     flat = _flat(records, synthetic_predictions(records))
-    gt = voc.GroundTruth.from_records(records)
+    gt = matching.GroundTruth.from_records(records)
     kind, found_at = analysis.match_types(gt, flat["image"], flat["boxes"], flat["scores"], flat["labels"])
     assert set(kind) >= set(TYPES) - {"ignored"} - {"both"}  # the fixture makes every main kind
     for t in (0.05, 0.37, 0.8):
@@ -254,7 +254,7 @@ def test_report_browser_in_chromium(tmp_path, bccd, chrome, monkeypatch):
 
 def pairwise_disagreement(im, t) -> float:
     """1 - mean F1 over pairs of runs, greedy one-to-one matching within a class at IoU >= 0.5."""
-    from detlab.evaluation.voc import box_iou_pairs
+    from detlab.evaluation.matching import box_iou_pairs
 
     kept = [[d for d in ds if d[5] >= t] for ds in im["det"]]
     f1s = []

@@ -3,7 +3,7 @@
 Legend for shape comments: ``M`` detections of the whole split, ``G`` GT boxes,
 ``P`` (detection, GT) pairs in the same image, ``C`` classes.
 
-Everything here is built on the VOC matching of :mod:`detlab.evaluation.voc` at
+Everything here is built on the VOC matching of :mod:`detlab.evaluation.matching` at
 IoU ``iou`` (default 0.5; a match needs IoU strictly above it), with ``difficult`` /
 crowd boxes ignored.
 
@@ -40,37 +40,37 @@ from __future__ import annotations
 
 import numpy as np
 
-from detlab.evaluation import voc
+from detlab.evaluation import matching, voc
 
 ERROR_TYPES = ("classification", "localization", "both", "duplicate", "background", "missed")
 
 
-def _mean_ap(gt: voc.GroundTruth, det_image, boxes, scores, labels, iou: float) -> float:
-    match = voc.match_detections(gt, det_image, boxes, scores, labels, iou)
+def _mean_ap(gt: matching.GroundTruth, det_image, boxes, scores, labels, iou: float) -> float:
+    match = matching.match_detections(gt, det_image, boxes, scores, labels, iou)
     npos = gt.num_positives()
-    curves = voc.pr_curves(match["tp"], match["fp"], scores, labels, npos)
+    curves = matching.pr_curves(match["tp"], match["fp"], scores, labels, npos)
     return voc.mean_ap(voc.voc_ap(curves, npos, eleven_point=False))
 
 
 def best_other_class(
-    gt: voc.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    gt: matching.GroundTruth, det_image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each detection's best IoU with a non-ignored GT box of *another* class in its image.
 
     Returns:
         ``(iou float64 [M], gt_index int64 [M])``: ``0`` / ``-1`` when there is none.
     """
-    pair_det, pair_gt, _ = voc.candidate_pairs(gt, det_image)  # class-agnostic [P]
-    iou = voc.box_iou_pairs(boxes[pair_det], gt.boxes[pair_gt])
+    pair_det, pair_gt, _ = matching.candidate_pairs(gt, det_image)  # class-agnostic [P]
+    iou = matching.box_iou_pairs(boxes[pair_det], gt.boxes[pair_gt])
     iou = np.where((gt.labels[pair_gt] == labels[pair_det]) | gt.ignore[pair_gt], -1.0, iou)
-    best, index = voc.max_per_detection(iou, pair_det, pair_gt, len(labels))
+    best, index = matching.max_per_detection(iou, pair_det, pair_gt, len(labels))
     none = best < 0
     best[none], index[none] = 0.0, -1
     return best, index
 
 
 def classify_errors(
-    gt: voc.GroundTruth,
+    gt: matching.GroundTruth,
     det_image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -81,11 +81,11 @@ def classify_errors(
     """The error type of every detection and the missed GT boxes (module docstring).
 
     Returns:
-        ``{"match": voc.match_detections(...), "type": object [M] ('' for TP / ignored),
+        ``{"match": matching.match_detections(...), "type": object [M] ('' for TP / ignored),
         "target": int64 [M] GT index a loc/cls error points at (-1 otherwise),
         "missed": bool [G]}``.
     """
-    match = voc.match_detections(gt, det_image, boxes, scores, labels, iou)
+    match = matching.match_detections(gt, det_image, boxes, scores, labels, iou)
     same, same_gt = match["iou"], match["gt"]
     other, other_gt = best_other_class(gt, det_image, boxes, labels)
     fp = match["fp"]
@@ -115,7 +115,7 @@ DEFAULT_SCORE = 0.5  # the operating point when F1 has no maximum to find (no GT
 
 
 def operating_point(
-    gt: voc.GroundTruth,
+    gt: matching.GroundTruth,
     det_image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -133,7 +133,7 @@ def operating_point(
         box or no true positive.
     """
     scores = np.asarray(scores, np.float64)
-    match = voc.match_detections(gt, det_image, np.asarray(boxes, np.float64), scores, labels, iou)
+    match = matching.match_detections(gt, det_image, np.asarray(boxes, np.float64), scores, labels, iou)
     counted = match["tp"] | match["fp"]  # ignored (difficult / crowd) detections count for nothing
     s, tp = scores[counted], match["tp"][counted]
     num_gt = int(gt.num_positives().sum())
@@ -163,7 +163,7 @@ def operating_point(
 
 
 def error_breakdown(
-    gt: voc.GroundTruth,
+    gt: matching.GroundTruth,
     det_image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -233,14 +233,14 @@ def error_breakdown(
     }
 
 
-def _subset(gt: voc.GroundTruth, mask: np.ndarray) -> voc.GroundTruth:
-    return voc.GroundTruth(
+def _subset(gt: matching.GroundTruth, mask: np.ndarray) -> matching.GroundTruth:
+    return matching.GroundTruth(
         gt.image_ids, gt.box_image[mask], gt.boxes[mask], gt.labels[mask], gt.ignore[mask], gt.num_classes
     )
 
 
 def confusion_matrix(
-    gt: voc.GroundTruth,
+    gt: matching.GroundTruth,
     det_image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -262,8 +262,8 @@ def confusion_matrix(
     c = gt.num_classes
     keep = np.asarray(scores) >= score_threshold
     det_image, boxes, labels = det_image[keep], np.asarray(boxes, np.float64)[keep], labels[keep]
-    pair_det, pair_gt, _ = voc.candidate_pairs(gt, det_image)
-    pair_iou = voc.box_iou_pairs(boxes[pair_det], gt.boxes[pair_gt])  # [P]
+    pair_det, pair_gt, _ = matching.candidate_pairs(gt, det_image)
+    pair_iou = matching.box_iou_pairs(boxes[pair_det], gt.boxes[pair_gt])  # [P]
     strong = pair_iou >= iou
     ignored_hit = np.zeros(len(labels), bool)
     ignored_hit[pair_det[strong & gt.ignore[pair_gt]]] = True
@@ -283,7 +283,7 @@ def confusion_matrix(
 
 
 def pr_curves_per_class(
-    gt: voc.GroundTruth,
+    gt: matching.GroundTruth,
     det_image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -291,15 +291,15 @@ def pr_curves_per_class(
     iou: float = 0.5,
 ) -> list[dict[str, np.ndarray | float]]:
     """Per class ``{"precision", "recall", "scores": [M_c], "AP": all-point AP, "num_gt": int}``."""
-    match = voc.match_detections(gt, det_image, np.asarray(boxes, np.float64), scores, labels, iou)
+    match = matching.match_detections(gt, det_image, np.asarray(boxes, np.float64), scores, labels, iou)
     npos = gt.num_positives()
-    curves = voc.pr_curves(match["tp"], match["fp"], scores, labels, npos)
+    curves = matching.pr_curves(match["tp"], match["fp"], scores, labels, npos)
     ap = voc.voc_ap(curves, npos, eleven_point=False)
     return [{**cv, "AP": float(a), "num_gt": int(n)} for cv, a, n in zip(curves, ap, npos)]
 
 
 def analyse(
-    gt: voc.GroundTruth,
+    gt: matching.GroundTruth,
     det_image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -311,8 +311,8 @@ def analyse(
     """PR curves, confusion matrix and error breakdown in one dict (arrays kept as numpy).
 
     Args:
-        gt: the split's boxes (:meth:`voc.GroundTruth.from_records`).
-        det_image: ``int64 [M]`` image index (:func:`voc.image_index`, all valid).
+        gt: the split's boxes (:meth:`matching.GroundTruth.from_records`).
+        det_image: ``int64 [M]`` image index (:func:`matching.image_index`, all valid).
         boxes: ``[M, 4]`` xyxy absolute pixels; scores: ``[M]``; labels: ``int64 [M]`` in ``0..C-1``.
         iou, background_iou: TIDE's ``t_f`` / ``t_b``; ``iou`` is also the PR and confusion threshold.
         score_threshold: the operating point: detections counted in the confusion matrix and the
@@ -348,7 +348,7 @@ def analyse(
 
 
 def match_types(
-    gt: voc.GroundTruth,
+    gt: matching.GroundTruth,
     det_image: np.ndarray,
     boxes: np.ndarray,
     scores: np.ndarray,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detlab.evaluation import analysis, voc
+from detlab.evaluation import analysis, matching
 
 MAX_SIDE = 640  # long side of the embedded pictures (thumbnails are the same pictures, scaled by CSS)
 QUALITY = 72  # WebP quality: ~25 kB for a 640x480 microscope photo, boxes are drawn on top in SVG
@@ -113,7 +113,7 @@ def browser_data(records, runs: Sequence[tuple[str, Mapping[int, Mapping]]], iou
     """
     from detlab.report.draw import _ink, class_colour
 
-    gt = voc.GroundTruth.from_records(records)
+    gt = matching.GroundTruth.from_records(records)
     per_run, points = [], []
     for _, detections in runs:
         flat = _flat(records, detections)
@@ -167,7 +167,7 @@ def _sample(n: int) -> list[int]:
     )
 
 
-def _rows(gt: voc.GroundTruth, image: int, per_run: list) -> dict:
+def _rows(gt: matching.GroundTruth, image: int, per_run: list) -> dict:
     """The ``gt`` and ``det`` rows of one image (module docstring)."""
     on = np.flatnonzero(gt.box_image == image)
     gt_rows = []
