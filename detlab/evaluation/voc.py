@@ -14,16 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detlab.evaluation.matching import (  # noqa: F401  (callers still reach these as voc.X)
-    GroundTruth,
-    best_gt,
-    box_iou_pairs,
-    candidate_pairs,
-    image_index,
-    match_detections,
-    max_per_detection,
-    pr_curves,
-)
+from detlab.evaluation.matching import GroundTruth, match_detections, pr_curves
 
 
 def average_precision(precision: np.ndarray, recall: np.ndarray, eleven_point: bool) -> float:
