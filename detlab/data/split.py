@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import yaml
 
 from detlab.data.records import Records
 from detlab.errors import ConfigError, DataError, writing
+from detlab.log import logger
 
 SPLITS = ("train", "val", "test")
 
@@ -233,9 +233,9 @@ def split_command(data: str, val: float, test: float = 0.0, seed: int = 0, force
         files = write_coco(found[0], records, parts, force)
     else:
         files = write_folder(path, records, parts, force)
-    print(summary(records, parts, seed), file=sys.stderr)
+    logger.info(summary(records, parts, seed))
     for f in files:
-        print(f"wrote {f}", file=sys.stderr)
+        logger.info(f"wrote {f}")
     return 0
 
 

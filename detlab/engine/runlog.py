@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from detlab.config import TrainConfig
 from detlab.errors import OutputError, writing
+from detlab.log import logger
 
 try:
     import fcntl
@@ -239,7 +240,7 @@ class RunLog:
         if self.bar is not None:
             self.bar.write(message, file=sys.stderr)
         else:
-            print(message, file=sys.stderr, flush=True)
+            logger.info(message)
 
     def finish(self, metrics: dict, before: dict | None, cfg: TrainConfig) -> None:
         """Close the bar; print before/after; write the HTML report (``cfg.report``)."""

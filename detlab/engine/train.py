@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from detlab.engine import distributed as ddp
 from detlab.engine.runlog import RunLog, run_lock
 from detlab.engine.schedule import build_optimizer, build_scheduler, stretch_schedule
 from detlab.errors import ConfigError, DetlabError, OutputError
+from detlab.log import logger
 from detlab.runfolder import dataset_spec, default_train_split, find_val_split, names_test
 
 
@@ -561,10 +561,9 @@ class Trainer:
         lower_is_better = self.cfg.metric.startswith("val/")
         best = self.progress["best"]
         if math.isnan(value) and not self.progress.get("undefined_noted"):
-            print(
+            logger.info(
                 f"detlab: note: {self.cfg.metric} is undefined on the validation data (no ground-truth box of "
-                "the model's classes): best.pt follows the last evaluation until it is defined",
-                file=sys.stderr,
+                "the model's classes): best.pt follows the last evaluation until it is defined"
             )
             self.progress["undefined_noted"] = True
         # An undefined metric (NaN) neither beats nor is beaten by itself: the newest weights stand in, and
@@ -724,7 +723,7 @@ def _plan_size(cfg: TrainConfig, records, ctx, verbose: bool) -> None:
     )
     if verbose:
         for line in lines:
-            print(f"detlab: {line}", file=sys.stderr)
+            logger.info(f"detlab: {line}")
 
 
 def _plan_machine(cfg: TrainConfig, user_keys: set[str], ctx) -> None:
@@ -736,7 +735,7 @@ def _plan_machine(cfg: TrainConfig, user_keys: set[str], ctx) -> None:
     lines = apply_machine_plan(cfg, user_keys, family_of(cfg.model), ctx.device.type) if ctx.is_main else []
     cfg.batch_size, cfg.num_workers = ddp.broadcast_object((cfg.batch_size, cfg.num_workers))
     for line in lines:
-        print(f"detlab: {line}", file=sys.stderr)
+        logger.info(f"detlab: {line}")
 
 
 def _user_keys(args) -> set[str]:
@@ -788,7 +787,7 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
             "dataset); pass --data DATA with the data it was trained on"
         )
     if changes:
-        print(f"resume: changed {', '.join(sorted(changes))} from the saved config", file=sys.stderr)
+        logger.info(f"resume: changed {', '.join(sorted(changes))} from the saved config")
     return cfg, ckpt
 
 
@@ -821,9 +820,7 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
 
     data = default_train_split(cfg.data)
     if data != cfg.data and verbose:
-        print(
-            f"training data: {data} (the source's train split; name another with PATH:split)", file=sys.stderr
-        )
+        logger.info(f"training data: {data} (the source's train split; name another with PATH:split)")
     cfg.data = data
     train_ds = load_dataset(cfg.data)
     if cfg.val:
@@ -833,29 +830,26 @@ def load_train_val(cfg: TrainConfig, verbose: bool = True):
         if val_ds is None and cfg.val_fraction > 0:
             train_ds, val_ds = _hold_out(cfg, train_ds, verbose)
         elif val_ds is None and verbose:
-            print(
+            logger.warning(
                 f"warning: no val, valid or test split found for {cfg.data}; training without evaluation "
                 "(pass --val DATA to evaluate, hold some images out with --set val_fraction=0.2, or write a split "
-                f"with `detlab split {cfg.data} --val 0.2`)",
-                file=sys.stderr,
+                f"with `detlab split {cfg.data} --val 0.2`)"
             )
         elif verbose:
-            print(f"validation data: {cfg.val} ({len(val_ds)} images)", file=sys.stderr)
+            logger.info(f"validation data: {cfg.val} ({len(val_ds)} images)")
     if val_ds is not None and verbose and names_test(cfg.val):
-        print(
+        logger.warning(
             f"warning: checkpoints/best.pt is picked on {cfg.val}, a split named test: its metrics are then "
             "tuned to the test set and overstate accuracy — give a validation split with --val PATH:val "
-            "and keep test for the final `detlab eval`",
-            file=sys.stderr,
+            "and keep test for the final `detlab eval`"
         )
     if val_ds is not None and verbose:
         train_files = {str(r.file) for r in train_ds.records.images}
         shared = sum(str(r.file) in train_files for r in val_ds.records.images)
         if shared:
-            print(
+            logger.warning(
                 f"warning: {shared} of {len(val_ds)} validation images of {cfg.val} are also training images of "
-                f"{cfg.data}; its metrics overstate accuracy — give disjoint splits (PATH:train, --val PATH:val)",
-                file=sys.stderr,
+                f"{cfg.data}; its metrics overstate accuracy — give disjoint splits (PATH:train, --val PATH:val)"
             )
     return train_ds, val_ds
 
@@ -868,10 +862,9 @@ def _hold_out(cfg: TrainConfig, train_ds, verbose: bool):
 
     train, val = holdout(train_ds.records, cfg.val_fraction, cfg.seed)
     if verbose:
-        print(
+        logger.info(
             f"validation data: {len(val.images)} of {len(train_ds)} images of {cfg.data} held out (val_fraction "
             f"{cfg.val_fraction}, class-stratified, seed {cfg.seed}); training on the other {len(train.images)} — "
-            f"`detlab split {cfg.data} --val {cfg.val_fraction}` writes such a split as files",
-            file=sys.stderr,
+            f"`detlab split {cfg.data} --val {cfg.val_fraction}` writes such a split as files"
         )
     return DetectionDataset(train, train_ds.transforms), DetectionDataset(val, train_ds.transforms)

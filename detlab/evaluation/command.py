@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from detlab.evaluation.evaluator import (
     json_ready,
     predict_split,
 )
+from detlab.log import logger
 
 
 def _pct(value) -> str:
@@ -101,14 +101,14 @@ def eval_command(args) -> int:
             "lowest_score": float(dets["scores"].min()) if len(dets["scores"]) else None,
         }
         for p in _thresholded(args.dets, dets, opts["max_dets"]):
-            print(p.line(), file=sys.stderr)
+            logger.info(p.line())
     elif args.run:
         records, dets, problems, result, stamp = _run_model_eval(args, protocols, opts)
         out = Path(args.out) if args.out else Path(args.run) / "eval"
     else:
         raise ConfigError("eval: give a RUN folder, or --gt DATA --dets RESULTS.json")
     for p in problems:
-        print(p.line(), file=sys.stderr)
+        logger.info(p.line())
     write_evaluation(
         records,
         dets,

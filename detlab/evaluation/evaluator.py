@@ -33,6 +33,7 @@ from detlab.errors import ConfigError
 from detlab.evaluation import coco as coco_protocol
 from detlab.evaluation import matching
 from detlab.evaluation import voc as voc_protocol
+from detlab.log import logger
 
 PROTOCOLS = ("coco", "voc07", "voc12")
 PROTOCOL_DESCRIPTIONS = {
@@ -251,7 +252,7 @@ def evaluate_detections(
     result = ev.evaluate()
     if verbose:
         for p in ev.problems:
-            print(p.line(), file=sys.stderr)
+            logger.info(p.line())
     return result
 
 
@@ -395,7 +396,7 @@ def evaluate(
     ev.process(list(detections), list(detections.values()))
     result = ev.evaluate()
     for p in ev.problems:
-        print(p.line(), file=sys.stderr)
+        logger.info(p.line())
     if with_loss and seen:
         result["val_loss"] = mean_losses(sums, seen)
     return result

@@ -15,11 +15,12 @@ away. Writes into ``RUN/eval/``:
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from detlab.log import logger
 
 PREDICTIONS = "predictions.json"
 
@@ -81,7 +82,6 @@ def final_evaluation(out: str | Path, model, dataset, cfg, device) -> None:
         )
         (folder / PREDICTIONS).write_text(json.dumps(predictions_json(dataset.records, detections)))
     except Exception as e:  # noqa: BLE001  (same rule as the report: the checkpoints are already safe)
-        print(
-            f"detlab: final evaluation not written ({type(e).__name__}: {e}); `detlab eval {out}` retries",
-            file=sys.stderr,
+        logger.info(
+            f"detlab: final evaluation not written ({type(e).__name__}: {e}); `detlab eval {out}` retries"
         )

@@ -23,13 +23,13 @@ import base64
 import io
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from detlab.evaluation import analysis, matching
+from detlab.log import logger
 
 MAX_SIDE = 640  # long side of the embedded pictures (thumbnails are the same pictures, scaled by CSS)
 QUALITY = 72  # WebP quality: ~25 kB for a 640x480 microscope photo, boxes are drawn on top in SVG
@@ -237,7 +237,7 @@ def read_predictions(path: Path, records) -> dict[int, dict] | None:
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        print(f"skipped: {path}: {e} — the browser runs the model instead", file=sys.stderr)
+        logger.warning(f"skipped: {path}: {e} — the browser runs the model instead")
         return None
     ids = {r.image_id for r in records.images}
     if list(doc.get("class_names", [])) != list(records.class_names) or not ids <= {

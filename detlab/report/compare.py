@@ -21,7 +21,6 @@ import csv
 import io
 import itertools
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from detlab.errors import DataError, DetlabError
+from detlab.log import logger
 from detlab.report.draw import draw_boxes
 from detlab.report.html import (
     defined,
@@ -148,9 +148,8 @@ def measure(entries: list[Entry], dataset, device: str | None) -> None:
         try:
             entry.detector = Detector.from_run(entry.info.path, device=device)
         except (DetlabError, ImportError, RuntimeError) as e:
-            print(
-                f"note: {entry.info.path}: model not loaded ({e}); latency, params and GFLOPs left out",
-                file=sys.stderr,
+            logger.info(
+                f"note: {entry.info.path}: model not loaded ({e}); latency, params and GFLOPs left out"
             )
             continue
         entry.params = count_parameters(entry.detector.model)
@@ -365,9 +364,7 @@ def _load_dataset(entries: list[Entry], data: str | None):
     try:
         return validation_dataset(entries[0].info.config, data)
     except (DetlabError, ImportError, OSError) as e:
-        print(
-            f"note: no validation data ({e}); latency, GFLOPs and the gallery are left out", file=sys.stderr
-        )
+        logger.info(f"note: no validation data ({e}); latency, GFLOPs and the gallery are left out")
         return None
 
 
@@ -454,7 +451,7 @@ def _browser(entries: list[Entry], dataset) -> str:
         try:
             runs.append((e.label, run_predictions(e.info.path, dataset)))
         except (DetlabError, OSError, RuntimeError) as err:
-            print(f"note: {e.label} left out of the browser ({err})", file=sys.stderr)
+            logger.info(f"note: {e.label} left out of the browser ({err})")
     if not runs:
         return section("browser", "Prediction browser", note("no run's model loads; browser skipped."))
     return browser_section(dataset.records, runs)

@@ -22,7 +22,6 @@ import io
 import json
 import math
 import re
-import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 import yaml
 
 from detlab.errors import DetlabError
+from detlab.log import logger
 from detlab.runfolder import RunInfo, load_run, validation_dataset
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -188,7 +188,7 @@ def read_analysis(run: Path) -> dict:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
-        print(f"skipped: {path}: not valid JSON — captions without thresholds", file=sys.stderr)
+        logger.warning(f"skipped: {path}: not valid JSON — captions without thresholds")
         return {}
 
 
@@ -337,7 +337,7 @@ def _per_class_section(info: RunInfo, plots: list[Path], tmp: Path) -> str:
             plot_per_class_ap(info.final, out)
             found = [out] if out.is_file() else sorted(tmp.glob("*per_class*.png"))
         except (ImportError, DetlabError, ValueError, KeyError, TypeError) as e:
-            print(f"note: per-class AP bars not drawn ({e})", file=sys.stderr)
+            logger.info(f"note: per-class AP bars not drawn ({e})")
     if not rows and not found:
         return section("per-class", "Per-class AP", note("the evaluation has no per-class AP."))
     body = (_figures(found) if found else note("per-class AP bar chart not available.")) + table(header, rows)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+
+from detlab.log import logger
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -55,7 +56,7 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
         elif isinstance(row, dict) and row.get("type") == "eval":
             evals.append(row)
     if broken:
-        print(f"skipped: {path}: {broken} lines are not valid JSON — left out of the plots", file=sys.stderr)
+        logger.warning(f"skipped: {path}: {broken} lines are not valid JSON — left out of the plots")
     return train, evals
 
 
