@@ -282,6 +282,7 @@ def onnx_detector(run: str | Path, checkpoint: str = "best") -> Detector:
     if not onnx_path.is_file():
         raise DataError(f"{onnx_path}: ONNX model not found — export it first with `detlab export {run_dir}`")
     from detlab.onnx_runtime import OnnxModel  # onnxruntime itself is checked when the session opens
+
     ckpt = load_model_checkpoint(find_checkpoint(run, checkpoint))
     names = ckpt.get("class_names") or [str(i) for i in range(int(ckpt["num_classes"]))]
     return Detector(
