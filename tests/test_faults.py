@@ -527,17 +527,16 @@ def test_second_training_into_a_live_run_folder_stops_at_once(tmp_path, shapes):
         text=True,
     )
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 600  # a bound for a loaded machine, not a speed requirement
         while (
             not (out / "checkpoints" / "last.pt").exists() and first.poll() is None and time.time() < deadline
         ):
             time.sleep(0.05)
         assert first.poll() is None, first.stderr.read()
-        start = time.time()
         second = _detlab(*_train_args(shapes, out))
-        assert time.time() - start < 60
         assert second.returncode == 1
         line = _one_line(second.stderr)
+        assert second.stderr.strip().splitlines() == [line]  # stopped at once: no data was read
         assert line.startswith(f"detlab: {out}: run folder is in use by a training run (pid {first.pid} on ")
         assert line.endswith("); wait for it to end, stop it, or train into another --out")
         resume = _detlab("train", "--resume", out)  # a resume is kept out as well
