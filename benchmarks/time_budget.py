@@ -66,8 +66,8 @@ def main() -> int:
     )
     ended = ckpt["iteration"] == plan["total_iters"]
     print(
-        f"schedule: iteration {ckpt['iteration']} of {plan['total_iters']} planned ({'completed' if ended else 'NOT'}"
-        f" completed), planned end step {fn.get('remaps', [[0, 0, fn['total_iters']]])[-1][2]}"
+        f"schedule: iteration {ckpt['iteration']} of {plan['total_iters']} planned ({'completed' if ended else 'NOT completed'}"
+        f"), planned end step {fn.get('remaps', [[0, 0, fn['total_iters']]])[-1][2]}"
     )
     print(f"load average before {load0[0]:.1f}, after {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()})")
     return 0
