@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.fcos import FCOSHead
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.transforms.functional import pil_to_tensor
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
+
+from conftest import tiny_faster_rcnn, tiny_fcos
 
 from detlab.errors import ConfigError, DataError  # noqa: E402
 from detlab.export import (  # noqa: E402
@@ -29,57 +25,6 @@ from detlab.export import (  # noqa: E402
     export_onnx,
     parse_size,
 )
-
-
-class TinyBackbone(nn.Module):
-    """Two levels (strides 4, 8) of 32 channels: cheap to trace, no BatchNorm, distinct scores."""
-
-    out_channels = 32
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 32, 3, stride=4, padding=1)
-        self.c2 = nn.Conv2d(32, 32, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        a = torch.relu(self.c1(x))
-        return OrderedDict([("0", a), ("1", torch.relu(self.c2(a)))])
-
-
-def tiny_fcos(num_classes: int = 3) -> nn.Module:
-    torch.manual_seed(0)
-    anchors = AnchorGenerator(((8,), (16,)), ((1.0,), (1.0,)))
-    model = FCOS(
-        TinyBackbone(),
-        num_classes,
-        min_size=96,
-        max_size=128,
-        anchor_generator=anchors,
-        score_thresh=0.05,
-        detections_per_img=50,
-    )
-    model.head = FCOSHead(32, 1, num_classes, num_convs=1)
-    return model.eval()
-
-
-def tiny_faster_rcnn(num_classes: int = 4) -> nn.Module:
-    torch.manual_seed(0)
-    anchors = AnchorGenerator(((16,), (32,)), ((0.5, 1.0, 2.0),) * 2)
-    pool = MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2)
-    model = FasterRCNN(
-        TinyBackbone(),
-        num_classes,
-        min_size=96,
-        max_size=128,
-        rpn_anchor_generator=anchors,
-        box_roi_pool=pool,
-        representation_size=32,
-        rpn_pre_nms_top_n_test=200,
-        rpn_post_nms_top_n_test=50,
-        box_score_thresh=0.05,
-        box_detections_per_img=50,
-    )
-    return model.eval()
 
 
 def tiny_detr(num_classes: int = 3) -> nn.Module:

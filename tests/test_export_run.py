@@ -224,7 +224,7 @@ class FrozenBranch(torch.nn.Module):
 
 
 def test_failed_check_leaves_no_valid_looking_file(bccd_module, tmp_path):
-    from test_export import tiny_fcos
+    from conftest import tiny_fcos
 
     model = FrozenBranch(tiny_fcos()).eval()
     files = sorted((bccd_module / "JPEGImages").glob("*.jpg"))[:2]
