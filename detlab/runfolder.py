@@ -286,6 +286,16 @@ def default_train_split(data: str) -> str:
     return "+".join(parts)
 
 
+def _val_candidates(data: str) -> list[str]:
+    """Specs that may hold the validation data beside training data ``data``, in the order tried:
+    each part's val / valid / test split, then Roboflow-style sibling split folders."""
+    bases = [_strip_split(part) for part in data.split("+")]
+    candidates = ["+".join(f"{b}:{split}" for b in bases) for split in VAL_SPLITS]
+    if len(bases) == 1 and Path(bases[0]).name in ("train", "training"):
+        candidates += [str(Path(bases[0]).parent / name) for name in VAL_SPLITS]
+    return candidates
+
+
 def find_val_split(data: str, train_ds):
     """``(spec, dataset)`` of the first val / valid / test split beside ``data``, or ``(None, None)``.
 
@@ -294,12 +304,8 @@ def find_val_split(data: str, train_ds):
     """
     from detlab.data.dataset import load_dataset
 
-    bases = [_strip_split(part) for part in data.split("+")]
-    candidates = ["+".join(f"{b}:{split}" for b in bases) for split in VAL_SPLITS]
-    if len(bases) == 1 and Path(bases[0]).name in ("train", "training"):  # Roboflow-style split folders
-        candidates += [str(Path(bases[0]).parent / name) for name in VAL_SPLITS]
     train_files = {str(r.file) for r in train_ds.records.images}
-    for spec in candidates:
+    for spec in _val_candidates(data):
         try:
             ds = load_dataset(spec, classes=list(train_ds.class_names))
         except DetlabError:
@@ -334,13 +340,12 @@ def validation_spec(config: dict, data: str | None = None) -> str:
         raise DataError(f"{CONFIG_FILE}: neither `val` nor `data` is set — pass --data DATA")
     from detlab.data.formats import read_records
 
-    base = _strip_split(str(train))
-    for split in VAL_SPLITS:
+    for spec in _val_candidates(str(train)):
         try:
-            read_records(f"{base}:{split}")
+            read_records(spec)
         except DetlabError:
             continue
-        return f"{base}:{split}"
+        return spec
     raise DataError(f"{CONFIG_FILE}: data {train!r} has no val, valid or test split — pass --data DATA")
 
 
