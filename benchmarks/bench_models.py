@@ -2,7 +2,7 @@
 
 For each model: eager PyTorch in float32 (``torch.inference_mode``, the torchvision
 model underneath — the peer), eager with the network in bf16 and decoding in
-float32 (``--precision bf16`` / ``bench --amp``, :mod:`detlab.models.precision`;
+float32 (``--precision bf16`` / ``bench --precision bf16``, :mod:`detlab.models.precision`;
 only on CPUs with native bf16) and ONNX Runtime on the exported graph are called
 in interleaved rounds on the same real BCCD image (480x640, the model resizing it
 internally to the stated size), and each speed-up is the median of the per-round
@@ -22,9 +22,10 @@ import torch
 
 from detlab.bench import interleaved, round_ratio, run_bench
 from detlab.data.dataset import load_dataset
+from detlab.device import cpu_has_native_bf16
 from detlab.export import OnnxModel, check_export, temporary_onnx
 from detlab.models.catalogue import build_model
-from detlab.models.precision import autocast_network, cpu_has_native_bf16
+from detlab.models.precision import autocast_network
 
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "BCCD"
 MODELS = [

@@ -1,13 +1,13 @@
 """bf16 vs float32 training on CPU: CPU seconds per training step, and AP after equal epochs.
 
-The bf16 path is the one ``detlab train --set amp=bf16`` runs on a CPU (``Trainer._autocast``:
+The bf16 path is the one ``detlab train --precision bf16`` runs on a CPU (``Trainer._autocast``:
 the network modules under ``torch.autocast('cpu', bfloat16)``, losses and box coding in float32).
 Per model, the same batches of BCCD training images (detlab's training transforms at plan.py's
 input size, ImageNet EfficientNet-Lite0 backbone) are trained for ``--steps`` optimizer steps in
 interleaved rounds (fp32, bf16, fp32, …) from the same starting weights; the speed-up is the
 median of the per-round ratios of CPU seconds (``time.process_time``: user + sys).
 
-On a CPU without native bf16 (no AVX512-BF16 / AMX) ``amp=bf16`` is refused by the config; the
+On a CPU without native bf16 (no AVX512-BF16 / AMX) ``precision=bf16`` is refused by the config; the
 script then says so and measures the emulated path anyway (``--emulated``) so that the slowdown
 is on record. ``--epochs N`` also trains each precision for N epochs through ``detlab.train`` and
 evaluates both on BCCD val (COCO AP, AP50).
@@ -29,20 +29,20 @@ from pathlib import Path
 import torch
 
 import detlab
+from detlab import device as devices
 from detlab.config import family_of, resolve
 from detlab.data.dataset import DetectionDataset, collate
 from detlab.data.transforms import build_transforms
 from detlab.engine.distributed import DistContext
 from detlab.engine.plan import apply_size_plan
 from detlab.engine.train import Trainer
-from detlab.models import precision
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "bccd" / "BCCD"
 
 
 def _steps_cpu(model, ds, batches: list, amp: str, out: Path) -> float:
     """CPU seconds of one optimizer step per batch (a fresh Trainer around ``model``)."""
-    cfg = resolve({"model": model.name, "amp": amp, "device": "cpu", "out": str(out), "quiet": True})
+    cfg = resolve({"model": model.name, "precision": amp, "device": "cpu", "out": str(out), "quiet": True})
     trainer = Trainer(model, ds, None, cfg, DistContext())
     t0 = time.process_time()
     for batch in batches:
@@ -63,7 +63,7 @@ def speed(name: str, train_ds, args) -> tuple[float, float, float]:
     times: dict[str, list[float]] = {"off": [], "bf16": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for amp in ("off", "bf16") if r % 2 == 0 else ("bf16", "off"):
+            for amp in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
                 model = copy.deepcopy(base)
                 times[amp].append(
                     _steps_cpu(model, train_ds, batches, amp, Path(tmp) / f"{amp}{r}") / args.steps
@@ -75,7 +75,7 @@ def speed(name: str, train_ds, args) -> tuple[float, float, float]:
 def accuracy(name: str, train_ds, val_ds, args) -> dict[str, dict]:
     """COCO AP / AP50 on ``val_ds`` after ``args.epochs`` epochs of ``detlab.train`` per precision."""
     out = {}
-    for amp in ("off", "bf16"):
+    for amp in ("fp32", "bf16"):
         kwargs: dict = {}
         apply_size_plan(kwargs, {}, train_ds.records, family_of(name), "cpu")
         torch.manual_seed(0)
@@ -83,7 +83,7 @@ def accuracy(name: str, train_ds, val_ds, args) -> dict[str, dict]:
         t0 = time.process_time()
         with tempfile.TemporaryDirectory() as tmp:
             run = detlab.train(
-                model, train_ds, None, out=tmp, epochs=args.epochs, amp=amp, device="cpu",
+                model, train_ds, None, out=tmp, epochs=args.epochs, precision=amp, device="cpu",
                 weights="imagenet", num_workers=0, quiet=True, report=False, plots=False,
             )  # fmt: skip
         cpu = time.process_time() - t0
@@ -104,14 +104,15 @@ def main() -> None:
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    native = precision.cpu_has_native_bf16()
+    native = devices.cpu_has_native_bf16()
     if not native:
         print(
-            "this CPU has no native bf16 (AVX512-BF16 / AMX): detlab refuses amp=bf16 here", file=sys.stderr
+            "this CPU has no native bf16 (AVX512-BF16 / AMX): detlab refuses precision=bf16 here",
+            file=sys.stderr,
         )
         if not args.emulated:
             raise SystemExit("pass --emulated to measure the emulated bf16 path anyway")
-        precision.cpu_has_native_bf16 = lambda: True  # measurement only: let the config accept it
+        devices.cpu_has_native_bf16 = lambda: True  # measurement only: let the config accept it
     train_ds = detlab.load_dataset(f"{BCCD}:train")
     val_ds = detlab.load_dataset(f"{BCCD}:val", classes=list(train_ds.class_names)) if args.epochs else None
     print(

@@ -39,7 +39,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detlab.device import pick_device
 from detlab.errors import ConfigError
+from detlab.models.precision import amp_dtype, autocast_network, dtype_word
 
 # --- memory -----------------------------------------------------------------------
 
@@ -231,17 +233,20 @@ def _summary(rec: dict, batch: int) -> dict:
 
 
 def bench_eager(
-    model: nn.Module, images: list[Tensor], iters: int, warmup: int, device: torch.device, amp: bool = False
+    model: nn.Module,
+    images: list[Tensor],
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    precision: str = "fp32",
 ) -> dict:
-    """Time ``model(images)`` (eval, ``inference_mode``; with ``amp`` the network in bf16 on CPU,
-    fp16 on CUDA, decoding in float32 — :mod:`detlab.models.precision`) and its stages."""
-    from detlab.models.precision import amp_dtype, autocast_network
-
+    """Time ``model(images)`` (eval, ``inference_mode``; the network at ``precision``, decoding in
+    float32 — :mod:`detlab.models.precision`) and its stages."""
     model = model.to(device).eval()
     images = [im.to(device) for im in images]
     cuda = device.type == "cuda"
     sync = _sync_fn(device)
-    dtype = amp_dtype("amp", device) if amp else None
+    dtype = amp_dtype(precision, device)
 
     def call():
         with torch.inference_mode(), autocast_network(model, dtype, device.type):
@@ -299,7 +304,7 @@ def run_bench(
     iters: int = 20,
     warmup: int = 3,
     device: str | None = None,
-    amp: bool = False,
+    precision: str = "fp32",
     onnx: bool = False,
     images: list[Tensor] | None = None,
 ) -> dict:
@@ -313,8 +318,8 @@ def run_bench(
         threads: torch / ONNX Runtime intra-op threads (default: torch's current setting).
         iters, warmup: timed and untimed calls.
         device: ``cpu`` | ``cuda`` (default: CUDA when available).
-        amp: mixed-precision network (bf16 on CPU — needs native bf16 —, fp16 on CUDA);
-            decoding, NMS and boxes stay float32.
+        precision: the network's precision (a :data:`detlab.config.PRECISIONS` word; bf16 on
+            CPU needs native bf16); decoding, NMS and boxes stay float32.
         onnx: also export to a temporary file and time ONNX Runtime (CPU).
         images: real ``float [3, H, W]`` images to run instead of noise (cycled to ``batch``).
 
@@ -330,7 +335,7 @@ def run_bench(
 
     if iters < 1 or batch < 1 or warmup < 0:
         raise ConfigError(f"bench: iters ({iters}) and batch ({batch}) must be ≥ 1 and warmup ({warmup}) ≥ 0")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: CUDA is not available on this machine; use --device cpu")
     size = (size, size) if isinstance(size, int) else (tuple(size) if size else default_size(model))
@@ -339,7 +344,7 @@ def run_bench(
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        eager = bench_eager(model, inputs, iters, warmup, dev, amp)
+        eager = bench_eager(model, inputs, iters, warmup, dev, precision)
         result_onnx = bench_onnx(model, inputs, iters, warmup, threads) if onnx else None
     finally:
         torch.set_num_threads(old_threads)
@@ -348,7 +353,7 @@ def run_bench(
         "family": getattr(model, "family", "?"),
         "device": dev.type,
         "threads": int(threads or old_threads),
-        "amp": ("fp16" if dev.type == "cuda" else "bf16") if amp else None,
+        "precision": dtype_word(amp_dtype(precision, dev)),  # what ran, after auto
         "size": list(inputs[0].shape[-2:]),
         "batch": batch,
         "iters": iters,
@@ -377,7 +382,7 @@ def format_report(result: dict) -> str:
     """The human-readable table ``detlab bench`` prints."""
     lines = [
         f"{result['model']} ({result['family']}): batch {result['batch']} × [3, {result['size'][0]}, "
-        f"{result['size'][1]}], {result['device']}{' +amp ' + result['amp'] if result['amp'] else ''}, {result['threads']} threads, "
+        f"{result['size'][1]}], {result['device']} {result['precision']}, {result['threads']} threads, "
         f"{result['iters']} timed calls after {result['warmup']} warm-up",
         f"{'backend':<8} {'ms/img':>8} {'p10–p90 ms/call':>17} {'img/s':>7} {'peak MiB':>9} {'dets/img':>8}",
     ]
@@ -404,8 +409,15 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _bench_precision(args) -> str:
+    """``--precision``; the older ``--amp`` asked for the device's half precision (bf16 on CPU, fp16 on CUDA)."""
+    if not getattr(args, "amp", False):
+        return getattr(args, "precision", "fp32")
+    return "fp16" if pick_device(args.device).type == "cuda" else "bf16"
+
+
 def bench_command(args) -> int:
-    """``detlab bench --model NAME|RUN [--size S] [--batch B] [--threads T] [--iters N] [--device D] [--amp] [--onnx]``."""
+    """``detlab bench --model NAME|RUN [--size S] [--batch B] [--threads T] [--iters N] [--device D] [--precision P] [--onnx]``."""
     from detlab.export import check_images, parse_size
 
     model = load_bench_model(
@@ -421,7 +433,7 @@ def bench_command(args) -> int:
         iters=args.iters,
         warmup=getattr(args, "warmup", 3),
         device=args.device,
-        amp=args.amp,
+        precision=_bench_precision(args),
         onnx=args.onnx,
         images=images,
     )

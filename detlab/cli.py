@@ -27,6 +27,27 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def _precision(word: str) -> str:
+    from detlab.config import precision_word
+
+    try:
+        return precision_word(word, "--precision")
+    except DetlabError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--precision: ")) from None
+
+
+def _add_precision(p: argparse.ArgumentParser, default: str | None, note: str = "") -> None:
+    """``--precision`` with detlab's one set of words (:data:`detlab.config.PRECISIONS`)."""
+    p.add_argument(
+        "--precision",
+        default=default,
+        type=_precision,
+        metavar="{auto,fp32,bf16,fp16}",
+        help="network precision; auto: bf16 (else fp16) on CUDA, fp32 on CPU; bf16 on CPU needs native "
+        f"bf16; decoding and boxes stay float32{note}",
+    )
+
+
 # --- demo ---------------------------------------------------------------------
 
 
@@ -170,6 +191,7 @@ def _add_train(sub) -> None:
         help="wall-time budget for the whole run (90s, 10m, 2h, 1h30m): steps and an evaluation are timed "
         "and the epochs planned to end on time, schedule completed (config key time_budget)",
     )
+    _add_precision(p, None, " (config key precision; default auto)")
 
 
 def _run_train(args) -> int:
@@ -202,12 +224,7 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available), with RUN")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass, with RUN")
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16", "fp16", "amp"],
-        help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32; with RUN",
-    )
+    _add_precision(p, "fp32", "; with RUN")
     _add_data_args(p)
 
 
@@ -231,12 +248,7 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16", "fp16", "amp"],
-        help="network precision (amp: bf16 on CPU, fp16 on CUDA); decoding and boxes stay float32",
-    )
+    _add_precision(p, "fp32")
     p.add_argument("--checkpoint", default="best")
     p.add_argument(
         "--data",
@@ -290,11 +302,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument(
-        "--amp",
-        action="store_true",
-        help="mixed-precision network: bf16 on CPU (needs native bf16), fp16 on CUDA; boxes stay float32",
-    )
+    _add_precision(p, "fp32")
+    # The flag of earlier versions: the device's half precision (bf16 on CPU, fp16 on CUDA).
+    p.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--onnx", action="store_true", help="also export and time ONNX Runtime")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument("--num-classes", type=int, default=20, help="classes of a catalogue model (random init)")

@@ -80,7 +80,9 @@ class TrainConfig:
 
     # --- numerics ------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
-    amp: str = "auto"  # auto (bf16, else fp16, on CUDA; off on CPU) | off | bf16 (CPU: if native) | fp16
+    precision: str = (
+        "auto"  # auto (bf16, else fp16, on CUDA; fp32 on CPU) | fp32 | bf16 (CPU: if native) | fp16
+    )
     ema: bool = False  # keep an exponential moving average of the weights; evaluate and save it
     ema_decay: float = 0.9998  # EMA decay per optimizer step
     seed: int = 0  # seeds python, numpy, torch, the sampler and the per-sample augmentation
@@ -255,6 +257,8 @@ def apply_overrides(base: dict, overrides: dict, source: str) -> dict:
     """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for key, value in overrides.items():
+        if key == OLD_PRECISION_KEY:
+            key, value = "precision", precision_word(value, f"{source}: config key {OLD_PRECISION_KEY!r}")
         head, _, rest = key.partition(".")
         if head not in FIELDS:
             raise ConfigError(f"{source}: unknown config key {key!r}; {nearest_key(head)}")
@@ -331,10 +335,30 @@ def resolve(user: dict, family: str | None = None, model_name: str | None = None
     return cfg
 
 
+# One set of words for every place detlab takes a precision: the config key ``precision``,
+# ``--precision`` on train / eval / predict / bench, and the Python API (meanings:
+# :func:`detlab.models.precision.amp_dtype`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Words earlier versions wrote — the config key ``amp`` (``amp: off``), ``--precision amp``,
+# bench's ``--amp`` — still read, because saved run folders and scripts hold them.
+OLD_PRECISION_KEY = "amp"
+_OLD_PRECISION_WORDS = {"off": "fp32", "amp": "auto"}
+
+
+def precision_word(word: str, source: str = "precision") -> str:
+    """``word`` in :data:`PRECISIONS`, an older word translated; ConfigError naming ``source`` otherwise."""
+    word = str(word).lower()
+    word = _OLD_PRECISION_WORDS.get(word, word)
+    if word not in PRECISIONS:
+        raise ConfigError(f"{source}: {word!r} is not one of {', '.join(PRECISIONS)}")
+    return word
+
+
 _CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("step", "cosine", "constant"),
-    "amp": ("auto", "off", "bf16", "fp16"),
+    "precision": PRECISIONS,
     "eval_before": ("auto", "true", "false"),
 }
 
@@ -514,6 +538,8 @@ def validate(cfg: TrainConfig, family: str | None = None) -> None:
         cfg.eval_before = str(cfg.eval_before).lower()
     if isinstance(cfg.protocols, str):
         cfg.protocols = [p.strip() for p in cfg.protocols.split(",") if p.strip()]
+    if isinstance(cfg.precision, str):  # older words (off) read as today's (fp32)
+        cfg.precision = precision_word(cfg.precision, "config key 'precision'")
     unknown = [p for p in cfg.protocols if p not in PROTOCOLS] if isinstance(cfg.protocols, list) else []
     if unknown:
         raise ConfigError(
@@ -535,7 +561,7 @@ def validate(cfg: TrainConfig, family: str | None = None) -> None:
     if family is None and cfg.model and has_family(cfg.model):
         family = family_of(cfg.model)
     validate_metric(cfg.metric, cfg.protocols, family)
-    _validate_device(cfg.device, cfg.amp)
+    _validate_device(cfg.device, cfg.precision)
     _validate_model_kwargs(cfg.model, cfg.model_kwargs)
 
 
@@ -580,11 +606,11 @@ def validate_metric(metric: str, protocols: list, family: str | None) -> None:
     raise ConfigError(f"config key 'metric': {metric!r} is not a metric detlab computes; {hint}")
 
 
-def _validate_device(device: str, amp: str) -> None:
+def _validate_device(device: str, precision: str) -> None:
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise ConfigError(f"config key 'device': {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if device in ("auto", "cpu"):
-        if amp == "bf16":
+        if precision == "bf16":
             _validate_cpu_bf16(device)
         return
     import torch
@@ -607,26 +633,26 @@ def _validate_device(device: str, amp: str) -> None:
             f"config key 'device': {device!r} is not available: torch sees {count} CUDA GPU(s), "
             f"cuda:0..cuda:{count - 1}"
         )
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError(
-            f"config key 'amp': 'bf16' is not supported by {torch.cuda.get_device_name(index)}; "
-            "use amp=fp16 or auto"
+            f"config key 'precision': 'bf16' is not supported by {torch.cuda.get_device_name(index)}; "
+            "use precision=fp16 or auto"
         )
 
 
 def _validate_cpu_bf16(device: str) -> None:
-    """amp=bf16 on a CPU: only where oneDNN runs bf16 natively. Emulated it runs, but slower than
+    """precision=bf16 on a CPU: only where oneDNN runs bf16 natively. Emulated it runs, but slower than
     float32 (benchmarks/bf16_train.py --emulated measures it), so it is refused, not run."""
     import torch
 
-    from detlab.models.precision import cpu_has_native_bf16
+    from detlab import device as devices
 
     if device == "auto" and torch.cuda.is_available():
         return  # auto is the GPU there
-    if not cpu_has_native_bf16():
+    if not devices.cpu_has_native_bf16():
         raise ConfigError(
-            "config key 'amp': this CPU has no native bf16 (no AVX512-BF16 / AMX), so bf16 training "
-            "would run emulated and slower than float32; use amp=off (or auto) here"
+            "config key 'precision': this CPU has no native bf16 (no AVX512-BF16 / AMX), so bf16 training "
+            "would run emulated and slower than float32; use precision=fp32 (or auto) here"
         )
 
 

@@ -18,3 +18,8 @@ def pick_device(name: str | torch.device | None = "auto", local_rank: int = 0) -
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions and matmuls natively (oneDNN: AVX512-BF16 / AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

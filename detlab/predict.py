@@ -28,7 +28,7 @@ from detlab.data.results import THRESHOLDED_SCORE, coco_category_ids
 from detlab.device import pick_device
 from detlab.errors import ConfigError, DataError, writing
 from detlab.log import logger
-from detlab.models.precision import amp_dtype, autocast_network
+from detlab.models.precision import amp_dtype, autocast_network, dtype_word
 from detlab.runfolder import find_checkpoint, load_model_checkpoint
 
 DRAW_SCORE = 0.5  # default --score: what is drawn, and written when no --data asks for results to score
@@ -107,8 +107,8 @@ class Detector:
         config: the run's resolved config (plain dict).
         model_name: catalogue name.
         device: where images are sent before the model runs.
-        precision: ``fp32``, or ``bf16`` / ``fp16`` / ``amp`` for a mixed-precision
-            network with float32 decoding (:mod:`detlab.models.precision`).
+        precision: a :data:`detlab.config.PRECISIONS` word (``fp32``, ``bf16``, ``fp16``,
+            ``auto``): the network's precision, decoding in float32 (:mod:`detlab.models.precision`).
         skipped: problems for images that could not be read by the last
             :meth:`predict` call (counted, reported, never silently dropped).
     """
@@ -125,8 +125,8 @@ class Detector:
         precision: str = "fp32",
     ):
         self.device = pick_device(device)
-        self.precision = precision
         self.amp_dtype = amp_dtype(precision, self.device)
+        self.precision = dtype_word(self.amp_dtype)  # what runs, after auto
         if self.amp_dtype is not None and not isinstance(model, torch.nn.Module):
             raise ConfigError(
                 f"precision {precision}: only the torch backend runs mixed precision — use fp32"
@@ -484,7 +484,7 @@ def predict_command(args) -> int:
     files = expand_sources(args.sources) if args.sources else []
     precision = getattr(args, "precision", "fp32")
     if args.backend == "onnx":
-        if precision != "fp32":
+        if precision not in ("fp32", "auto"):
             raise ConfigError(
                 f"--precision {precision}: only --backend torch runs mixed precision — use fp32"
             )

@@ -7,9 +7,10 @@ import torch
 from test_predict import _noise_image, run  # noqa: F401  (module fixture)
 from test_report_runfolder import one_thread  # noqa: F401  (autouse fixture)
 
+from detlab.device import cpu_has_native_bf16
 from detlab.errors import ConfigError
 from detlab.models.catalogue import build_model
-from detlab.models.precision import amp_dtype, autocast_network, cpu_has_native_bf16
+from detlab.models.precision import amp_dtype, autocast_network
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 
@@ -28,15 +29,18 @@ def _on_bf16_grid(x: torch.Tensor) -> bool:
 def test_amp_dtype_choices_and_errors(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_dtype("fp32", cpu) is None
-    assert amp_dtype("amp", cuda) is torch.float16
+    assert amp_dtype("auto", cpu) is None  # bf16 on a CPU is asked for by name
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100 / T4
+    assert amp_dtype("auto", cuda) is torch.float16
+    assert amp_dtype("amp", cuda) is torch.float16  # the word earlier versions took, read as auto
     with pytest.raises(ConfigError, match="this GPU has no bf16"):
         amp_dtype("bf16", cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert amp_dtype("bf16", cuda) is torch.bfloat16
+    assert amp_dtype("auto", cuda) is torch.bfloat16
     with pytest.raises(ConfigError, match="fp16 on CPU"):
         amp_dtype("fp16", cpu)
-    with pytest.raises(ConfigError, match="use one of fp32, bf16, fp16"):
+    with pytest.raises(ConfigError, match="'int8' is not one of auto, fp32, bf16, fp16"):
         amp_dtype("int8", cpu)
 
 
@@ -150,3 +154,25 @@ def test_predict_takes_precision(run, tmp_path, capsys):  # noqa: F811
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only --backend torch runs mixed precision" in err[0]
+
+
+def test_one_precision_vocabulary_on_every_command(capsys):
+    """train, eval, predict and bench take the config's words; older words are read as today's."""
+    from detlab.cli import build_parser
+    from detlab.config import PRECISIONS
+
+    parser = build_parser()
+    lines = {
+        "train": ["train"],
+        "eval": ["eval", "RUN"],
+        "predict": ["predict", "RUN", "--out", "O"],
+        "bench": ["bench", "--model", "fcos_r18_fpn"],
+    }
+    for command, argv in lines.items():
+        for word in PRECISIONS:
+            assert parser.parse_args([*argv, "--precision", word]).precision == word, command
+        assert parser.parse_args([*argv, "--precision", "amp"]).precision == "auto"
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--precision", "int8"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].endswith("argument --precision: 'int8' is not one of auto, fp32, bf16, fp16"), err

@@ -10,13 +10,13 @@ from test_report_runfolder import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from detlab import device as devices
 from detlab.config import resolve
 from detlab.data.dataset import collate, load_dataset
 from detlab.data.transforms import build_transforms
 from detlab.engine.distributed import DistContext
 from detlab.engine.train import Trainer
 from detlab.errors import ConfigError
-from detlab.models import precision
 from detlab.models.catalogue import build_model
 
 SIZE = {"min_size": 96, "max_size": 128}
@@ -26,15 +26,15 @@ SIZE = {"min_size": 96, "max_size": 128}
 # and tests/test_precision.py checks each family's network_modules in bf16.
 @pytest.mark.parametrize("name", ["fcos_effl0_fpn"])
 def test_bf16_cpu_training_step_is_finite_float32(name, bccd, tmp_path, monkeypatch):
-    if not precision.cpu_has_native_bf16():
+    if not devices.cpu_has_native_bf16():
         # Emulated bf16 runs the same code, only slower; the config refuses it (test below), so the
         # check is bypassed here to test the training step itself on any CPU.
-        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     torch.manual_seed(0)
     model = build_model(name, 3, weights="none", **SIZE)
     ds = load_dataset(f"{bccd}:test", transforms=build_transforms(model.transform_recipe, train=True, **SIZE))
     cfg = resolve(
-        {"model": name, "amp": "bf16", "device": "cpu", "out": str(tmp_path / "run"), "quiet": True}
+        {"model": name, "precision": "bf16", "device": "cpu", "out": str(tmp_path / "run"), "quiet": True}
     )
     trainer = Trainer(model, ds, None, cfg, DistContext())
     assert trainer.amp_dtype is torch.bfloat16
@@ -69,12 +69,16 @@ def test_bf16_cpu_training_step_is_finite_float32(name, bccd, tmp_path, monkeypa
 
 
 def test_bf16_cpu_training_is_refused_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     for device in ("cpu", "auto"):
         if device == "auto" and torch.cuda.is_available():
             continue  # auto means the GPU there
-        with pytest.raises(ConfigError, match=r"^config key 'amp': this CPU has no native bf16 .*amp=off"):
-            resolve({"model": "fcos_effl0_fpn", "amp": "bf16", "device": device})
-    assert resolve({"model": "fcos_effl0_fpn", "amp": "off", "device": "cpu"}).amp == "off"
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert resolve({"model": "fcos_effl0_fpn", "amp": "bf16", "device": "cpu"}).amp == "bf16"
+        with pytest.raises(
+            ConfigError, match=r"^config key 'precision': this CPU has no native bf16 .*precision=fp32"
+        ):
+            resolve({"model": "fcos_effl0_fpn", "precision": "bf16", "device": device})
+    assert resolve({"model": "fcos_effl0_fpn", "precision": "fp32", "device": "cpu"}).precision == "fp32"
+    # the key and word earlier versions saved in run folders are read as today's
+    assert resolve({"model": "fcos_effl0_fpn", "amp": "off", "device": "cpu"}).precision == "fp32"
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert resolve({"model": "fcos_effl0_fpn", "precision": "bf16", "device": "cpu"}).precision == "bf16"

@@ -39,6 +39,7 @@ from detlab.engine.runlog import RunLog, run_lock
 from detlab.engine.schedule import build_optimizer, build_scheduler, stretch_schedule
 from detlab.errors import ConfigError, DetlabError, OutputError
 from detlab.log import logger
+from detlab.models.precision import amp_dtype
 from detlab.runfolder import dataset_spec, default_train_split, find_val_split, names_test
 
 
@@ -183,15 +184,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for full precision (``auto`` is off on CPU)."""
-    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
-        return None
-    if cfg.amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-
-
 def _with_train_transforms(dataset, model: nn.Module, cfg: TrainConfig):
     """The dataset with the family's training transforms when it has none of its own."""
     if getattr(dataset, "transforms", "absent") is not None or not hasattr(dataset, "records"):
@@ -246,7 +238,7 @@ class Trainer:
         self.net = self._wrap_ddp(self.model)
         self.optimizer = build_optimizer(self.model, cfg, ctx.world_size)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_iters)
-        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.amp_dtype = amp_dtype(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = self._build_ema()
         self.epoch, self.iteration, self.step_in_epoch = 0, 0, 0
@@ -334,7 +326,7 @@ class Trainer:
             self.log.note(f"resumed {self.out} at epoch {self.epoch + 1}, iteration {self.iteration}")
             return
         self.log.start_fresh()
-        amp = f", amp {self.amp_dtype}".replace("torch.", "") if self.amp_dtype else ""
+        amp = f", {self.amp_dtype} network".replace("torch.", "") if self.amp_dtype else ""
         self.log.note(
             f"training {getattr(self.model, 'name', type(self.model).__name__)} on {self.device}{amp}: "
             f"{self.cfg.epochs} epochs × {self.steps_per_epoch} steps, batch {self.cfg.batch_size}"
@@ -750,7 +742,7 @@ def _config_from_args(args) -> TrainConfig:
     from detlab.config import load_yaml, parse_set, resolve
 
     user = {**(load_yaml(args.config) if args.config else {}), **parse_set(args.set)}
-    for flag in ("data", "val", "model", "out", "weights"):
+    for flag in ("data", "val", "model", "out", "weights", "precision"):
         if getattr(args, flag, None) is not None:
             user[flag] = getattr(args, flag)
     if getattr(args, "time", None) is not None:
@@ -771,7 +763,7 @@ def _resume_config(args) -> tuple[TrainConfig, dict]:
     ckpt = ckpt_io.load_checkpoint(run)
     ckpt_io.require_training_state(ckpt, run / "checkpoints" / "last.pt" if run.is_dir() else run)
     changes = {**(load_yaml(args.config) if args.config else {}), **parse_set(args.set)}
-    for flag in ("data", "val", "model", "weights"):
+    for flag in ("data", "val", "model", "weights", "precision"):
         if getattr(args, flag, None) is not None:
             changes[flag] = getattr(args, flag)
     if getattr(args, "time", None) is not None:

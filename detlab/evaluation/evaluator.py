@@ -375,8 +375,9 @@ def evaluate(
         with_loss: also average ``model.val_losses`` over the images → ``result["val_loss"]``.
         progress: show progress (a bar on a terminal, a line every few seconds otherwise).
         num_workers: DataLoader workers.
-        precision: ``fp32``, or ``bf16`` / ``fp16`` / ``amp`` for a mixed-precision network with
-            float32 decoding (:mod:`detlab.models.precision`); validation losses stay float32.
+        precision: a :data:`detlab.config.PRECISIONS` word (``fp32``, ``bf16``, ``fp16``, ``auto``);
+            the network only, decoding in float32 (:mod:`detlab.models.precision`); validation
+            losses stay float32.
         **opts: ``iou``, ``max_dets``, ``area_ranges`` (see :class:`DetectionEvaluator`).
 
     Returns:

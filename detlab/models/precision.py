@@ -22,28 +22,25 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from detlab import device as devices  # module attribute: a test can stand in for the CPU check
+from detlab.config import precision_word
 from detlab.errors import ConfigError
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 convolutions and matmuls natively (oneDNN: AVX512-BF16 / AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (``fp32`` | ``bf16`` | ``fp16`` | ``amp``) on ``device``.
+    """The autocast dtype for ``precision`` (a :data:`detlab.config.PRECISIONS` word) on ``device``.
 
-    ``amp`` picks bf16 on CPU and fp16 on CUDA. ``fp32`` gives ``None`` (no autocast).
-    Raises :class:`ConfigError` for fp16 on CPU (no fast kernels), for bf16 on a CPU
-    without native bf16 (it would run several times slower than float32) and for bf16 on
-    a GPU without it.
+    ``auto`` is mixed precision where it is fast and measured not to cost accuracy: bf16 on a
+    CUDA GPU that has it, else fp16; float32 on a CPU (bf16 there is asked for by name).
+    ``fp32`` gives ``None`` (no autocast). Raises :class:`ConfigError` for fp16 on CPU (no fast
+    kernels), for bf16 on a CPU without native bf16 (it would run several times slower than
+    float32) and for bf16 on a GPU without it.
     """
-    if precision == "amp":
-        precision = "fp16" if device.type == "cuda" else "bf16"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)} or amp")
+    precision = precision_word(precision)
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "fp32":
         return None
     if device.type == "cpu":
@@ -51,14 +48,19 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             raise ConfigError(
                 "precision fp16 on CPU: PyTorch has no fast fp16 CPU kernels — use bf16 or fp32"
             )
-        if not cpu_has_native_bf16():
+        if not devices.cpu_has_native_bf16():
             raise ConfigError(
                 "precision bf16 on CPU: this CPU has no native bf16 (AVX512-BF16 / AMX), "
                 "so it would be slower than float32 — use fp32"
             )
     elif precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("precision bf16: this GPU has no bf16 support — use fp16 (or amp) on CUDA")
+        raise ConfigError("precision bf16: this GPU has no bf16 support — use fp16 (or auto) on CUDA")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def dtype_word(dtype: torch.dtype | None) -> str:
+    """The precision word of what :func:`amp_dtype` chose (``fp32`` for ``None``), for stamps and logs."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def _to_float32(tree):
