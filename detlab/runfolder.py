@@ -26,9 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from detlab.engine.checkpoint import load_checkpoint, read_torch_file
+from detlab.engine.checkpoint import load_checkpoint
 from detlab.errors import DataError, DetlabError, WeightsError
 from detlab.log import logger
+from detlab.torchfile import read_torch_file
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"

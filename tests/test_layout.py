@@ -105,9 +105,26 @@ def test_prediction_depends_only_downwards():
         "detlab.report.html",
     )
     for low in ("detlab.predict", "detlab.runfolder", "detlab.onnx_runtime"):
-        reached, todo = set(), [low]
-        while todo:
-            for m in edges[todo.pop()] - reached:
-                reached.add(m)
-                todo.append(m)
+        reached = _reached(edges, low)
         assert not [m for m in reached if m.startswith(above)], (low, sorted(reached))
+
+
+def _reached(edges: dict[str, set[str]], start: str) -> set[str]:
+    reached, todo = set(), [start]
+    while todo:
+        for m in edges[todo.pop()] - reached:
+            reached.add(m)
+            todo.append(m)
+    return reached
+
+
+def test_models_and_config_sit_below_the_engine():
+    """The networks, their weights and the config are read by the engine, the evaluator and the
+    commands; none of them reaches back up (files are read through detlab.torchfile)."""
+    edges = graph()
+    above = ("detlab.engine", "detlab.evaluation", "detlab.report", "detlab.export", "detlab.predict")
+    for low in [m for m in edges if m.startswith("detlab.models")] + ["detlab.config", "detlab.torchfile"]:
+        assert not [m for m in _reached(edges, low) if m.startswith(above)], (
+            low,
+            sorted(_reached(edges, low)),
+        )

@@ -15,11 +15,9 @@ are kept in pixels and clipped to the real image (``warning``).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -499,23 +497,19 @@ def _file_problem(path: Path) -> str | None:
         return f"unreadable image file ({e.strerror or e})"
 
 
-def print_load_summary(
-    records: Records, result: CheckResult, name: str, file: TextIO = sys.stderr, limit: int = 10
-) -> None:
-    """The load-time report: a few problem lines, then the counts (``detlab check`` lists everything)."""
+def print_load_summary(records: Records, result: CheckResult, name: str, limit: int = 10) -> None:
+    """The load-time report, through detlab's logger: a few problem lines (warnings), then the
+    counts (``detlab check`` lists everything)."""
     shown = [p for p in records.problems if p.severity != "info"]
     for p in shown[:limit]:
-        print(f"detlab: {p.line()}", file=file)
+        logger.warning(f"detlab: {p.line()}")
     if len(shown) > limit:
-        print(
-            f"detlab: … and {len(shown) - limit} more — run `detlab check {name}` for every line", file=file
-        )
+        logger.warning(f"detlab: … and {len(shown) - limit} more — run `detlab check {name}` for every line")
     if shown:
-        print(
+        logger.info(
             f"detlab: {name}: {len(records.images)} images, {records.num_boxes} boxes, {records.num_classes} classes; "
             f"fixed {result.boxes_fixed} boxes and {result.sizes_fixed} sizes, skipped {result.boxes_skipped} boxes "
-            f"and {result.images_skipped} images",
-            file=file,
+            f"and {result.images_skipped} images"
         )
 
 

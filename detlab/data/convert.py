@@ -37,7 +37,6 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -329,7 +328,7 @@ def convert(
         raise DataError(f"--to {to!r}: unknown target — use one of {', '.join(TARGETS)}")
     records = read_records(src, split=split, images=images, classes=classes)
     result = validate_records(records, decode=False)
-    print_load_summary(records, result, str(src), file=sys.stderr)
+    print_load_summary(records, result, str(src))
     if turned := to_display_frame(records):
         logger.info(
             f"detlab: {turned} EXIF-rotated images annotated in their raw frame: boxes written in the displayed frame"

@@ -19,7 +19,6 @@ taken to be in the displayed frame, which is what EXIF-aware tools (and
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -234,7 +233,7 @@ def load_dataset(
     records = read_records(path, split=split, images=images, classes=classes)
     if check:
         result = validate_records(records, decode=False)
-        print_load_summary(records, result, str(path), file=sys.stderr)
+        print_load_summary(records, result, str(path))
     if not records.images:
         raise DataError(f"{path}: no usable images — run `detlab check {path}` to see why")
     return DetectionDataset(records, transforms)
@@ -271,7 +270,7 @@ def load_ground_truth(
     records = read_records(path, split=split, images=images, classes=classes)
     result = validate_annotations(records)
     if verbose:
-        print_load_summary(records, result, str(path), file=sys.stderr)
+        print_load_summary(records, result, str(path))
     if not records.images:
         raise DataError(f"{path}: no image records in the annotations — run `detlab check {path}` to see why")
     return records

