@@ -56,10 +56,11 @@ def test_boxes_are_in_the_original_exif_rotated_frame(run, tmp_path):
 
 
 def test_batched_equals_one_by_one(run, tmp_path):
+    """On a folder of mixed sizes, as a phone, a scanner and a crop give them."""
     from detlab.predict import Detector
 
-    for i in range(5):
-        _noise_image(tmp_path / f"im{i}.png", 80, 60, seed=10 + i)
+    for i, (w, h) in enumerate([(80, 60), (60, 90), (100, 100), (80, 60), (70, 50)]):
+        _noise_image(tmp_path / f"im{i}.png", w, h, seed=10 + i)
     det = Detector.from_run(run, device="cpu")
     batched = det.predict(tmp_path, score=0.1, batch_size=4)
     single = det.predict(str(tmp_path / "*.png"), score=0.1, batch_size=1)

@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
@@ -63,6 +64,31 @@ def loss_targets(targets: list[dict[str, Tensor]], label_offset: int) -> list[di
     return out
 
 
+def sizes_differ(images: Sequence[Tensor]) -> bool:
+    """Whether an eval batch mixes image sizes (never while tracing or exporting one image)."""
+    if len(images) < 2 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    return len({tuple(im.shape[-2:]) for im in images}) > 1
+
+
+def run_by_size(detect: Callable[[list[Tensor]], list[dict]], images: Sequence[Tensor]) -> list[dict]:
+    """``detect(images)`` run once per image size, results in input order.
+
+    torchvision pads a batch to its largest image. Padding changes what a detector computes: the
+    GroupNorm of FCOS's and RetinaNet's heads normalises over the padded map, so every score moves,
+    and convolutions near the padded borders see zeros instead of the image's edge. So a batch of
+    images of one size gives each image's own detections, and a mixed batch is split by size.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.shape[-2:]), []).append(i)
+    out: list[dict | None] = [None] * len(images)
+    for indices in groups.values():
+        for i, det in zip(indices, detect([images[i] for i in indices])):
+            out[i] = det
+    return out
+
+
 class TorchvisionDetector:
     """Mixin, listed before the torchvision class: detlab's contract around its ``forward``.
 
@@ -71,6 +97,9 @@ class TorchvisionDetector:
     image's pixels, "scores": [K], "labels": int64 [K] in 0..C-1}``.
     """
 
+    #: whether a mixed-size batch is padded to one size (see :func:`run_by_size`); SSD resizes every
+    #: image to one square, so its batches have no padding
+    pads_batches: bool = True
     #: added to contract labels for torchvision's losses: 1 where class 0 is background
     label_offset: int = 0
     #: names of submodules that also branch on their own ``training`` flag for losses
@@ -85,6 +114,8 @@ class TorchvisionDetector:
                 ``labels`` int64 ``[N]`` in ``0..C-1``; ``iscrowd`` boxes, when
                 flagged, are left out of the loss.
         """
+        if targets is None and not self.training and self.pads_batches and sizes_differ(images):
+            return run_by_size(self.forward, images)
         if targets is not None:
             targets = loss_targets(targets, self.label_offset)
         out = super().forward(images, targets)

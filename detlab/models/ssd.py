@@ -81,6 +81,7 @@ class SSDDetector(TorchvisionDetector, SSD):
     # SSDLite's BatchNorm sees 1x1 maps at its last levels: one image gives one
     # value per channel, which BatchNorm cannot normalise in train mode.
     min_train_batch = 1
+    pads_batches = False  # every image is resized to size × size: a batch holds no padding
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         """:meth:`TorchvisionDetector.forward`, images resized to ``size``; refuses a train batch

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from detlab.errors import ConfigError
+from detlab.models.contract import run_by_size, sizes_differ
 from detlab.models.detr.backbone import (
     Backbone,
     Joiner,
@@ -233,6 +234,8 @@ class DETR(nn.Module):
             if targets is None:
                 raise ValueError("DETR in train mode needs targets; call model.eval() for detections")
             return self.criterion(self.forward_raw(images), self.targets_to_detr(images, targets))
+        if sizes_differ(images):  # the mask hides padding from attention, not from the backbone's borders
+            return run_by_size(self.forward, images)
         outputs = self.forward_raw(images)
         return self.postprocess(outputs, [tuple(img.shape[-2:]) for img in images])
 
