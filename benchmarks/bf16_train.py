@@ -60,7 +60,7 @@ def speed(name: str, train_ds, args) -> tuple[float, float, float]:
     torch.manual_seed(0)
     data = DetectionDataset(train_ds.records, transforms=tf)
     batches = [collate([data[2 * i + j] for j in range(2)]) for i in range(args.steps)]
-    times: dict[str, list[float]] = {"off": [], "bf16": []}
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for amp in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
@@ -68,8 +68,8 @@ def speed(name: str, train_ds, args) -> tuple[float, float, float]:
                 times[amp].append(
                     _steps_cpu(model, train_ds, batches, amp, Path(tmp) / f"{amp}{r}") / args.steps
                 )
-    ratios = [a / b for a, b in zip(times["off"], times["bf16"])]
-    return statistics.median(times["off"]), statistics.median(times["bf16"]), statistics.median(ratios)
+    ratios = [a / b for a, b in zip(times["fp32"], times["bf16"])]
+    return statistics.median(times["fp32"]), statistics.median(times["bf16"]), statistics.median(ratios)
 
 
 def accuracy(name: str, train_ds, val_ds, args) -> dict[str, dict]:

@@ -251,7 +251,13 @@ def _config_section(info: RunInfo) -> str:
     return section("config", "Config", body)
 
 
+def _boxes(n: int) -> str:
+    return f"{n} box" if n == 1 else f"{n} boxes"
+
+
 def _short(value) -> str:
+    if isinstance(value, float):  # 0.3333333333333333 → 0.333333: a setting, not a measurement
+        value = float(f"{value:.6g}")
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 80 else text[:77] + "…"
 
@@ -433,8 +439,8 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         pred = draw_boxes(image, det["boxes"], det["labels"], detector.class_names, scores=det["scores"])
         n_gt, n_pred = len(target["boxes"]), len(det["boxes"])
         rows.append(
-            f'<div class="grid">{photo_figure(gt, f"{name}: ground truth, dashed ({n_gt} boxes)")}'
-            f"{photo_figure(pred, f'{name}: detections with score ≥ {score} ({n_pred} boxes)')}</div>"
+            f'<div class="grid">{photo_figure(gt, f"{name}: ground truth, dashed ({_boxes(n_gt)})")}'
+            f"{photo_figure(pred, f'{name}: detections with score ≥ {score} ({_boxes(n_pred)})')}</div>"
         )
     if not rows:
         return section("samples", title, note("the validation data holds no images."))
