@@ -224,8 +224,8 @@ def test_eval_boxes_are_in_each_input_images_pixels():
     model = build_detr("detr_r18", num_classes=2, **TINY).eval()
     images = [torch.rand(3, 60, 200), torch.rand(3, 150, 90)]  # resized and padded very differently
     with torch.no_grad():
-        raw = model.forward_raw(images)
-        dets = model(images)
+        raw = model.forward_raw(images)  # one padded batch (model(images) runs each size alone)
+        dets = model.postprocess(raw, [tuple(im.shape[-2:]) for im in images])
     for i, (img, det) in enumerate(zip(images, dets)):
         h, w = img.shape[-2:]
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
