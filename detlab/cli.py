@@ -200,6 +200,72 @@ def _run_train(args) -> int:
     return train_command(args)
 
 
+# --- tune ---------------------------------------------------------------------
+
+TUNE_EPILOG = """\
+default space (--space replaces it):
+  base_lr       log-uniform over x0.25..x4 the family recipe's (detlab config --model NAME);
+                not searched when --set fixes lr or base_lr
+  input size    the family's size knob at x0.8, x1, x1.2 its default, multiples of 32:
+                model_kwargs.min_size around the data-aware size (Faster R-CNN, FCOS, RetinaNet)
+                or the recipe's (DETR), max_size following; SSD model_kwargs.size
+  augmentation  not searched: the config has no strength key (augment names a recipe;
+                --space augment=fcos,ssd searches recipes)
+--space KEY=LOW:HIGH (uniform), KEY=LOW:HIGH:log, KEY=A,B,C (choices); integer keys sample integers.
+
+Each trial is a `detlab train` run folder OUT/trial_NNN with an even share of what is left of
+--time (the budget planner picks its epochs); after each evaluation the run's metric (coco/AP50)
+goes to Optuna's MedianPruner, which stops trials worse than the median. Writes OUT/trials.csv,
+OUT/study.json and OUT/best.yaml (detlab train --config OUT/best.yaml). Needs the extra:
+pip install 'detlab[tune]'."""
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="hyper-parameter search (Optuna) within one --time; every trial a run folder",
+        description="Search learning rate and input size (or --space) within --time; "
+        "each trial is a normal `detlab train` run.",
+        epilog=TUNE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="training data (DATA or DATA:split)")
+    p.add_argument("--model", required=True, help="catalogue name (see `detlab models`)")
+    p.add_argument("--out", required=True, help="study folder: trial_NNN/, trials.csv, study.json, best.yaml")
+    p.add_argument(
+        "--time",
+        required=True,
+        metavar="DURATION",
+        help="wall time of the whole study (90s, 10m, 2h, 1h30m), shared out among the trials",
+    )
+    p.add_argument(
+        "--trials", type=int, default=None, help="number of trials (default: one per 2 min of --time, 2-10)"
+    )
+    p.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        metavar="KEY=SPEC",
+        help="a searched config key: KEY=LOW:HIGH, KEY=LOW:HIGH:log or KEY=A,B,C (repeatable)",
+    )
+    p.add_argument("--weights", default=None, help="none | imagenet | coco | PATH")
+    p.add_argument("--val", default=None, help="validation data (default: the same source's val/test split)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a config key for every trial (repeatable)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (training keeps config key seed)")
+
+
+def _run_tune(args) -> int:
+    from detlab.tune import tune_command
+
+    return tune_command(args)
+
+
 # --- eval / predict / report / compare -----------------------------------------
 
 
@@ -353,6 +419,7 @@ COMMANDS = {
     "split": (_add_split, _run_split),
     "config": (_add_config, _run_config),
     "train": (_add_train, _run_train),
+    "tune": (_add_tune, _run_tune),
     "eval": (_add_eval, _run_eval),
     "predict": (_add_predict, _run_predict),
     "report": (_add_report, _run_report),

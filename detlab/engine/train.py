@@ -137,6 +137,7 @@ def fit(
     started: float | None = None,
     clock=time.monotonic,
     measure=None,
+    on_eval=None,
 ) -> Run:
     """Run the loop for a built model and loaded datasets under a resolved config.
 
@@ -151,6 +152,8 @@ def fit(
         clock: seconds, monotonic (tests give a fake one).
         measure: ``measure(trainer) -> budget.Timing`` for a time budget (default
             :func:`detlab.engine.budget.measure`, which times real steps; tests give fixed costs).
+        on_eval: ``on_eval(epoch, metrics)`` after each epoch's evaluation and checkpoint, with the
+            flattened metrics; an exception it raises ends the run there (``detlab tune`` prunes so).
 
     Returns:
         The :class:`Run`.
@@ -159,6 +162,7 @@ def fit(
     with locked_run(cfg.out, ctx):
         trainer = Trainer(model, train_ds, val_ds, cfg, ctx, clock=clock, started=started)
         trainer.measure = measure or budget.measure
+        trainer.on_eval = on_eval
         try:
             return trainer.run(resume)
         except OutputError as e:
@@ -252,6 +256,7 @@ class Trainer:
         self.measure = budget.measure
         self.step_seconds: list[float] = []  # this _train_epoch call's step times
         self.eval_seconds: float | None = None  # the last full evaluation, logging and plots included
+        self.on_eval = None  # fit()'s on_eval(epoch, metrics): told of each epoch's evaluation
 
     # --- setup helpers ---------------------------------------------------------
 
@@ -306,6 +311,8 @@ class Trainer:
             if self._eval_due():
                 improved = self._evaluate_and_track()
                 self._save(best=improved)
+                if self.on_eval is not None:
+                    self.on_eval(self.epoch, dict(self.progress["metrics"]))
                 if self.cfg.patience and self.progress["bad_evals"] >= self.cfg.patience:
                     self.log.note(
                         f"early stopping: {self.cfg.metric} did not improve for "
@@ -668,12 +675,13 @@ def _source_ids(dataset) -> list:
 # --- the command line ---------------------------------------------------------------
 
 
-def train_command(args) -> int:
+def train_command(args, on_eval=None) -> int:
     """``detlab train``: resolve the config, load data and model, run :func:`fit`.
 
     Args:
         args: the ``detlab train`` namespace (``data``, ``val``, ``model``, ``out``, ``weights``,
             ``config``, ``set``, ``resume``).
+        on_eval: passed to :func:`fit` (``detlab tune`` reports each evaluation to its pruner).
 
     Returns:
         Exit code 0; bad input raises a DetlabError the CLI prints as one line.
@@ -697,7 +705,7 @@ def train_command(args) -> int:
             _plan_size(cfg, train_ds.records, ctx, verbose=ctx.is_main)
             _plan_machine(cfg, _user_keys(args), ctx)
         model = _build_for(cfg, train_ds.num_classes, resume)
-        fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx, started=started)
+        fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx, started=started, on_eval=on_eval)
     finally:
         held.close()
         ddp.cleanup()
