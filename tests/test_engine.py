@@ -176,6 +176,32 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     assert run.before is not None and run.metrics["coco/AP50"] == max(e["coco/AP50"] for e in evals[1:])
 
 
+def test_the_final_evaluation_scores_the_best_epochs_detections_instead_of_predicting_again(
+    tmp_path, monkeypatch
+):
+    """RUN/eval/ after training holds what a fresh pass of best.pt gives, without that pass."""
+    from detlab.evaluation import evaluator
+    from detlab.evaluation.final import PREDICTIONS
+
+    passes, real = [], evaluator.predict_split
+    monkeypatch.setattr(
+        evaluator, "predict_split", lambda *a, **k: passes.append(k.get("desc", "eval")) or real(*a, **k)
+    )
+    torch.manual_seed(0)
+    val = ShapesDataset(3, seed=1)
+    run = fit(TinyFCOS(), ShapesDataset(8), val, tiny_cfg(tmp_path, epochs=3, ema=True, ema_decay=0.5))
+    assert passes == ["eval"] * 3  # one per epoch; the final evaluation added none
+    fresh, _, _ = real(run.model, val, batch_size=4, progress=False)
+    written = {
+        p["image_id"]: p for p in json.loads((tmp_path / "run" / "eval" / PREDICTIONS).read_text())["images"]
+    }
+    assert set(written) == set(fresh)
+    for image_id, det in fresh.items():
+        assert written[image_id]["labels"] == det["labels"].tolist()
+        assert np.allclose(written[image_id]["boxes"], np.asarray(det["boxes"]).reshape(-1, 4), atol=0.051)
+        assert np.allclose(written[image_id]["scores"], det["scores"], atol=5e-5)
+
+
 def test_a_lone_last_image_is_left_out_of_the_epoch(tmp_path):
     # 5 images in batches of 2 would leave a batch of 1, which BatchNorm cannot train on.
     from detlab.engine.distributed import DistContext

@@ -257,6 +257,10 @@ class Trainer:
         self.step_seconds: list[float] = []  # this _train_epoch call's step times
         self.eval_seconds: float | None = None  # the last full evaluation, logging and plots included
         self.on_eval = None  # fit()'s on_eval(epoch, metrics): told of each epoch's evaluation
+        # The detections of the last evaluation and of the one best.pt holds (main rank; not in
+        # checkpoints): the final evaluation reuses the latter instead of predicting again.
+        self.last_detections: dict | None = None
+        self.best_detections: dict | None = None
 
     # --- setup helpers ---------------------------------------------------------
 
@@ -528,10 +532,11 @@ class Trainer:
             with_loss=True,
             num_workers=min(self.cfg.num_workers, 2),
             progress=not self.cfg.quiet,
-            keep_detections=self.log.tb is not None,
+            keep_detections=self.ctx.is_main,
         )
         model.train(was_training)
-        detections = result.pop("detections", None)  # for TensorBoard only, not eval/<tag>.json
+        detections = result.pop("detections", None)  # not in eval/<tag>.json
+        self.last_detections = detections
         val_loss = result.get("val_loss", {})
         flat = flatten_metrics({k: v for k, v in result.items() if k != "val_loss"})
         flat.update({f"val/{k}": v for k, v in val_loss.items()})
@@ -576,6 +581,7 @@ class Trainer:
         self.progress["metrics"] = flat
         if improved:
             self.progress.update(best=float(value), best_epoch=self.epoch, bad_evals=0, best_metrics=flat)
+            self.best_detections = self.last_detections
             self.log.copy_eval("last", "best")
         elif not math.isnan(value):
             self.progress["bad_evals"] += 1
@@ -650,7 +656,9 @@ class Trainer:
         if self.ctx.is_main:
             from detlab.evaluation.final import final_evaluation  # RUN/eval/ for report.html
 
-            final_evaluation(self.out, self.model, self.val_ds, self.cfg, self.device)
+            final_evaluation(
+                self.out, self.model, self.val_ds, self.cfg, self.device, detections=self.best_detections
+            )
             self.log.finish(metrics, self.progress.get("before"), self.cfg)
             if self.time_plan is not None:
                 took = self.spent()

@@ -45,7 +45,7 @@ def predictions_json(records, detections: Mapping[int, Mapping[str, np.ndarray]]
     return {"class_names": list(records.class_names), "images": images}
 
 
-def final_evaluation(out: str | Path, model, dataset, cfg, device) -> None:
+def final_evaluation(out: str | Path, model, dataset, cfg, device, detections: Mapping | None = None) -> None:
     """Evaluate the deployed weights on the validation data and write ``RUN/eval/`` (module docstring).
 
     Args:
@@ -54,6 +54,9 @@ def final_evaluation(out: str | Path, model, dataset, cfg, device) -> None:
         dataset: the validation ``DetectionDataset`` or ``None`` (then nothing is written).
         cfg: the run's ``TrainConfig`` (protocols, eval batch size, quiet).
         device: where the model is.
+        detections: the training-time evaluation's detections of these same weights
+            (``image_id -> boxes, scores, labels``), scored again instead of predicted again;
+            ``None`` (a resumed run, whose best evaluation was in an earlier process): predict.
 
     A failure is one line on stderr: a finished run must not be lost to its analysis.
     """
@@ -64,14 +67,15 @@ def final_evaluation(out: str | Path, model, dataset, cfg, device) -> None:
 
     try:
         ev = evaluator.DetectionEvaluator(dataset.records, list(cfg.protocols))
-        detections, _, _ = evaluator.predict_split(
-            model,
-            dataset,
-            batch_size=cfg.eval_batch_size,
-            device=device,
-            progress=not cfg.quiet,
-            desc="final eval",
-        )
+        if detections is None:
+            detections, _, _ = evaluator.predict_split(
+                model,
+                dataset,
+                batch_size=cfg.eval_batch_size,
+                device=device,
+                progress=not cfg.quiet,
+                desc="final eval",
+            )
         ev.process(list(detections), list(detections.values()))
         dets, result = ev.arrays(), ev.evaluate()
         folder = Path(out) / "eval"
