@@ -215,19 +215,23 @@ class Detector:
 
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
         batch: list[tuple[Path, torch.Tensor]] = []
-        for i, f in enumerate(files):
-            try:
-                batch.append((f, read_image(f)))
-            except DataError as e:  # the data layer names the file; keep its reason, skip and count
-                problem = Problem(str(f), "image", str(e).removeprefix(f"{f}: "), "image skipped", "skipped")
-                self.skipped.append(problem)
-                bar.write(problem.line(), file=sys.stderr)
-                bar.update(1)
-            if batch and (len(batch) == max(1, batch_size) or i == len(files) - 1):
-                yield from self._run_batch(batch, score)
-                bar.update(len(batch))
-                batch = []
-        bar.close()
+        try:  # a refusal (an ONNX graph's fixed size) ends the bar's line before its message
+            for i, f in enumerate(files):
+                try:
+                    batch.append((f, read_image(f)))
+                except DataError as e:  # the data layer names the file; keep its reason, skip and count
+                    problem = Problem(
+                        str(f), "image", str(e).removeprefix(f"{f}: "), "image skipped", "skipped"
+                    )
+                    self.skipped.append(problem)
+                    bar.write(problem.line(), file=sys.stderr)
+                    bar.update(1)
+                if batch and (len(batch) == max(1, batch_size) or i == len(files) - 1):
+                    yield from self._run_batch(batch, score)
+                    bar.update(len(batch))
+                    batch = []
+        finally:
+            bar.close()
 
     def _run_batch(
         self, batch: list[tuple[Path, torch.Tensor]], score: float

@@ -119,3 +119,19 @@ def test_report_without_checkpoint_or_before_says_so(tmp_path):
     text = out.read_text()
     assert "&lt;b&gt;cat&lt;/b&gt;" in text and "<b>cat</b>" not in text and "dog&amp;co" in text
     assert_self_contained(out, parsed)
+
+
+def test_small_sample_images_are_enlarged_by_a_whole_factor_with_their_boxes():
+    import torch
+
+    from detlab.report.html import enlarged
+
+    image = torch.rand(3, 96, 128)
+    boxes = torch.tensor([[10.0, 20.0, 30.5, 40.0]])
+    factor, big, (scaled,) = enlarged(image, boxes)
+    assert factor == 4 and big.shape == (3, 384, 512)  # 480 / 128 px, rounded up
+    assert torch.equal(big[:, 4 * 21 + 3, 4 * 11 + 1], image[:, 21, 11])  # each pixel a 4×4 block
+    assert torch.equal(scaled, boxes * 4)
+    same = torch.rand(3, 480, 640)
+    factor, shown, (kept,) = enlarged(same, boxes)
+    assert factor == 1 and shown is same and kept is boxes

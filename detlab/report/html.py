@@ -36,6 +36,7 @@ from detlab.runfolder import RunInfo, load_run, validation_dataset
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 VOC_PROTOCOLS = ("voc07", "voc12")
 NUM_SAMPLES = 4
+SAMPLE_MIN_SIDE = 480  # smaller sample images are enlarged before drawing, so captions stay legible
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
@@ -414,6 +415,19 @@ def sample_indices(n_images: int, n: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n_images - 1, num=min(n, n_images))}) if n_images else []
 
 
+def enlarged(image: torch.Tensor, *boxes: torch.Tensor) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+    """A small image scaled up by a whole factor until its long side reaches ``SAMPLE_MIN_SIDE``.
+
+    Nearest-neighbour, so the pixels a model saw stay visible as they are; boxes (``[N, 4]`` xyxy
+    pixels of ``image``) scale with it. Returns ``(factor, image, boxes)``; factor 1 leaves both.
+    """
+    factor = math.ceil(SAMPLE_MIN_SIDE / max(image.shape[-2:]))
+    if factor <= 1:
+        return 1, image, list(boxes)
+    big = torch.nn.functional.interpolate(image[None].float(), scale_factor=factor, mode="nearest")[0]
+    return factor, big, [torch.as_tensor(b, dtype=torch.float32) * factor for b in boxes]
+
+
 def _samples_section(info: RunInfo, score: float = 0.5) -> str:
     title = "Sample predictions beside ground truth"
     if info.checkpoint is None:
@@ -433,10 +447,11 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         image, target = dataset[i]
         det = detector.detect([image], score=score)[0]
         name = Path(dataset.records.images[i].file).name
-        gt = draw_boxes(
-            image, target["boxes"], target["labels"], list(dataset.class_names), ground_truth=True
-        )
-        pred = draw_boxes(image, det["boxes"], det["labels"], detector.class_names, scores=det["scores"])
+        factor, shown, (gt_boxes, det_boxes) = enlarged(image, target["boxes"], det["boxes"])
+        if factor > 1:
+            name += f" (shown ×{factor})"
+        gt = draw_boxes(shown, gt_boxes, target["labels"], list(dataset.class_names), ground_truth=True)
+        pred = draw_boxes(shown, det_boxes, det["labels"], detector.class_names, scores=det["scores"])
         n_gt, n_pred = len(target["boxes"]), len(det["boxes"])
         rows.append(
             f'<div class="grid">{photo_figure(gt, f"{name}: ground truth, dashed ({_boxes(n_gt)})")}'
