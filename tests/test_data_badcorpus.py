@@ -304,3 +304,23 @@ def test_cli_check_exit_1_when_unusable(tmp_path: Path, capsys):
     assert "zero.jpg: file: zero-byte file" in out and "NOT usable" in out
     with pytest.raises(DataError, match="no usable images"):
         load_dataset(year)
+
+
+def test_a_repeated_box_in_a_real_export_is_warned_and_kept(chess):
+    """chess train (a Roboflow export) annotates one white rook twice with the same coordinates."""
+    source = json.loads((chess / "train" / "_annotations.coco.json").read_text())
+    seen, repeats = {}, []
+    for a in source["annotations"]:  # the duplicates, found from the file itself
+        key = (a["image_id"], a["category_id"], *a["bbox"])
+        if key in seen:
+            repeats.append((seen[key], a["id"]))
+        seen.setdefault(key, a["id"])
+    records = read_records(str(chess / "train"))
+    result = validate_records(records)
+    warned = [p for p in records.problems if "duplicate" in p.message]
+    assert [(p.field, p.severity) for p in warned] == [
+        (f"annotations[id={b}].bbox", "warning") for _, b in repeats
+    ]
+    assert all(f"annotations[id={a}]" in p.message for (a, _), p in zip(repeats, warned))
+    assert records.num_boxes == len(source["annotations"])  # kept as written, as pycocotools counts them
+    assert result.severity["warning"] == len(repeats) == 1 and not result.unusable

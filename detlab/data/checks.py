@@ -287,7 +287,32 @@ def check_boxes(rec: ImageRecord, problems: list[Problem]) -> tuple[int, int]:
     rec.boxes = clipped.astype(np.float32)
     if not inside.all():
         _filter_boxes(rec, inside)
+    _warn_duplicates(rec, where, problems)
     return int(moved.sum()), int((~inside).sum())
+
+
+def _warn_duplicates(rec: ImageRecord, where: str, problems: list[Problem]) -> None:
+    """Warn of a box repeated with its class and coordinates (to 0.01 px) in one image.
+
+    Kept as written (evaluation must see what pycocotools sees), but as ground truth the copy is
+    a box no detection can match once NMS has removed duplicates, and Ultralytics' loader drops
+    it, so the two tools would count different boxes.
+    """
+    first: dict[tuple, int] = {}
+    for j, (box, label) in enumerate(zip(np.round(rec.boxes.astype(np.float64), 2), rec.labels)):
+        key = (int(label), *box.tolist())
+        if key in first:
+            problems.append(
+                Problem(
+                    where,
+                    box_field(rec, j),
+                    f"box {box.tolist()} (xyxy) repeats {box_field(rec, first[key])} with the same class: a duplicate",
+                    "delete one of them (kept: a detector can match only one, the other counts as missed)",
+                    "warning",
+                )
+            )
+        else:
+            first[key] = j
 
 
 IMAGE_FIELDS = ("file", "xml", "annotation", "filename")
