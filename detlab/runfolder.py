@@ -350,8 +350,37 @@ def validation_spec(config: dict, data: str | None = None) -> str:
     raise DataError(f"{CONFIG_FILE}: data {train!r} has no val, valid or test split — pass --data DATA")
 
 
+def holds_out(config: dict, data: str | None = None) -> bool:
+    """Whether a run validated on images ``val_fraction`` held out of its training data (no ``val``)."""
+    return data is None and not config.get("val") and float(config.get("val_fraction") or 0) > 0
+
+
+def held_out_dataset(config: dict, classes: list[str] | None = None):
+    """The images ``val_fraction`` held out of the run's training data, as training picked them.
+
+    The same seeded, class-stratified :func:`detlab.data.split.holdout` of the same records (the
+    saved ``data``, ``val_fraction`` and ``seed``), so ``eval``, ``report`` and ``compare`` score
+    what the run was selected on, never its training images.
+    """
+    from detlab.data.dataset import DetectionDataset, load_dataset
+    from detlab.data.split import holdout
+
+    train = load_dataset(str(config["data"]), classes=classes)
+    _, val = holdout(train.records, float(config["val_fraction"]), int(config.get("seed") or 0))
+    return DetectionDataset(val, train.transforms)
+
+
+def held_out_name(config: dict) -> str:
+    """How messages name a held-out validation set."""
+    return (
+        f"{config['data']} (val_fraction {config['val_fraction']} held out, seed {config.get('seed') or 0})"
+    )
+
+
 def validation_dataset(config: dict, data: str | None = None, classes: list[str] | None = None):
-    """The dataset :func:`validation_spec` names, loaded (with the run's class list when given)."""
+    """The dataset :func:`validation_spec` names (or :func:`held_out_dataset`), loaded with the run's classes."""
     from detlab.data.dataset import load_dataset
 
+    if holds_out(config, data):
+        return held_out_dataset(config, classes)
     return load_dataset(validation_spec(config, data), classes=classes)

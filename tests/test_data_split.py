@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from detlab.cli import main
 from detlab.data.formats import read_records
@@ -165,3 +166,28 @@ def test_val_fraction_holds_out_a_stratified_val_when_no_split_exists(small_voc,
     assert "6 of 24 images" in capsys.readouterr().err
     cfg0 = resolve({"data": str(flat), "model": "fcos_effl0_fpn", "out": str(tmp_path / "run0")})
     assert load_train_val(cfg0)[1] is None and "val_fraction=0.2" in capsys.readouterr().err
+
+
+def test_eval_report_and_compare_rebuild_the_held_out_val_from_the_saved_config(small_voc, tmp_path):
+    from detlab.config import resolve
+    from detlab.engine.train import load_train_val
+    from detlab.runfolder import validation_dataset
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in (*(small_voc / "Annotations").iterdir(), *(small_voc / "JPEGImages").iterdir()):
+        shutil.copy(f, flat)
+    settings = {
+        "data": str(flat),
+        "model": "fcos_effl0_fpn",
+        "out": str(tmp_path / "run"),
+        "val_fraction": 0.25,
+    }
+    cfg = resolve({**settings, "seed": 3})
+    train_ds, val_ds = load_train_val(cfg, verbose=False)
+    saved = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # what config.yaml holds
+    assert saved["val"] is None  # no split was written; the saved fraction and seed rebuild it
+    again = validation_dataset(saved, classes=list(train_ds.class_names))
+    assert [r.file for r in again.records.images] == [r.file for r in val_ds.records.images]
+    assert {r.file for r in again.records.images}.isdisjoint(r.file for r in train_ds.records.images)
+    assert {Path(r.file).name for r in again.records.images} == expected(str(flat), 0.25, 0.0, 3)["val"]

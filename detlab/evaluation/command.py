@@ -155,28 +155,37 @@ def _thresholded(path, dets: Mapping[str, np.ndarray], max_dets: Sequence[int]) 
     ]
 
 
-def _run_model_eval(args, protocols, opts):
-    """Rebuild the run's model, run it on the evaluation data; ``(records, dets, problems, result, stamp)``."""
+def _eval_data(args, det) -> tuple[str, object, Records]:
+    """``(spec, dataset, ground truth)`` a run is evaluated on: ``--data``, else what validated it."""
     from detlab.data.dataset import load_dataset, load_ground_truth
     from detlab.errors import DataError
-    from detlab.predict import Detector
-    from detlab.runfolder import validation_spec
+    from detlab.runfolder import held_out_dataset, held_out_name, holds_out, validation_spec
 
-    det = Detector.from_run(
-        args.run, checkpoint=args.checkpoint, device=args.device, precision=getattr(args, "precision", "fp32")
-    )
-    spec = validation_spec(det.config or {}, args.data)
-    dataset = load_dataset(spec, split=args.split, images=args.images, classes=list(det.class_names))
-    if list(dataset.class_names) != list(det.class_names):
+    config, classes = det.config or {}, list(det.class_names)
+    if holds_out(config, args.data):  # the images training held out (of those that decoded)
+        dataset = held_out_dataset(config, classes=classes)
+        return held_out_name(config), dataset, dataset.records
+    spec = validation_spec(config, args.data)
+    dataset = load_dataset(spec, split=args.split, images=args.images, classes=classes)
+    if list(dataset.class_names) != classes:
         raise DataError(
-            f"{spec}: classes {dataset.class_names} differ from the model's {det.class_names} "
+            f"{spec}: classes {dataset.class_names} differ from the model's {classes} "
             "— evaluate on data with the run's classes"
         )
     # The model sees the images that decode; the score is against every annotation (as `eval --gt --dets`
     # scores `predict --data`'s file), so an unreadable image's boxes count as missed, not as absent.
-    truth = load_ground_truth(
-        spec, split=args.split, images=args.images, classes=list(det.class_names), verbose=False
+    truth = load_ground_truth(spec, split=args.split, images=args.images, classes=classes, verbose=False)
+    return spec, dataset, truth
+
+
+def _run_model_eval(args, protocols, opts):
+    """Rebuild the run's model, run it on the evaluation data; ``(records, dets, problems, result, stamp)``."""
+    from detlab.predict import Detector
+
+    det = Detector.from_run(
+        args.run, checkpoint=args.checkpoint, device=args.device, precision=getattr(args, "precision", "fp32")
     )
+    spec, dataset, truth = _eval_data(args, det)
     ev = DetectionEvaluator(truth, protocols, **opts)
     detections, _, _ = predict_split(
         det.model, dataset, batch_size=args.batch, device=det.device, precision=det.precision
