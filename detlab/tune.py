@@ -8,6 +8,10 @@ Time. ``--time`` is the whole study's. Each trial starts with an equal share of 
 budget planner (:mod:`detlab.engine.budget`) picks that trial's epochs to end on time: the
 study searches the learning rate and the input size, and the epochs follow from them. Without
 ``--trials``: one trial per ``DEFAULT_TRIAL_S`` seconds of ``--time`` (2 to ``MAX_DEFAULT_TRIALS``).
+Fewer, longer trials when the data asks for it: once a trial has measured its costs, a share that
+cannot hold ``MIN_TRIAL_EPOCHS`` epochs makes the study run only as many trials as can, that trial
+already with the larger share (:func:`_share_from_costs`); a completed trial that still ran more
+than ``OVERRUN`` times its share cuts the count again (:func:`_fewer_if_overrun`).
 
 Default space (``--space`` replaces it; :mod:`detlab.search_space`):
 
@@ -68,6 +72,7 @@ MIN_SHARE = 0.5  # a trial needs at least this part of an even share of --time, 
 PRUNER_STARTUP = 2  # completed trials before MedianPruner prunes (Optuna's 5 outlast short studies)
 TRIAL_FOLDER = "trial_{:03d}"
 OVERRUN = 1.1  # a completed trial this many times its share: fewer trials follow
+MIN_TRIAL_EPOCHS = 2  # a trial's share holds this many epochs at the measured costs, or fewer trials run
 
 
 @dataclass
@@ -137,6 +142,41 @@ def _report(trial, rec: TrialRecord, metric: str, direction: str, optuna, epoch:
         )
 
 
+def _share_from_costs(
+    result: TuneResult,
+    rec: TrialRecord,
+    left_s: float,
+    timing,
+    steps_per_epoch: int,
+    spent_s: float,
+    budget_s: float,
+) -> float:
+    """``fit``'s on_plan: the trial's budget, larger when ``MIN_TRIAL_EPOCHS`` epochs do not fit its share.
+
+    The trial's measured costs (a step, an epoch's extras, an evaluation, the finish) say what a
+    trial of ``MIN_TRIAL_EPOCHS`` epochs takes here; when that is more than the share, the study
+    runs as many trials as fit in ``left_s`` (what was left when this trial started, at least
+    one) and this trial gets an even share of it. A trial of less than an epoch or two ranks
+    learning rates by noise.
+    """
+    from detlab.engine.budget import hms
+
+    per_epoch = steps_per_epoch * timing.s_iter + timing.s_epoch + timing.s_eval
+    need = spent_s + MIN_TRIAL_EPOCHS * per_epoch + timing.s_finish
+    trials_left = result.planned_trials - rec.number
+    fit = max(1, int(left_s // need))
+    if need <= budget_s or fit >= trials_left:
+        return budget_s
+    result.planned_trials = rec.number + fit
+    rec.budget_s = left_s / fit
+    logger.info(
+        f"tune: {MIN_TRIAL_EPOCHS} epochs take about {hms(need)} here (measured in trial {rec.number + 1}), more "
+        f"than its share of {hms(budget_s)}: {fit} trials from here on instead of {trials_left}, "
+        f"{hms(rec.budget_s)} each"
+    )
+    return rec.budget_s
+
+
 def _train_args(folder: Path, values: dict, budget_s: float, setup: dict) -> argparse.Namespace:
     """The ``detlab train`` namespace of one trial: the study's flags and --set, then its values."""
     items = [*setup["set"], *(f"{k}={yaml_scalar(v)}" for k, v in values.items())]
@@ -164,8 +204,9 @@ def run_trial(study, optuna, number: int, budget_s: float, result: TuneResult, s
     logger.info(f"tune: trial {number + 1}/{result.planned_trials} → {folder}: {shown}; {hms(budget_s)}")
     wall, cpu = time.perf_counter(), _cpu_seconds()
     on_eval = partial(_report, trial, rec, result.metric, result.direction, optuna)
+    on_plan = partial(_share_from_costs, result, rec, budget_s * (result.planned_trials - number))
     try:
-        train_command(_train_args(folder, values, budget_s, setup), on_eval=on_eval)
+        train_command(_train_args(folder, values, budget_s, setup), on_eval=on_eval, on_plan=on_plan)
         rec.state = "complete" if rec.value is not None else "failed"
         if rec.value is None:
             rec.reason = f"no evaluation defined {result.metric} (no validation box of the classes?)"

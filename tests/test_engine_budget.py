@@ -196,6 +196,33 @@ def test_budgeted_run_fits_its_epochs_and_ends_its_schedule(tmp_path, monkeypatc
     assert "plan: 3 epochs (6 steps)" in err and "planned 12s, took 12s" in err
 
 
+def test_on_plan_sets_the_budget_the_epochs_are_planned_with(tmp_path, monkeypatch):
+    clock = FakeTime()
+    spend(monkeypatch, clock, s_iter=1.0, s_eval=2.0)
+    cfg = budget_cfg(tmp_path, time_budget="9s")
+    timing = Timing(s_iter=1.0, s_epoch=0.0, s_eval=2.0)
+    seen = []
+
+    def on_plan(t, steps_per_epoch, spent_s, budget_s):
+        seen.append((t, steps_per_epoch, spent_s, budget_s))
+        return 17.0  # 4 epochs of 4 s fit, where 9 s held 2
+
+    torch.manual_seed(0)
+    fit(
+        TinyFCOS(),
+        ShapesDataset(4),
+        ShapesDataset(1, seed=1),
+        cfg,
+        clock=clock,
+        measure=lambda t: timing,
+        on_plan=on_plan,
+    )
+    assert seen == [(timing, 2, 0.0, 9.0)]
+    ckpt = ckpt_io.load_checkpoint(tmp_path / "run")
+    assert (ckpt["epoch"], ckpt["config"]["epochs"], ckpt["config"]["time_budget"]) == (4, 4, 17.0)
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["budget_s"] == 17.0
+
+
 def test_resume_plans_the_rest_with_what_is_left_of_the_budget(tmp_path, monkeypatch, capsys):
     clock = FakeTime()
     cfg = budget_cfg(tmp_path, time_budget=20, log_every=1)

@@ -71,6 +71,7 @@ def study(data, tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setattr(tune_mod, "MIN_SHARE", 0.0)
+    mp.setattr(tune_mod, "MIN_TRIAL_EPOCHS", 0)  # three trials of a few seconds, whatever they cost here
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny images: a second thread only spins on busy shared cores
     out = tmp_path_factory.mktemp("tune") / "study"
@@ -253,3 +254,22 @@ def test_a_trial_that_overran_its_share_leaves_fewer_trials_so_the_study_ends_on
     result.trials.append(TrialRecord(2, "t2", {}, state="pruned", budget_s=125.0, wall_s=300.0))
     _fewer_if_overrun(result, left_s=0.0)  # a pruned trial says nothing about a whole one's cost
     assert result.planned_trials == 3
+
+
+def test_a_share_too_short_for_two_epochs_gives_fewer_longer_trials():
+    from detlab.engine.budget import Timing
+    from detlab.tune import TrialRecord, TuneResult, _share_from_costs
+
+    result = TuneResult(Path("unused"), "fcos_r18_fpn", "coco/AP50", "maximize", 0, 600.0, 10, [])
+    timing = Timing(s_iter=1.0, s_epoch=2.0, s_eval=8.0, s_finish=5.0)
+    first = TrialRecord(0, "t0", {}, budget_s=60.0)
+    # 10 s spent, then 2 epochs of 20 steps (2 x (20 + 2 + 8) s) and 5 s to finish: 75 s, not 60
+    assert _share_from_costs(result, first, 600.0, timing, 20, 10.0, 60.0) == pytest.approx(75.0)
+    assert result.planned_trials == 8 and first.budget_s == pytest.approx(75.0)  # 600 // 75
+    second = TrialRecord(1, "t1", {}, budget_s=75.0)
+    assert _share_from_costs(result, second, 525.0, timing, 20, 10.0, 75.0) == 75.0  # it fits: kept
+    last = TrialRecord(7, "t7", {}, budget_s=40.0)
+    assert (
+        _share_from_costs(result, last, 40.0, timing, 20, 10.0, 40.0) == 40.0
+    )  # the last one: nothing to merge
+    assert result.planned_trials == 8

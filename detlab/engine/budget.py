@@ -271,10 +271,14 @@ def skip_eval_before(trainer) -> bool:
 def make_plan(trainer, measure_fn, resumed: bool) -> TimePlan:
     """Measure (every rank), plan on rank 0, broadcast; return the plan every rank follows."""
     timing = measure_fn(trainer)
+    on_plan = getattr(trainer, "on_plan", None)
     plan = None
     if trainer.ctx.is_main:
+        budget_s = duration_seconds(trainer.cfg.time_budget)
+        if on_plan is not None:  # detlab tune: its trials re-planned from this measurement
+            budget_s = on_plan(timing, trainer.steps_per_epoch, trainer.spent(), budget_s)
         plan = plan_time(
-            duration_seconds(trainer.cfg.time_budget),
+            budget_s,
             trainer.spent(),
             timing,
             trainer.steps_per_epoch,
@@ -286,7 +290,10 @@ def make_plan(trainer, measure_fn, resumed: bool) -> TimePlan:
         )
         for line in plan_lines(plan, trainer.steps_per_epoch, resumed):
             trainer.log.note(line)
-    return TimePlan.from_dict(ddp.broadcast_object(plan.to_dict() if plan else None))
+    plan = TimePlan.from_dict(ddp.broadcast_object(plan.to_dict() if plan else None))
+    if on_plan is not None:
+        trainer.cfg.time_budget = plan.budget_s  # config.yaml says the budget the run planned with
+    return plan
 
 
 def write_plan(out, plan: TimePlan, took_s: float | None = None) -> None:

@@ -138,6 +138,7 @@ def fit(
     clock=time.monotonic,
     measure=None,
     on_eval=None,
+    on_plan=None,
 ) -> Run:
     """Run the loop for a built model and loaded datasets under a resolved config.
 
@@ -154,6 +155,9 @@ def fit(
             :func:`detlab.engine.budget.measure`, which times real steps; tests give fixed costs).
         on_eval: ``on_eval(epoch, metrics)`` after each epoch's evaluation and checkpoint, with the
             flattened metrics; an exception it raises ends the run there (``detlab tune`` prunes so).
+        on_plan: ``on_plan(timing, steps_per_epoch, spent_s, budget_s) -> budget_s`` once a time
+            budget's costs are measured, before the epochs are planned: the budget to plan with
+            (``detlab tune`` gives a trial a larger share when fewer trials fit the study).
 
     Returns:
         The :class:`Run`.
@@ -163,6 +167,7 @@ def fit(
         trainer = Trainer(model, train_ds, val_ds, cfg, ctx, clock=clock, started=started)
         trainer.measure = measure or budget.measure
         trainer.on_eval = on_eval
+        trainer.on_plan = on_plan
         try:
             return trainer.run(resume)
         except OutputError as e:
@@ -257,6 +262,7 @@ class Trainer:
         self.step_seconds: list[float] = []  # this _train_epoch call's step times
         self.eval_seconds: float | None = None  # the last full evaluation, logging and plots included
         self.on_eval = None  # fit()'s on_eval(epoch, metrics): told of each epoch's evaluation
+        self.on_plan = None  # fit()'s on_plan(timing, steps_per_epoch, spent_s, budget_s) -> budget_s
         # The detections of the last evaluation and of the one best.pt holds (main rank; not in
         # checkpoints): the final evaluation reuses the latter instead of predicting again.
         self.last_detections: dict | None = None
@@ -683,13 +689,14 @@ def _source_ids(dataset) -> list:
 # --- the command line ---------------------------------------------------------------
 
 
-def train_command(args, on_eval=None) -> int:
+def train_command(args, on_eval=None, on_plan=None) -> int:
     """``detlab train``: resolve the config, load data and model, run :func:`fit`.
 
     Args:
         args: the ``detlab train`` namespace (``data``, ``val``, ``model``, ``out``, ``weights``,
             ``config``, ``set``, ``resume``).
-        on_eval: passed to :func:`fit` (``detlab tune`` reports each evaluation to its pruner).
+        on_eval, on_plan: passed to :func:`fit` (``detlab tune`` reports each evaluation to its
+            pruner and shares its time out from each trial's measured costs).
 
     Returns:
         Exit code 0; bad input raises a DetlabError the CLI prints as one line.
@@ -713,7 +720,17 @@ def train_command(args, on_eval=None) -> int:
             _plan_size(cfg, train_ds.records, ctx, verbose=ctx.is_main)
             _plan_machine(cfg, _user_keys(args), ctx)
         model = _build_for(cfg, train_ds.num_classes, resume)
-        fit(model, train_ds, val_ds, cfg, resume=resume, ctx=ctx, started=started, on_eval=on_eval)
+        fit(
+            model,
+            train_ds,
+            val_ds,
+            cfg,
+            resume=resume,
+            ctx=ctx,
+            started=started,
+            on_eval=on_eval,
+            on_plan=on_plan,
+        )
     finally:
         held.close()
         ddp.cleanup()
