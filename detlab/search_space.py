@@ -46,6 +46,7 @@ class Dimension:
     integer: bool = False
     choices: list | None = None
     follow: dict = field(default_factory=dict)
+    default: Any = None  # what `detlab train` uses without a search (the default space's baseline trial)
 
     def suggest(self, trial) -> Any:
         if self.choices is not None:
@@ -188,7 +189,8 @@ def size_dimension(model: str, cfg: TrainConfig, records, device_type: str) -> D
     if family == "ssd":
         from detlab.models.ssd import DEFAULT_SIZE
 
-        return Dimension("model_kwargs.size", choices=_sizes_around(DEFAULT_SIZE[model]))
+        size = DEFAULT_SIZE[model]
+        return Dimension("model_kwargs.size", choices=_sizes_around(size), default=size)
     if family in MIN_OBJECT_PX:
         plan = plan_input_size(records, family, device_type)
         if plan is None:
@@ -199,7 +201,10 @@ def size_dimension(model: str, cfg: TrainConfig, records, device_type: str) -> D
         short = int(cfg.model_kwargs.get("min_size") or defaults["min_size"])
         long = int(cfg.model_kwargs.get("max_size") or defaults["max_size"])
     return Dimension(
-        "model_kwargs.min_size", choices=_sizes_around(short), follow={"model_kwargs.max_size": long / short}
+        "model_kwargs.min_size",
+        choices=_sizes_around(short),
+        follow={"model_kwargs.max_size": long / short},
+        default=short,
     )
 
 
@@ -219,7 +224,8 @@ def default_space(
     if {"lr", "base_lr"} & set(fixed):
         notes.append("learning rate fixed by --set: not searched")
     else:
-        dims.append(Dimension("base_lr", cfg.base_lr * LR_FACTORS[0], cfg.base_lr * LR_FACTORS[1], log=True))
+        low, high = cfg.base_lr * LR_FACTORS[0], cfg.base_lr * LR_FACTORS[1]
+        dims.append(Dimension("base_lr", low, high, log=True, default=cfg.base_lr))
     given = apply_overrides(TrainConfig().to_dict(), fixed, "--set")["model_kwargs"]
     size = None if any(k in given for k in SIZE_KEYS) else size_dimension(model, cfg, records, device_type)
     if size is not None:

@@ -108,6 +108,7 @@ class TuneResult:
     planned_trials: int
     space: list[Dimension]
     trials: list[TrialRecord] = field(default_factory=list)
+    baseline: bool = False  # trial 000 trains detlab's defaults (the default space's values)
 
     @property
     def best(self) -> TrialRecord | None:
@@ -337,6 +338,11 @@ def tune(
         sampler=sampler or optuna.samplers.TPESampler(seed=seed),
         pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP),
     )
+    if not space and all(d.default is not None for d in dims):  # the baseline every trial is measured against
+        study.enqueue_trial({d.key: d.default for d in dims})
+        result.baseline = True
+        shown = ", ".join(f"{d.key} {_show(d.default)}" for d in dims)
+        notes.append(f"trial 1 trains detlab's defaults ({shown}): the baseline the search has to beat")
     setup = {"data": data, "val": val, "model": model, "weights": weights, "set": list(set_overrides)}
     _say_plan(result, notes, time.monotonic() - started)
     interrupted = False
@@ -413,7 +419,7 @@ def table(result: TuneResult) -> tuple[list[str], list[list[str]]]:
     """The trials table: trial, state, each searched value, AP50, AP (the metric too if another), epochs, seconds."""
     keys = [d.key for d in result.space]
     extra = [result.metric] if result.metric not in ("coco/AP50", "coco/AP") else []
-    header = ["trial", "state", *keys, "AP50", "AP", *extra, "epochs", "CPU s", "wall s"]
+    header = ["trial", "state", *keys, "AP50", "AP", *extra, "epochs", "CPU s", "wall s", "note"]
     rows = [
         [
             f"{t.number:03d}",
@@ -425,6 +431,7 @@ def table(result: TuneResult) -> tuple[list[str], list[list[str]]]:
             str(t.epochs),
             f"{t.cpu_s:.0f}",
             f"{t.wall_s:.0f}",
+            "defaults" if result.baseline and t.number == 0 else "",
         ]
         for t in result.trials
     ]
@@ -473,6 +480,16 @@ def _write_best(result: TuneResult, best: TrialRecord) -> None:
         path.write_text(head + yaml.safe_dump(config, sort_keys=False))
 
 
+def _vs_defaults(result: TuneResult, best: TrialRecord) -> str:
+    """`` (detlab's defaults, trial 000: 0.61)`` when the baseline trial completed."""
+    first = result.trials[0] if result.trials else None
+    if not result.baseline or first is None or first.value is None or first.state != "complete":
+        return ""
+    if best is first:
+        return " (detlab's defaults: no searched trial beat them)"
+    return f" (detlab's defaults, trial 000: {first.value:.4f})"
+
+
 def summary_lines(result: TuneResult) -> list[str]:
     """The printed table, each trial's reason when it did not complete, and what to run next."""
     header, rows = table(result)
@@ -496,7 +513,8 @@ def summary_lines(result: TuneResult) -> list[str]:
         else " ".join(map(str, trained))
     )
     lines += [
-        f"best: trial {best.number:03d}, {result.metric} {best.value:.4f} → {result.out / 'best.yaml'}",
+        f"best: trial {best.number:03d}, {result.metric} {best.value:.4f}{_vs_defaults(result, best)} → "
+        f"{result.out / 'best.yaml'}",
         f"next: detlab compare {runs} --out {result.out / 'compare'}",
         f"      detlab train --config {result.out / 'best.yaml'}",
     ]

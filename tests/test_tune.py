@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def study(data, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(tune_mod, "MIN_SHARE", 0.0)
     mp.setattr(tune_mod, "MIN_TRIAL_EPOCHS", 0)  # three trials of a few seconds, whatever they cost here
+    mp.setattr(tune_mod, "OVERRUN", math.inf)  # and however far past its share a loaded machine runs one
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny images: a second thread only spins on busy shared cores
     out = tmp_path_factory.mktemp("tune") / "study"
@@ -273,3 +275,29 @@ def test_a_share_too_short_for_two_epochs_gives_fewer_longer_trials():
         _share_from_costs(result, last, 40.0, timing, 20, 10.0, 40.0) == 40.0
     )  # the last one: nothing to merge
     assert result.planned_trials == 8
+
+
+def test_the_default_space_runs_detlabs_defaults_first_as_the_baseline(data, tmp_path, monkeypatch, capsys):
+    from detlab import tune as tune_mod
+    from detlab.tune import TrialRecord
+
+    def sampled_only(study, optuna, number, budget_s, result, setup):  # what each trial would train
+        trial = study.ask()
+        params = {d.key: d.suggest(trial) for d in result.space}
+        value = 0.3 if number == 0 else 0.4
+        study.tell(trial, value)
+        return TrialRecord(number, f"t{number}", params, state="complete", value=value)
+
+    monkeypatch.setattr(tune_mod, "run_trial", sampled_only)
+    monkeypatch.setattr(tune_mod, "write_results", lambda result: None)
+    result = tune_mod.tune(str(data), "fcos_r18_fpn", tmp_path / "s", "10m", trials=3, set_overrides=FAST[1:])
+    lr, size = result.space
+    assert result.baseline and result.trials[0].params == {
+        "base_lr": 0.01,
+        "model_kwargs.min_size": size.default,
+    }
+    assert size.default in size.choices and lr.low < lr.default < lr.high  # the recipe's, inside the range
+    assert [t.params for t in result.trials[1:]] != [result.trials[0].params] * 2  # the others are sampled
+    out = capsys.readouterr()
+    assert "trial 1 trains detlab's defaults" in out.err
+    assert "(detlab's defaults, trial 000: 0.3000)" in out.out and out.out.count("defaults") == 2
