@@ -164,8 +164,8 @@ def arm_tutorial(args, sets: dict) -> dict:
             )
         for images, targets in loader:
             losses = sum(model(images, targets).values())
-            if not math.isfinite(float(losses)):
-                raise SystemExit(f"tutorial arm: loss is {float(losses)} at iteration {iters}")
+            if not math.isfinite(float(losses.detach())):
+                raise SystemExit(f"tutorial arm: loss is {float(losses.detach())} at iteration {iters}")
             optimizer.zero_grad()
             losses.backward()
             optimizer.step()

@@ -40,11 +40,15 @@ TINY = dict(
 STEPS_PER_EPOCH = 4  # 8 images, batch 2
 
 
-def simulated_cost(last: int, epoch: int, step_in_epoch: int, t: Timing, spe: int, every: int) -> float:
-    """The rest of a run to epoch ``last``, added up epoch by epoch as the loop runs it."""
+def simulated_cost(
+    last: int, epoch: int, step_in_epoch: int, t: Timing, spe: int, every: int, cut: int = 0
+) -> float:
+    """The rest of a run to epoch ``last`` (whose last ``cut`` steps are left out), added up epoch by
+    epoch as the loop runs it."""
     cost = t.s_finish
     for e in range(epoch + 1, last + 1):
-        cost += (spe - (step_in_epoch if e == epoch + 1 else 0)) * t.s_iter + t.s_epoch
+        steps = spe - (step_in_epoch if e == epoch + 1 else 0) - (cut if e == last else 0)
+        cost += steps * t.s_iter + t.s_epoch
         if (every > 0 and e % every == 0) or e == last:
             cost += t.s_eval
     return cost
@@ -52,21 +56,29 @@ def simulated_cost(last: int, epoch: int, step_in_epoch: int, t: Timing, spe: in
 
 @pytest.mark.parametrize("spent, epoch, step_in_epoch", [(0.0, 0, 0), (40.0, 2, 3), (13.0, 1, 0)])
 @pytest.mark.parametrize("every", [1, 2, 0])
-def test_plan_takes_the_most_epochs_that_fit(spent, epoch, step_in_epoch, every):
+@pytest.mark.parametrize("budget", [100.0, 93.0, 109.0])
+def test_plan_takes_the_most_steps_that_fit_in_whole_epochs_and_a_shortened_last_one(
+    spent, epoch, step_in_epoch, every, budget
+):
     t = Timing(s_iter=1.0, s_epoch=0.5, s_eval=3.0, s_finish=2.0)
-    plan = plan_time(100.0, spent, t, 10, epoch, step_in_epoch, epoch * 10 + step_in_epoch, every, True)
-    left = 100.0 - spent
+    plan = plan_time(budget, spent, t, 10, epoch, step_in_epoch, epoch * 10 + step_in_epoch, every, True)
+    left = budget - spent
+    # every (last epoch, steps it leaves out) that fits, a last epoch of at least 1 of its 10 steps
     fitting = [
-        e for e in range(epoch + 1, 40) if simulated_cost(e, epoch, step_in_epoch, t, 10, every) <= left
+        (e * 10 - cut, e, cut)
+        for e in range(epoch + 2, 40)
+        for cut in range(0, 10)
+        if simulated_cost(e, epoch, step_in_epoch, t, 10, every, cut) <= left
     ]
-    assert plan.epochs == max(fitting) and plan.total_iters == plan.epochs * 10 and not plan.steps_only
+    steps, last, cut = max(fitting)
+    assert (plan.total_iters, plan.epochs, plan.last_epoch_steps) == (steps, last, 10 - cut if cut else 0)
+    assert not plan.steps_only and plan.expected_s <= budget
     assert plan.expected_s == pytest.approx(
-        spent + simulated_cost(plan.epochs, epoch, step_in_epoch, t, 10, every)
+        spent + simulated_cost(last, epoch, step_in_epoch, t, 10, every, cut)
     )
-    assert simulated_cost(plan.epochs + 1, epoch, step_in_epoch, t, 10, every) > left
-    assert plan.evals == sum(
-        1 for e in range(epoch + 1, plan.epochs + 1) if (every and e % every == 0) or e == plan.epochs
-    )
+    assert plan.evals == sum(1 for e in range(epoch + 1, last + 1) if (every and e % every == 0) or e == last)
+    one_more = (last, cut - 1) if cut else (last + 1, 9)  # one step more: not within the budget
+    assert simulated_cost(*one_more[:1], epoch, step_in_epoch, t, 10, every, one_more[1]) > left
 
 
 def test_less_than_an_epoch_plans_steps_and_says_when_nothing_fits():
@@ -331,7 +343,8 @@ def _budget_worker(rank: int, world: int, port: int, out: str) -> None:
     ctx = ddp.setup("cpu")
     try:
         cfg = resolve({**TINY, "quiet": True, "time_budget": 9, "out": f"{out}/run"}, family="fcos")
-        # Rank 1 alone would plan one step (5 s each); rank 0 measures 1 s/step and plans 4 epochs of 2 steps.
+        # Rank 1 alone would plan one step (5 s each); rank 0 measures 1 s/step and plans 4 epochs of 2 steps
+        # and the first step of a fifth: 9 steps in the 9 s.
         timing = Timing(s_iter=1.0 if rank == 0 else 5.0, s_epoch=0.0, s_eval=0.0)
         torch.manual_seed(0)
         fit(TinyFCOS(), ShapesDataset(8), None, cfg, ctx=ctx, clock=lambda: 0.0, measure=lambda t: timing)
@@ -353,4 +366,4 @@ def test_under_torchrun_every_rank_follows_rank_0s_plan(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_budget_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert got == [[4, 8, 4], [4, 8, 4]]  # 8 images / (2 ranks · 2 per batch) = 2 steps per epoch
+    assert got == [[5, 9, 5], [5, 9, 5]]  # 8 images / (2 ranks · 2 per batch) = 2 steps per epoch

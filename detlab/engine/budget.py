@@ -20,6 +20,7 @@ measures, and rank 0's plan is broadcast.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ MEASURE_STEPS = 4  # timed steps; the first, which starts the loader's workers, 
 EVAL_SAMPLE_BATCHES = 2  # validation batches timed when there was no evaluation before the first step
 # The evaluation before training is skipped when it and the final one would take more of the budget.
 EVAL_BEFORE_SHARE = 0.25
+MIN_LAST_EPOCH = 0.1  # the shortest shortened last epoch worth its evaluation (share of an epoch)
 # The end of a run: best.pt loaded back, then the report, which loads the model and the validation
 # data again and predicts NUM_SAMPLES images (costed at the measured evaluation's per-image time).
 # It runs after the last evaluation and cannot be timed before it: its plots and HTML get this
@@ -63,6 +65,7 @@ class TimePlan:
     steps_only: bool = False  # not one more whole epoch fits: a number of steps instead
     from_iter: int = 0  # the step the plan starts from
     fits: bool = True  # False: even the smallest plan (one step and its evaluation) overruns
+    last_epoch_steps: int = 0  # steps of the last epoch, when it is shorter than a whole one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +99,10 @@ def plan_time(
 
     The rest of a run to epoch ``E`` costs ``(E - epoch)·steps_per_epoch - step_in_epoch`` steps,
     ``E - epoch`` epoch starts, its evaluations (:func:`evals_in`) and the finish; the cost grows
-    with ``E``, so the largest ``E`` that fits is found by a walk. When ``E = epoch + 1`` does not
+    with ``E``, so the largest ``E`` that fits is found by a walk. What those whole epochs leave
+    goes to one more, shortened to the steps that fit beside its evaluation (when that is at least
+    ``MIN_LAST_EPOCH`` of an epoch), so a run ends on time rather than up to an epoch and an
+    evaluation early; the schedule is planned over all the steps. When ``E = epoch + 1`` does not
     fit, the current epoch is cut to the steps that fit (at least one).
 
     Args:
@@ -113,8 +119,8 @@ def plan_time(
     """
     left = budget_s - spent_s - timing.s_finish
 
-    def rest(last: int) -> float:
-        steps = (last - epoch) * steps_per_epoch - step_in_epoch
+    def rest(last: int, cut: int = 0) -> float:  # ``cut``: steps the last epoch leaves out
+        steps = (last - epoch) * steps_per_epoch - step_in_epoch - cut
         evals = evals_in(epoch, last, eval_every, has_val)
         return steps * timing.s_iter + (last - epoch) * timing.s_epoch + evals * timing.s_eval
 
@@ -122,16 +128,24 @@ def plan_time(
     while last < max_epochs and rest(last + 1) <= left:
         last += 1
     if last > epoch:
-        cost = rest(last)
+        # What whole epochs leave goes to a shortened last one (its steps and its evaluation), so the
+        # run ends on time rather than up to an epoch and an evaluation early.
+        cut = 0
+        if last < max_epochs:
+            over = rest(last + 1) - left
+            cut = math.ceil(over / max(timing.s_iter, 1e-9))
+            cut = cut if cut <= steps_per_epoch * (1 - MIN_LAST_EPOCH) else 0
+            last += cut > 0
         return TimePlan(
             budget_s,
             spent_s,
             timing,
             last,
-            last * steps_per_epoch,
+            last * steps_per_epoch - cut,
             evals_in(epoch, last, eval_every, has_val),
-            spent_s + cost + timing.s_finish,
+            spent_s + rest(last, cut) + timing.s_finish,
             from_iter=iteration,
+            last_epoch_steps=steps_per_epoch - cut if cut else 0,
         )
     fixed = timing.s_epoch + (timing.s_eval if has_val else 0.0)
     room = steps_per_epoch - step_in_epoch
@@ -161,6 +175,9 @@ def plan_lines(plan: TimePlan, steps_per_epoch: int, resumed: bool) -> list[str]
         f"{more} more step{'s' if more != 1 else ''} of epoch {plan.epochs}, to step {plan.total_iters} "
         f"({steps_per_epoch} make a whole epoch)"
         if plan.steps_only
+        else f"{plan.epochs - 1} epochs and {plan.last_epoch_steps} of the {steps_per_epoch} steps of epoch "
+        f"{plan.epochs} ({plan.total_iters} steps)"
+        if plan.last_epoch_steps
         else f"{plan.epochs} epochs ({plan.total_iters} steps)"
     )
     end = time.strftime("%H:%M:%S", time.localtime(time.time() + plan.expected_s - plan.spent_s))
