@@ -109,6 +109,7 @@ class TuneResult:
     space: list[Dimension]
     trials: list[TrialRecord] = field(default_factory=list)
     baseline: bool = False  # trial 000 trains detlab's defaults (the default space's values)
+    min_trial_s: float | None = None  # the cheapest MIN_TRIAL_EPOCHS-epoch trial measured so far
 
     @property
     def best(self) -> TrialRecord | None:
@@ -164,6 +165,7 @@ def _share_from_costs(
 
     per_epoch = steps_per_epoch * timing.s_iter + timing.s_epoch + timing.s_eval
     need = spent_s + MIN_TRIAL_EPOCHS * per_epoch + timing.s_finish
+    result.min_trial_s = need if result.min_trial_s is None else min(result.min_trial_s, need)
     trials_left = result.planned_trials - rec.number
     fit = max(1, int(left_s // need))
     if need <= budget_s or fit >= trials_left:
@@ -360,6 +362,7 @@ def tune(
                 break
             number += 1
             _fewer_if_overrun(result, total_s - (time.monotonic() - started))
+            _one_more_if_time_is_left(result, total_s - (time.monotonic() - started), MIN_SHARE * total_s / n)
     finally:
         optuna.logging.set_verbosity(verbosity)
         write_results(result)
@@ -385,6 +388,22 @@ def _fewer_if_overrun(result: TuneResult, left_s: float) -> None:
             f"each); {fit - done} more fit in what is left of --time, not {result.planned_trials - done}"
         )
         result.planned_trials = fit
+
+
+def _one_more_if_time_is_left(result: TuneResult, left_s: float, min_share_s: float) -> None:
+    """One more trial when the planned ones are done but one ended early (pruned, failed) and the
+    time it left holds a trial of the cheapest measured cost (else ``min_share_s``).
+
+    A pruned trial that had been given all the time left would otherwise end the study early.
+    """
+    done, last = len(result.trials), result.trials[-1]
+    need = result.min_trial_s or min_share_s
+    if done < result.planned_trials or last.state not in ("pruned", "failed") or left_s < need:
+        return
+    result.planned_trials = done + 1
+    logger.info(
+        f"tune: trial {done} ended early ({last.state}); its {left_s:.0f} s left go to one more trial"
+    )
 
 
 def _say_plan(result: TuneResult, notes: list[str], setup_s: float) -> None:

@@ -301,3 +301,19 @@ def test_the_default_space_runs_detlabs_defaults_first_as_the_baseline(data, tmp
     out = capsys.readouterr()
     assert "trial 1 trains detlab's defaults" in out.err
     assert "(detlab's defaults, trial 000: 0.3000)" in out.out and out.out.count("defaults") == 2
+
+
+def test_a_pruned_last_trial_leaves_its_time_to_one_more():
+    from detlab.tune import TrialRecord, TuneResult, _one_more_if_time_is_left
+
+    result = TuneResult(Path("unused"), "fcos_r18_fpn", "coco/AP50", "maximize", 0, 1800.0, 3, [])
+    result.min_trial_s = 420.0  # the cheapest two-epoch trial measured
+    result.trials = [TrialRecord(n, f"t{n}", {}, state="complete", value=0.5) for n in range(2)]
+    result.trials.append(TrialRecord(2, "t2", {}, state="pruned"))
+    _one_more_if_time_is_left(result, left_s=400.0, min_share_s=90.0)
+    assert result.planned_trials == 3  # 400 s hold no measured trial
+    _one_more_if_time_is_left(result, left_s=660.0, min_share_s=90.0)
+    assert result.planned_trials == 4
+    result.trials.append(TrialRecord(3, "t3", {}, state="complete", value=0.6))
+    _one_more_if_time_is_left(result, left_s=660.0, min_share_s=90.0)
+    assert result.planned_trials == 4  # the last one ran its share: the plan is done

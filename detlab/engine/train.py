@@ -346,7 +346,12 @@ class Trainer:
         amp = f", {self.amp_dtype} network".replace("torch.", "") if self.amp_dtype else ""
         self.log.note(
             f"training {getattr(self.model, 'name', type(self.model).__name__)} on {self.device}{amp}: "
-            f"{self.cfg.epochs} epochs × {self.steps_per_epoch} steps, batch {self.cfg.batch_size}"
+            + (
+                f"epochs planned from --time {self.cfg.time_budget} once a few steps are timed, "
+                if self.cfg.time_budget is not None
+                else f"{self.cfg.epochs} epochs × "
+            )
+            + f"{self.steps_per_epoch} steps each, batch {self.cfg.batch_size}"
             f"×{self.cfg.accumulate}×{self.ctx.world_size}, {self.cfg.optimizer} lr "
             f"{effective_lr(self.cfg, self.ctx.world_size):.3g}, {self.cfg.schedule} schedule"
         )
