@@ -89,3 +89,12 @@ def test_validation_spec_order(shapes, tmp_path):
     with pytest.raises(DataError, match="neither `val` nor `data` is set — pass --data DATA"):
         validation_spec({})
     assert dataset_spec(ShapesDataset(2)) is None  # in memory: nothing to record
+
+
+def test_a_run_saves_its_data_with_absolute_paths_so_any_working_directory_finds_it(tmp_path, monkeypatch):
+    from detlab.data.formats import absolute_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    assert absolute_spec("a:train+../b") == f"{tmp_path / 'a'}:train+{tmp_path.parent / 'b'}"
+    assert absolute_spec(str(tmp_path / "a")) == str(tmp_path / "a")

@@ -778,6 +778,7 @@ def _user_keys(args) -> set[str]:
 
 def _config_from_args(args) -> TrainConfig:
     from detlab.config import load_yaml, parse_set, resolve
+    from detlab.data.formats import absolute_spec
 
     user = {**(load_yaml(args.config) if args.config else {}), **parse_set(args.set)}
     for flag in ("data", "val", "model", "out", "weights", "precision"):
@@ -785,6 +786,9 @@ def _config_from_args(args) -> TrainConfig:
             user[flag] = getattr(args, flag)
     if getattr(args, "time", None) is not None:
         user["time_budget"] = args.time
+    for flag in ("data", "val"):  # eval, report and compare find it from any working directory
+        if user.get(flag):
+            user[flag] = absolute_spec(user[flag])
     for flag in ("data", "model", "out"):
         if not user.get(flag):
             raise ConfigError(f"{flag}: not given; pass --{flag} or set `{flag}:` in the --config YAML")

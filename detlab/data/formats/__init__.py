@@ -9,6 +9,7 @@ inside), ``VOCdevkit/`` root, then images with XML beside them or in a sibling f
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,16 @@ def split_spec(spec: str | Path) -> tuple[Path, str | None]:
         if tail and "/" not in tail and "\\" not in tail:
             return Path(head), tail
     return Path(text), None
+
+
+def absolute_spec(spec: str | Path) -> str:
+    """A data spec with each ``+``-joined part's path made absolute (its ``:split`` kept, links not
+    followed), so the run folder's config.yaml names its data from any working directory."""
+    parts = []
+    for part in str(spec).split("+"):
+        path, split = split_spec(part)
+        parts.append(os.path.abspath(path) + (f":{split}" if split else ""))
+    return "+".join(parts)
 
 
 def detect_format(path: Path, split: str | None = None) -> str:
