@@ -32,6 +32,7 @@ from detlab.errors import DataError, DetlabError
 from detlab.log import logger
 from detlab.report.draw import draw_boxes
 from detlab.report.html import (
+    count_boxes,
     defined,
     esc,
     note,
@@ -216,7 +217,7 @@ def gallery(entries: list[Entry], dataset) -> str:
         figs += [
             photo_figure(
                 draw_boxes(image, d["boxes"], d["labels"], e.detector.class_names, scores=d["scores"]),
-                f"{e.label}: {len(d['labels'])} boxes with score ≥ {GALLERY_SCORE}",
+                f"{e.label}: {count_boxes(len(d['labels']))} with score ≥ {GALLERY_SCORE}",
             )
             for e, d in zip(loaded, dets)
         ]
@@ -273,7 +274,10 @@ def per_class_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
         values = [e.info.final.get("coco", {}).get("per_class", {}).get(n) for e in entries]
         ok = [defined(v) for v in values]
         deltas = [
-            f"{100 * (v - values[0]):+.1f}" if ok[0] and ok[j + 1] else "–" for j, v in enumerate(values[1:])
+            f"{round(100 * (v - values[0]), 1) + 0.0:+.1f}"
+            if ok[0] and ok[j + 1]
+            else "–"  # + 0.0: no "-0.0"
+            for j, v in enumerate(values[1:])
         ]
         rows.append([n] + [pct(v) for v in values] + deltas)
     return header, rows

@@ -252,7 +252,8 @@ def _config_section(info: RunInfo) -> str:
     return section("config", "Config", body)
 
 
-def _boxes(n: int) -> str:
+def count_boxes(n: int) -> str:
+    """``1 box`` / ``3 boxes``, for captions."""
     return f"{n} box" if n == 1 else f"{n} boxes"
 
 
@@ -454,8 +455,8 @@ def _samples_section(info: RunInfo, score: float = 0.5) -> str:
         pred = draw_boxes(shown, det_boxes, det["labels"], detector.class_names, scores=det["scores"])
         n_gt, n_pred = len(target["boxes"]), len(det["boxes"])
         rows.append(
-            f'<div class="grid">{photo_figure(gt, f"{name}: ground truth, dashed ({_boxes(n_gt)})")}'
-            f"{photo_figure(pred, f'{name}: detections with score ≥ {score} ({_boxes(n_pred)})')}</div>"
+            f'<div class="grid">{photo_figure(gt, f"{name}: ground truth, dashed ({count_boxes(n_gt)})")}'
+            f"{photo_figure(pred, f'{name}: detections with score ≥ {score} ({count_boxes(n_pred)})')}</div>"
         )
     if not rows:
         return section("samples", title, note("the validation data holds no images."))
