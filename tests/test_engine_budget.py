@@ -314,7 +314,7 @@ def test_real_measurement_trains_the_timed_steps(tmp_path, monkeypatch):
     from detlab.engine import budget
 
     monkeypatch.setattr(budget, "MEASURE_STEPS", 2)
-    cfg = budget_cfg(tmp_path, time_budget=0.1, epochs=12)
+    cfg = budget_cfg(tmp_path, time_budget=0.001, epochs=12)  # less than the two timed steps took
     torch.manual_seed(0)
     fit(TinyFCOS(), ShapesDataset(6), ShapesDataset(1, seed=1), cfg)
     plan = json.loads((tmp_path / "run/plan.json").read_text())
