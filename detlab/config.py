@@ -275,6 +275,11 @@ def apply_overrides(base: dict, overrides: dict, source: str) -> dict:
     return out
 
 
+def yaml_scalar(value) -> str:
+    """A value as ``--set`` reads it back (``1.0e-05``, ``true``, ``null``, ``[1, 2]``), on one line."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
 def parse_set(items: list[str]) -> dict:
     """``["a=1", "b.c=x"]`` → ``{"a": 1, "b.c": "x"}``; values parsed with ``yaml.safe_load``."""
     out = {}

@@ -58,12 +58,9 @@ def config_keys() -> list[ConfigKey]:
 
 
 def _show(value) -> str:
-    import yaml
+    from detlab.config import yaml_scalar
 
-    if isinstance(value, float):
-        return f"{value:.4g}"
-
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+    return f"{value:.4g}" if isinstance(value, float) else yaml_scalar(value)
 
 
 def config_lines(model: str | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from detlab.config import FIELDS, TrainConfig, apply_overrides, resolve
+from detlab.config import FIELDS, TrainConfig, apply_overrides, resolve, yaml_scalar
 from detlab.errors import ConfigError
 
 LR_FACTORS = (0.25, 4.0)  # the default base_lr range, around the recipe's
@@ -71,11 +71,6 @@ class Dimension:
             return ",".join(yaml_scalar(c) for c in self.choices)
         ends = [int(self.low), int(self.high)] if self.integer else [f"{self.low:.4g}", f"{self.high:.4g}"]
         return f"{ends[0]}:{ends[1]}" + (":log" if self.log else "")
-
-
-def yaml_scalar(value) -> str:
-    """A value as ``--set`` reads it back (``1.0e-05``, ``true``, ``null``)."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _choice(raw: str, where: str):

@@ -61,10 +61,10 @@ from pathlib import Path
 
 import yaml
 
-from detlab.config import TrainConfig, duration_seconds, parse_set, resolve
+from detlab.config import TrainConfig, duration_seconds, parse_set, resolve, yaml_scalar
 from detlab.errors import ConfigError, DataError, DetlabError, writing
 from detlab.log import logger
-from detlab.search_space import NOT_SEARCHED, Dimension, default_space, parse_space, yaml_scalar
+from detlab.search_space import NOT_SEARCHED, Dimension, default_space, parse_space
 
 DEFAULT_TRIAL_S = 120  # without --trials: one trial per this many seconds of --time
 MAX_DEFAULT_TRIALS = 10

@@ -273,10 +273,9 @@ def per_class_rows(entries: list[Entry]) -> tuple[list[str], list[list[str]]]:
     for n in names:
         values = [e.info.final.get("coco", {}).get("per_class", {}).get(n) for e in entries]
         ok = [defined(v) for v in values]
+        # rounded first and + 0.0, so a change that rounds to zero reads "+0.0", not "-0.0"
         deltas = [
-            f"{round(100 * (v - values[0]), 1) + 0.0:+.1f}"
-            if ok[0] and ok[j + 1]
-            else "–"  # + 0.0: no "-0.0"
+            f"{round(100 * (v - values[0]), 1) + 0.0:+.1f}" if ok[0] and ok[j + 1] else "–"
             for j, v in enumerate(values[1:])
         ]
         rows.append([n] + [pct(v) for v in values] + deltas)
